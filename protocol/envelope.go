@@ -1,0 +1,242 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Lane is a separate queue in the agent's spool. Each lane has its own
+// sequence numbers and its own hub cursor, so the SOS lane drains ahead
+// of a GPS backlog.
+type Lane string
+
+// The spool lanes, in the order the uplink drains them.
+const (
+	LaneSOS    Lane = "sos"
+	LaneStatus Lane = "status"
+	LaneGPS    Lane = "gps"
+)
+
+// Lanes lists every lane in drain order: SOS first.
+var Lanes = []Lane{LaneSOS, LaneStatus, LaneGPS}
+
+// Valid reports whether l is a known lane.
+func (l Lane) Valid() bool {
+	return l == LaneSOS || l == LaneStatus || l == LaneGPS
+}
+
+// RecordKind says which payload a Record carries.
+type RecordKind string
+
+// The record kinds.
+const (
+	KindFix       RecordKind = "fix"
+	KindSOS       RecordKind = "sos"
+	KindSOSCancel RecordKind = "sos_cancel"
+	KindStatus    RecordKind = "status"
+)
+
+// Lane returns the lane a record of this kind travels in.
+func (k RecordKind) Lane() Lane {
+	switch k {
+	case KindSOS, KindSOSCancel:
+		return LaneSOS
+	case KindStatus:
+		return LaneStatus
+	default:
+		return LaneGPS
+	}
+}
+
+// Record is one vehicle message as the agent stored it. Exactly one of
+// Fix, SOS, Cancel and Status is set, matching Kind.
+type Record struct {
+	// Seq is the record's position in its lane, from 1, assigned by the agent's spool.
+	Seq       uint64     `json:"seq"`
+	Kind      RecordKind `json:"kind"`
+	VehicleID string     `json:"vehicle"`
+	// ReceivedAt is the agent's clock when the vehicle's message arrived, in UTC.
+	ReceivedAt time.Time `json:"received_at"`
+	// Historical marks a record sent after an outage, as catch-up data.
+	Historical bool       `json:"historical,omitempty"`
+	Fix        *Fix       `json:"fix,omitempty"`
+	SOS        *SOS       `json:"sos,omitempty"`
+	Cancel     *SOSCancel `json:"cancel,omitempty"`
+	Status     *Status    `json:"status,omitempty"`
+}
+
+// Validate checks that the record's kind, payload and ids agree.
+func (r *Record) Validate() error {
+	if r.Seq == 0 {
+		return fmt.Errorf("%w: record seq 0", ErrInvalidBatch)
+	}
+	if err := ValidateVehicleID(r.VehicleID); err != nil {
+		return fmt.Errorf("record %d: %w", r.Seq, err)
+	}
+	if r.ReceivedAt.IsZero() {
+		return fmt.Errorf("%w: record %d has no received_at", ErrInvalidBatch, r.Seq)
+	}
+	set := 0
+	for _, p := range []bool{r.Fix != nil, r.SOS != nil, r.Cancel != nil, r.Status != nil} {
+		if p {
+			set++
+		}
+	}
+	ok := set == 1
+	switch r.Kind {
+	case KindFix:
+		ok = ok && r.Fix != nil
+		if ok {
+			if err := checkPosition(r.Fix.Lat, r.Fix.Lon); err != nil {
+				return fmt.Errorf("record %d: %w", r.Seq, err)
+			}
+		}
+	case KindSOS:
+		ok = ok && r.SOS != nil
+		if ok {
+			if err := ValidateSOSID(r.SOS.ID); err != nil {
+				return fmt.Errorf("record %d: %w", r.Seq, err)
+			}
+		}
+	case KindSOSCancel:
+		ok = ok && r.Cancel != nil
+		if ok {
+			if err := ValidateSOSID(r.Cancel.ID); err != nil {
+				return fmt.Errorf("record %d: %w", r.Seq, err)
+			}
+		}
+	case KindStatus:
+		ok = ok && r.Status != nil
+	default:
+		return fmt.Errorf("%w: record %d has unknown kind %q", ErrInvalidBatch, r.Seq, r.Kind)
+	}
+	if !ok {
+		return fmt.Errorf("%w: record %d of kind %s must carry exactly its own payload", ErrInvalidBatch, r.Seq, r.Kind)
+	}
+	return nil
+}
+
+// MaxBatchRecords is the most records one batch may carry.
+const MaxBatchRecords = 10000
+
+// MaxBatchBytes is the largest encoded batch the hub accepts.
+const MaxBatchBytes = 16 << 20
+
+// Batch is what an agent sends to the hub: records of one lane in
+// strictly increasing sequence order.
+type Batch struct {
+	AgentID string `json:"agent"`
+	Region  string `json:"region"`
+	// SpoolID identifies the agent's spool file. A new spool restarts
+	// sequence numbers at 1, so the hub keys its cursor by spool too.
+	SpoolID string   `json:"spool"`
+	Lane    Lane     `json:"lane"`
+	Records []Record `json:"records"`
+	// SentAt is the agent's clock when it sent the batch.
+	SentAt time.Time `json:"sent_at"`
+}
+
+// First returns the first sequence number in the batch.
+func (b *Batch) First() uint64 { return b.Records[0].Seq }
+
+// Last returns the last sequence number in the batch.
+func (b *Batch) Last() uint64 { return b.Records[len(b.Records)-1].Seq }
+
+// EncodeBatch returns the wire form of b.
+func EncodeBatch(b *Batch) ([]byte, error) {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("encode batch: %w", err)
+	}
+	return data, nil
+}
+
+// DecodeBatch parses and validates a batch. Records must belong to the
+// batch's lane and have strictly increasing sequence numbers.
+func DecodeBatch(data []byte) (*Batch, error) {
+	if len(data) > MaxBatchBytes {
+		return nil, fmt.Errorf("%w: batch is %d bytes, limit %d", ErrTooLarge, len(data), MaxBatchBytes)
+	}
+	var b Batch
+	if err := json.Unmarshal(data, &b); err != nil {
+		return nil, fmt.Errorf("%w: batch: %v", ErrMalformed, err)
+	}
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Validate checks the envelope and every record in it.
+func (b *Batch) Validate() error {
+	if err := ValidateAgentID(b.AgentID); err != nil {
+		return err
+	}
+	if b.SpoolID == "" || len(b.SpoolID) > 64 {
+		return fmt.Errorf("%w: spool id must be 1 to 64 characters", ErrInvalidBatch)
+	}
+	if !b.Lane.Valid() {
+		return fmt.Errorf("%w: unknown lane %q", ErrInvalidBatch, b.Lane)
+	}
+	if len(b.Records) == 0 {
+		return fmt.Errorf("%w: no records", ErrInvalidBatch)
+	}
+	if len(b.Records) > MaxBatchRecords {
+		return fmt.Errorf("%w: %d records, limit %d", ErrTooLarge, len(b.Records), MaxBatchRecords)
+	}
+	var prev uint64
+	for i := range b.Records {
+		r := &b.Records[i]
+		if err := r.Validate(); err != nil {
+			return err
+		}
+		if r.Kind.Lane() != b.Lane {
+			return fmt.Errorf("%w: record %d of kind %s in lane %s", ErrInvalidBatch, r.Seq, r.Kind, b.Lane)
+		}
+		if r.Seq <= prev {
+			return fmt.Errorf("%w: seq %d after %d", ErrInvalidBatch, r.Seq, prev)
+		}
+		prev = r.Seq
+	}
+	return nil
+}
+
+// Ack is the hub's application-level acknowledgement: every record of the
+// lane up to and including Through is committed. An agent deletes spool
+// records only on an Ack, never on an MQTT PUBACK alone.
+type Ack struct {
+	AgentID string `json:"agent"`
+	SpoolID string `json:"spool"`
+	Lane    Lane   `json:"lane"`
+	Through uint64 `json:"through"`
+	// Error is set when the hub rejected the batch; Through then repeats
+	// the last committed sequence number.
+	Error string `json:"error,omitempty"`
+	// Permanent is true when resending the same batch cannot succeed.
+	Permanent bool `json:"permanent,omitempty"`
+}
+
+// EncodeAck returns the wire form of a.
+func EncodeAck(a *Ack) ([]byte, error) {
+	data, err := json.Marshal(a)
+	if err != nil {
+		return nil, fmt.Errorf("encode ack: %w", err)
+	}
+	return data, nil
+}
+
+// DecodeAck parses and validates an acknowledgement.
+func DecodeAck(data []byte) (*Ack, error) {
+	var a Ack
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, fmt.Errorf("%w: ack: %v", ErrMalformed, err)
+	}
+	if err := ValidateAgentID(a.AgentID); err != nil {
+		return nil, err
+	}
+	if !a.Lane.Valid() {
+		return nil, fmt.Errorf("%w: ack for unknown lane %q", ErrInvalidBatch, a.Lane)
+	}
+	return &a, nil
+}

@@ -1,0 +1,95 @@
+package protocol
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Topic layout. A vehicle owns everything under VehiclePrefix + id + "/".
+const (
+	// VehiclePrefix starts every device topic.
+	VehiclePrefix = "xpress/v1/vehicles/"
+	// AgentPrefix starts every agent-to-hub topic.
+	AgentPrefix = "xpress/v1/agents/"
+)
+
+// TopicKind names what a vehicle topic carries.
+type TopicKind string
+
+// The vehicle topics of the device contract.
+const (
+	TopicFix       TopicKind = "fix"
+	TopicSOS       TopicKind = "sos"
+	TopicSOSCancel TopicKind = "sos/cancel"
+	TopicStatus    TopicKind = "status"
+	TopicSOSState  TopicKind = "sos/state"
+)
+
+// VehicleTopic is a parsed vehicle topic.
+type VehicleTopic struct {
+	VehicleID string
+	Kind      TopicKind
+	// SOSID is set only for TopicSOSState.
+	SOSID string
+}
+
+// ParseVehicleTopic splits a topic under VehiclePrefix into vehicle id and
+// kind. It returns ErrUnknownTopic for anything outside the device contract.
+func ParseVehicleTopic(topic string) (VehicleTopic, error) {
+	rest, ok := strings.CutPrefix(topic, VehiclePrefix)
+	if !ok {
+		return VehicleTopic{}, fmt.Errorf("%w: %q is not under %s", ErrUnknownTopic, topic, VehiclePrefix)
+	}
+	id, tail, ok := strings.Cut(rest, "/")
+	if !ok {
+		return VehicleTopic{}, fmt.Errorf("%w: %q has no kind after the vehicle id", ErrUnknownTopic, topic)
+	}
+	if err := ValidateVehicleID(id); err != nil {
+		return VehicleTopic{}, err
+	}
+	switch TopicKind(tail) {
+	case TopicFix, TopicSOS, TopicSOSCancel, TopicStatus:
+		return VehicleTopic{VehicleID: id, Kind: TopicKind(tail)}, nil
+	}
+	if sosID, ok := strings.CutPrefix(tail, "sos/"); ok {
+		if sosID, ok = strings.CutSuffix(sosID, "/state"); ok {
+			if err := ValidateSOSID(sosID); err != nil {
+				return VehicleTopic{}, err
+			}
+			return VehicleTopic{VehicleID: id, Kind: TopicSOSState, SOSID: sosID}, nil
+		}
+	}
+	return VehicleTopic{}, fmt.Errorf("%w: %q", ErrUnknownTopic, topic)
+}
+
+// VehicleTopicFor returns the topic of the given kind for one vehicle.
+func VehicleTopicFor(vehicleID string, kind TopicKind) string {
+	return VehiclePrefix + vehicleID + "/" + string(kind)
+}
+
+// SOSStateTopic returns the topic on which a vehicle hears the state of its SOS.
+func SOSStateTopic(vehicleID, sosID string) string {
+	return VehiclePrefix + vehicleID + "/sos/" + sosID + "/state"
+}
+
+// BatchTopic returns the topic an agent publishes its batches to.
+func BatchTopic(agentID string) string { return AgentPrefix + agentID + "/batch" }
+
+// AckTopic returns the topic on which the hub acknowledges an agent's batches.
+func AckTopic(agentID string) string { return AgentPrefix + agentID + "/ack" }
+
+// ParseBatchTopic returns the agent id of a batch topic.
+func ParseBatchTopic(topic string) (string, error) {
+	rest, ok := strings.CutPrefix(topic, AgentPrefix)
+	if !ok {
+		return "", fmt.Errorf("%w: %q is not under %s", ErrUnknownTopic, topic, AgentPrefix)
+	}
+	id, ok := strings.CutSuffix(rest, "/batch")
+	if !ok || strings.Contains(id, "/") {
+		return "", fmt.Errorf("%w: %q is not an agent batch topic", ErrUnknownTopic, topic)
+	}
+	if err := ValidateAgentID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
