@@ -1,0 +1,324 @@
+// Package agent composes the edge agent of Xpress Ops Tower: the MQTT
+// broker vehicles connect to (package broker), the bbolt spool that keeps
+// every message until the hub has it (package spool), the uplink that
+// forwards the spool to the hub (package uplink), and an HTTP server for
+// /metrics, /healthz and /readyz.
+//
+// Data flows vehicle → broker → spool → uplink → hub. The broker
+// acknowledges a vehicle's message only after the spool fsynced it, and
+// the spool deletes a record only after the hub acknowledged it, so a
+// hub or WAN outage never blocks vehicles and never loses their data.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/agent/broker"
+	"github.com/xpress-ops/tower/agent/spool"
+	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Defaults of Config.
+const (
+	DefaultMQTTAddr        = broker.DefaultAddr
+	DefaultHubURL          = uplink.DefaultHubURL
+	DefaultHTTPAddr        = ":9090"
+	DefaultShutdownTimeout = 10 * time.Second
+	// SpoolFile is the spool's file name inside Config.DataDir.
+	SpoolFile = "spool.db"
+)
+
+// Config configures an Agent. Zero tunables take the defaults of the
+// package that owns them.
+type Config struct {
+	// ID is the agent's id, unique among agents: letters, digits, '-' and '_'. Required.
+	ID string
+	// Region is the region the agent serves, e.g. "NCR-Manila". Required.
+	Region string
+	// MQTTAddr is where vehicles connect. Empty means DefaultMQTTAddr (":1883").
+	MQTTAddr string
+	// HubURL is the hub's MQTT URL for agents. Empty means DefaultHubURL
+	// ("tcp://localhost:1884").
+	HubURL string
+	// HubPassword is sent to the hub with the agent id. Empty sends none.
+	HubPassword string
+	// DataDir holds the spool file (SpoolFile); it is created with mode
+	// 0700 if missing. Required.
+	DataDir string
+	// HTTPAddr is where /metrics, /healthz and /readyz listen. Empty means
+	// DefaultHTTPAddr (":9090").
+	HTTPAddr string
+	// Logger receives every component's logs. Nil means discard.
+	Logger *slog.Logger
+	// Registerer receives every component's metrics. Nil means a private registry.
+	Registerer prometheus.Registerer
+	// Gatherer is what /metrics serves. Nil means Registerer when it is
+	// also a Gatherer (as *prometheus.Registry is).
+	Gatherer prometheus.Gatherer
+	// Now is the agent clock stamped on received messages. Nil means time.Now.
+	Now func() time.Time
+	// VehicleAuthenticator checks vehicles' passwords. Nil means
+	// broker.AllowAllVehicles, the development default.
+	VehicleAuthenticator broker.VehicleAuthenticator
+
+	// SpoolMaxFileBytes caps the spool file; see spool.Config.MaxFileBytes. Zero means no cap.
+	SpoolMaxFileBytes int
+	// SpoolCommitInterval is the group-commit wait; see spool.Config.CommitInterval. Zero means no wait.
+	SpoolCommitInterval time.Duration
+	// SpoolMaxBatch caps records per group commit; see spool.Config.MaxBatch.
+	SpoolMaxBatch int
+	// AppendTimeout bounds a vehicle publish's wait for the spool; see broker.Config.AppendTimeout.
+	AppendTimeout time.Duration
+	// MaxFuture and Retention bound fix timestamps; see broker.Config.
+	MaxFuture, Retention time.Duration
+	// UplinkMaxBatchRecords and UplinkMaxBatchBytes cap one batch to the hub; see uplink.Config.
+	UplinkMaxBatchRecords, UplinkMaxBatchBytes int
+	// AckTimeout is how long the uplink waits for the hub's Ack; see uplink.Config.AckTimeout.
+	AckTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the uplink's reconnect backoff; see uplink.Config.
+	MinBackoff, MaxBackoff time.Duration
+	// ShutdownTimeout bounds the HTTP server's graceful shutdown in Close.
+	// Zero means DefaultShutdownTimeout (10 s).
+	ShutdownTimeout time.Duration
+}
+
+// Validate checks the required fields. It does not fill defaults.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := protocol.ValidateAgentID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("agent id: %w", err))
+	}
+	if c.Region == "" || len(c.Region) > 64 {
+		errs = append(errs, fmt.Errorf("region must be 1 to 64 bytes, got %d", len(c.Region)))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is empty"))
+	}
+	if c.HubURL != "" {
+		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" {
+			errs = append(errs, fmt.Errorf("hub URL %q is not a URL like tcp://host:port", c.HubURL))
+		}
+	}
+	if c.Registerer != nil && c.Gatherer == nil {
+		if _, ok := c.Registerer.(prometheus.Gatherer); !ok {
+			errs = append(errs, errors.New("registerer is not a gatherer: set Gatherer for /metrics"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Agent is the edge agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	gatherer prometheus.Gatherer
+
+	spool  *spool.Spool
+	broker *broker.Broker
+	uplink *uplink.Uplink
+
+	httpServer   *http.Server
+	httpListener net.Listener
+	httpDone     chan struct{}
+
+	spoolOpen    atomic.Bool
+	brokerListen atomic.Bool
+
+	openOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New checks cfg, fills defaults and builds the components. It does no I/O.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid agent config: %w", err)
+	}
+	if cfg.MQTTAddr == "" {
+		cfg.MQTTAddr = DefaultMQTTAddr
+	}
+	if cfg.HubURL == "" {
+		cfg.HubURL = DefaultHubURL
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = DefaultHTTPAddr
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = cfg.Registerer.(prometheus.Gatherer)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	logger := cfg.Logger.With("agent", cfg.ID)
+
+	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer}
+	a.spool = spool.New(spool.Config{
+		Path:           filepath.Join(cfg.DataDir, SpoolFile),
+		Logger:         logger,
+		Registerer:     cfg.Registerer,
+		CommitInterval: cfg.SpoolCommitInterval,
+		MaxBatch:       cfg.SpoolMaxBatch,
+		MaxFileBytes:   cfg.SpoolMaxFileBytes,
+		Now:            cfg.Now,
+	})
+	a.broker = broker.New(broker.Config{
+		Addr:          cfg.MQTTAddr,
+		Spool:         a.spool,
+		Authenticator: cfg.VehicleAuthenticator,
+		Logger:        logger,
+		Registerer:    cfg.Registerer,
+		Now:           cfg.Now,
+		MaxFuture:     cfg.MaxFuture,
+		Retention:     cfg.Retention,
+		AppendTimeout: cfg.AppendTimeout,
+	})
+	a.uplink = uplink.New(uplink.Config{
+		AgentID:         cfg.ID,
+		Region:          cfg.Region,
+		HubURL:          cfg.HubURL,
+		Password:        cfg.HubPassword,
+		Spool:           a.spool,
+		Logger:          logger,
+		Registerer:      cfg.Registerer,
+		Now:             cfg.Now,
+		MaxBatchRecords: cfg.UplinkMaxBatchRecords,
+		MaxBatchBytes:   cfg.UplinkMaxBatchBytes,
+		AckTimeout:      cfg.AckTimeout,
+		MinBackoff:      cfg.MinBackoff,
+		MaxBackoff:      cfg.MaxBackoff,
+	})
+	return a, nil
+}
+
+// Open creates DataDir, opens the spool, starts the vehicle broker, the
+// uplink and the HTTP server, in that order. It does not wait for the
+// hub. On failure it closes what it started. ctx is checked before the
+// first step; each step is local and short (the spool waits at most its
+// lock timeout). An agent opens once.
+func (a *Agent) Open(ctx context.Context) error {
+	err := errors.New("agent already opened")
+	a.openOnce.Do(func() { err = a.open(ctx) })
+	return err
+}
+
+func (a *Agent) open(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := a.spool.Open(); err != nil {
+		return err
+	}
+	a.spoolOpen.Store(true)
+
+	if err := a.broker.Open(); err != nil {
+		return errors.Join(err, a.Close())
+	}
+	a.brokerListen.Store(true)
+
+	if err := a.uplink.Open(); err != nil {
+		return errors.Join(err, a.Close())
+	}
+
+	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		return errors.Join(fmt.Errorf("listen for HTTP on %s: %w", a.cfg.HTTPAddr, err), a.Close())
+	}
+	a.httpListener = ln
+	a.httpServer = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	a.httpDone = make(chan struct{})
+	go func() {
+		defer close(a.httpDone)
+		if err := a.httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("HTTP server stopped", "error", err)
+		}
+	}()
+
+	a.log.Info("agent started", "region", a.cfg.Region, "mqtt_addr", a.broker.Addr().String(),
+		"http_addr", ln.Addr().String(), "hub", a.cfg.HubURL, "spool", a.spool.SpoolID())
+	return nil
+}
+
+// MQTTAddr returns the address vehicles connect to, or nil before Open.
+func (a *Agent) MQTTAddr() net.Addr { return a.broker.Addr() }
+
+// HTTPAddr returns the address of the HTTP server, or nil before Open.
+func (a *Agent) HTTPAddr() net.Addr {
+	if a.httpListener == nil {
+		return nil
+	}
+	return a.httpListener.Addr()
+}
+
+// SpoolID returns the id of the agent's spool file, empty before Open.
+func (a *Agent) SpoolID() string { return a.spool.SpoolID() }
+
+// UplinkState returns whether the uplink is connected to the hub.
+func (a *Agent) UplinkState() uplink.State { return a.uplink.State() }
+
+// Close shuts the agent down in this order:
+//
+//  1. stop the listeners: the vehicle broker (it waits until no publish
+//     is being stored) and the HTTP server;
+//  2. flush the spool: wait for the group commit in progress;
+//  3. stop the uplink: records the hub has not acknowledged stay in the
+//     spool for the next start;
+//  4. close the bbolt file.
+//
+// It returns every failure joined and is safe to call more than once.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		var errs []error
+		a.brokerListen.Store(false)
+		errs = append(errs, a.broker.Close())
+		if a.httpServer != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+			if err := a.httpServer.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("shut down HTTP server: %w", err))
+			}
+			cancel()
+			<-a.httpDone
+		}
+
+		if a.spoolOpen.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+			if err := a.spool.Flush(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
+		}
+		errs = append(errs, a.uplink.Close())
+		a.spoolOpen.Store(false)
+		errs = append(errs, a.spool.Close())
+
+		a.closeErr = errors.Join(errs...)
+		a.log.Info("agent stopped", "error", a.closeErr)
+	})
+	return a.closeErr
+}

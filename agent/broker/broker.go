@@ -1,0 +1,207 @@
+// Package broker is the agent's embedded MQTT broker for vehicles, built
+// on mochi-mqtt v2. Its hook authenticates vehicles, confines each one to
+// its own topic prefix, validates every publish and stores it in the
+// spool before mochi sends the PUBACK.
+//
+// mochi runs OnPublish on the publishing client's goroutine, before it
+// writes the PUBACK, so a PUBACK from this broker means the message is
+// committed and fsynced in the spool ("durable before acknowledged").
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Defaults of Config.
+const (
+	// DefaultAddr is where vehicles connect.
+	DefaultAddr = ":1883"
+	// DefaultAppendTimeout bounds how long a publish waits for the spool.
+	DefaultAppendTimeout = 10 * time.Second
+	// MaxPacketBytes is the largest MQTT packet the broker reads: the
+	// largest device payload plus room for the topic and properties. mochi
+	// disconnects a client that sends a larger packet.
+	MaxPacketBytes = protocol.MaxPayloadBytes + 4<<10
+	// sessionExpirySeconds is how long mochi keeps the session of a
+	// disconnected vehicle (subscriptions, in-flight messages): one day.
+	sessionExpirySeconds = 24 * 60 * 60
+)
+
+// Appender stores records durably; *spool.Spool implements it. Append
+// must return only after the records are committed and fsynced.
+type Appender interface {
+	Append(ctx context.Context, recs []protocol.Record) error
+}
+
+// Config configures a Broker.
+type Config struct {
+	// Addr is the TCP address to listen on. Empty means DefaultAddr (":1883").
+	Addr string
+	// Spool stores every accepted message before its PUBACK. Required.
+	Spool Appender
+	// Authenticator checks each vehicle's password at CONNECT. Nil means
+	// AllowAllVehicles, the development default until per-vehicle
+	// credentials exist; the username must be a valid vehicle id either way.
+	Authenticator VehicleAuthenticator
+	// Logger receives the broker's logs, and mochi's own under component
+	// "mqtt". Nil means discard.
+	Logger *slog.Logger
+	// Registerer receives the broker's metrics on Open. Nil means a private registry.
+	Registerer prometheus.Registerer
+	// Now is the agent clock, stamped on every record as ReceivedAt and
+	// used to check timestamps. Nil means time.Now.
+	Now func() time.Time
+	// MaxFuture is how far ahead of Now a fix timestamp may be. Zero means
+	// protocol.DefaultMaxFuture (5 min).
+	MaxFuture time.Duration
+	// Retention is how old a fix may be. Zero means protocol.DefaultRetention (30 days).
+	Retention time.Duration
+	// AppendTimeout bounds how long one publish waits for the spool before
+	// the message is refused without a PUBACK. Zero means DefaultAppendTimeout (10 s).
+	AppendTimeout time.Duration
+}
+
+// Broker is the vehicles' MQTT broker.
+type Broker struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	hook    *hook
+
+	server   *mqtt.Server
+	listener net.Listener
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New returns a broker for cfg with defaults filled in. It does no I/O.
+func New(cfg Config) *Broker {
+	if cfg.Addr == "" {
+		cfg.Addr = DefaultAddr
+	}
+	if cfg.Authenticator == nil {
+		cfg.Authenticator = AllowAllVehicles{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.AppendTimeout <= 0 {
+		cfg.AppendTimeout = DefaultAppendTimeout
+	}
+	b := &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
+	b.metrics = newMetrics()
+	b.hook = &hook{
+		cfg:     &b.cfg,
+		log:     b.log,
+		metrics: b.metrics,
+		limits:  protocol.Limits{Now: cfg.Now, MaxFuture: cfg.MaxFuture, Retention: cfg.Retention},
+	}
+	return b
+}
+
+// Open starts listening on Config.Addr and serving vehicles.
+func (b *Broker) Open() error {
+	if b.cfg.Spool == nil {
+		return errors.New("open broker: Config.Spool is nil")
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = MaxPacketBytes
+	caps.MaximumSessionExpiryInterval = sessionExpirySeconds
+	// Vehicles have no use for shared subscriptions, and a "$share/..."
+	// filter would need its own ACL rule.
+	caps.SharedSubAvailable = 0
+
+	server := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       slog.New(quietHandler{b.cfg.Logger.Handler()}).With("component", "mqtt"),
+		InlineClient: false,
+	})
+	b.hook.server = server
+	if err := server.AddHook(b.hook, nil); err != nil {
+		return fmt.Errorf("add broker hook: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", b.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen for vehicles on %s: %w", b.cfg.Addr, err)
+	}
+	if err := server.AddListener(listeners.NewNet("vehicles", ln)); err != nil {
+		return errors.Join(fmt.Errorf("add vehicle listener: %w", err), ln.Close())
+	}
+	if err := b.metrics.register(b.cfg.Registerer, server); err != nil {
+		return errors.Join(fmt.Errorf("register broker metrics: %w", err), ln.Close())
+	}
+	if err := server.Serve(); err != nil {
+		b.metrics.unregister(b.cfg.Registerer)
+		return errors.Join(fmt.Errorf("serve mqtt: %w", err), server.Close())
+	}
+	b.server, b.listener = server, ln
+	b.log.Info("broker listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr returns the address the broker listens on, or nil before Open.
+func (b *Broker) Addr() net.Addr {
+	if b.listener == nil {
+		return nil
+	}
+	return b.listener.Addr()
+}
+
+// Close stops accepting vehicles, disconnects every client and waits
+// until no publish is being processed. It is safe to call more than once.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		if b.server == nil {
+			return
+		}
+		if err := b.server.Close(); err != nil {
+			b.closeErr = fmt.Errorf("close mqtt server: %w", err)
+		}
+		b.metrics.unregister(b.cfg.Registerer)
+		b.log.Info("broker stopped")
+	})
+	return b.closeErr
+}
+
+// quietHandler lowers to Debug mochi's own log lines about publishes the
+// hook refused, because the hook logs each of them with the vehicle id and
+// reason; mochi's line repeats it at Error level with the whole packet.
+type quietHandler struct{ slog.Handler }
+
+func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "publish packet error" || r.Message == "publish packet rejected" {
+		r.Level = slog.LevelDebug
+		if !h.Handler.Enabled(ctx, r.Level) {
+			return nil
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h quietHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return quietHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h quietHandler) WithGroup(name string) slog.Handler {
+	return quietHandler{h.Handler.WithGroup(name)}
+}

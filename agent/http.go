@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// routes returns the agent's HTTP handler.
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", a.handleHealthz)
+	mux.HandleFunc("GET /readyz", a.handleReadyz)
+	return mux
+}
+
+// handleHealthz answers 200 while the process serves HTTP at all.
+func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readiness is the body of /readyz.
+type readiness struct {
+	Ready bool `json:"ready"`
+	// Spool is "open" or "closed".
+	Spool string `json:"spool"`
+	// Broker is "listening" or "stopped".
+	Broker string `json:"broker"`
+	// Uplink is "connected" or "disconnected"; it does not affect Ready.
+	Uplink  string                       `json:"uplink"`
+	Agent   string                       `json:"agent"`
+	Region  string                       `json:"region"`
+	SpoolID string                       `json:"spool_id,omitempty"`
+	Lanes   map[protocol.Lane]laneReport `json:"lanes,omitempty"`
+}
+
+type laneReport struct {
+	Records          int     `json:"records"`
+	Bytes            int64   `json:"bytes"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	Rejected         int     `json:"rejected"`
+}
+
+// handleReadyz answers 200 when the spool is open and the broker
+// listens, so vehicles can be served. A hub outage does not make the
+// agent unready, because the agent must keep accepting vehicles while
+// the WAN is down; the body reports the uplink state for operators.
+func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+	r := readiness{
+		Spool:  "closed",
+		Broker: "stopped",
+		Uplink: a.uplink.State().String(),
+		Agent:  a.cfg.ID,
+		Region: a.cfg.Region,
+	}
+	spoolOpen, brokerUp := a.spoolOpen.Load(), a.brokerListen.Load()
+	if spoolOpen {
+		r.Spool = "open"
+		r.SpoolID = a.spool.SpoolID()
+		now := a.cfg.Now()
+		r.Lanes = make(map[protocol.Lane]laneReport, len(protocol.Lanes))
+		for lane, st := range a.spool.Stats() {
+			rep := laneReport{Records: st.Records, Bytes: st.Bytes, Rejected: st.Rejected}
+			if !st.Oldest.IsZero() {
+				rep.OldestAgeSeconds = max(now.Sub(st.Oldest), 0).Round(time.Millisecond).Seconds()
+			}
+			r.Lanes[lane] = rep
+		}
+	}
+	if brokerUp {
+		r.Broker = "listening"
+	}
+	r.Ready = spoolOpen && brokerUp
+
+	code := http.StatusOK
+	if !r.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, r)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

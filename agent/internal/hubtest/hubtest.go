@@ -1,0 +1,169 @@
+// Package hubtest is a stand-in for the hub's MQTT ingest in the agent's
+// tests: a mochi broker on a loopback port whose hook decodes the agent's
+// batches, commits records past a per-lane cursor in memory, and
+// publishes Acks through mochi's inline client. The hub's real ingest
+// lives under hub/; this double is a seam the agent's tests own.
+package hubtest
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Hub is a test hub. By default it commits every batch and acknowledges
+// it; SetRespond changes the Acks it sends.
+type Hub struct {
+	t      testing.TB
+	server *mqtt.Server
+	// Addr is the host:port the hub listens on.
+	Addr string
+
+	mu        sync.Mutex
+	batches   []protocol.Batch
+	committed map[protocol.Lane][]protocol.Record
+	cursor    map[protocol.Lane]uint64
+	respond   func(h *Hub, b *protocol.Batch) []protocol.Ack
+
+	closeOnce sync.Once
+}
+
+// Start starts a test hub on addr ("127.0.0.1:0" for a free port) and
+// stops it on cleanup.
+func Start(t testing.TB, addr string) *Hub {
+	t.Helper()
+	h := &Hub{
+		t:         t,
+		committed: map[protocol.Lane][]protocol.Record{},
+		cursor:    map[protocol.Lane]uint64{},
+	}
+	h.server = mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := h.server.AddHook(&hubHook{hub: h}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("test hub listen on %s: %v", addr, err)
+	}
+	if err := h.server.AddListener(listeners.NewNet("agents", ln)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.server.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	h.Addr = ln.Addr().String()
+	t.Cleanup(h.Close)
+	return h
+}
+
+// Close stops the hub; it is safe to call more than once.
+func (h *Hub) Close() {
+	h.closeOnce.Do(func() { _ = h.server.Close() })
+}
+
+// URL returns the hub's address as an MQTT URL.
+func (h *Hub) URL() string { return "tcp://" + h.Addr }
+
+// SetRespond makes f decide the Acks for each batch; nil restores the
+// default (Commit and acknowledge). f runs on the agent connection's
+// goroutine in the hub, without the hub's lock.
+func (h *Hub) SetRespond(f func(h *Hub, b *protocol.Batch) []protocol.Ack) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.respond = f
+}
+
+// Commit stores the batch's records past the lane cursor, as the real
+// hub's store does, and returns the success Ack.
+func (h *Hub) Commit(b *protocol.Batch) protocol.Ack {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range b.Records {
+		if r.Seq > h.cursor[b.Lane] {
+			h.committed[b.Lane] = append(h.committed[b.Lane], r)
+			h.cursor[b.Lane] = r.Seq
+		}
+	}
+	return protocol.Ack{AgentID: b.AgentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: h.cursor[b.Lane]}
+}
+
+// Received returns a copy of every batch received so far, in order.
+func (h *Hub) Received() []protocol.Batch {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.Batch(nil), h.batches...)
+}
+
+// Committed returns a copy of the lane's committed records.
+func (h *Hub) Committed(lane protocol.Lane) []protocol.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.Record(nil), h.committed[lane]...)
+}
+
+func (h *Hub) handleBatch(payload []byte) {
+	b, err := protocol.DecodeBatch(payload)
+	if err != nil {
+		h.t.Errorf("test hub got an invalid batch: %v", err)
+		return
+	}
+	h.mu.Lock()
+	h.batches = append(h.batches, *b)
+	respond := h.respond
+	h.mu.Unlock()
+
+	var acks []protocol.Ack
+	if respond == nil {
+		acks = []protocol.Ack{h.Commit(b)}
+	} else {
+		acks = respond(h, b)
+	}
+	for _, ack := range acks {
+		data, err := protocol.EncodeAck(&ack)
+		if err != nil {
+			h.t.Errorf("encode ack: %v", err)
+			return
+		}
+		if err := h.server.Publish(protocol.AckTopic(b.AgentID), data, false, 1); err != nil {
+			h.t.Errorf("publish ack: %v", err)
+		}
+	}
+}
+
+// hubHook accepts every client and hands batch publishes to the hub.
+type hubHook struct {
+	mqtt.HookBase
+	hub *Hub
+}
+
+func (k *hubHook) ID() string { return "test-hub" }
+
+func (k *hubHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+}
+
+func (k *hubHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+func (k *hubHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+func (k *hubHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if _, err := protocol.ParseBatchTopic(pk.TopicName); err == nil && !cl.Net.Inline {
+		k.hub.handleBatch(pk.Payload)
+	}
+	return pk, nil
+}
+
+// Cursor returns the last committed sequence number of lane.
+func (h *Hub) Cursor(lane protocol.Lane) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cursor[lane]
+}

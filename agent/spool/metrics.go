@@ -1,0 +1,120 @@
+package spool
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// metrics are the spool's Prometheus metrics. Lane gauges are read from
+// Stats at scrape time.
+type metrics struct {
+	commits       prometheus.Counter
+	commitErrors  prometheus.Counter
+	appended      *prometheus.CounterVec
+	groupRequests prometheus.Histogram
+	groupRecords  prometheus.Histogram
+	fsyncSeconds  prometheus.Histogram
+	lanes         *laneCollector
+}
+
+func newMetrics(s *Spool) *metrics {
+	m := &metrics{
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_spool_commits_total",
+			Help: "Group commits written and fsynced by the spool.",
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_spool_commit_errors_total",
+			Help: "Group commits that failed; every write of such a group failed.",
+		}),
+		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_spool_appended_records_total",
+			Help: "Records stored in the spool, by lane.",
+		}, []string{"lane"}),
+		groupRequests: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_agent_spool_group_commit_requests",
+			Help:    "Write requests (appends, deletes) that shared one group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		groupRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_agent_spool_group_commit_records",
+			Help:    "Records appended by one group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}),
+		fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_agent_spool_fsync_seconds",
+			Help:    "Time bbolt's Commit took to write the dirty pages and fsync the file, per group commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		lanes: &laneCollector{
+			spool: s,
+			records: prometheus.NewDesc("xpress_agent_spool_records",
+				"Records in the spool waiting for the hub's acknowledgement, by lane.", []string{"lane"}, nil),
+			bytes: prometheus.NewDesc("xpress_agent_spool_bytes",
+				"Encoded size of the records waiting in the spool, by lane.", []string{"lane"}, nil),
+			oldestAge: prometheus.NewDesc("xpress_agent_spool_oldest_record_age_seconds",
+				"Age of the oldest record waiting in the spool by its receive time, by lane; 0 when the lane is empty.", []string{"lane"}, nil),
+			rejected: prometheus.NewDesc("xpress_agent_spool_rejected_records",
+				"Records the hub refused permanently, kept in the spool's rejected bucket, by lane.", []string{"lane"}, nil),
+		},
+	}
+	for _, lane := range protocol.Lanes {
+		m.appended.WithLabelValues(string(lane))
+	}
+	return m
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.commits, m.commitErrors, m.appended, m.groupRequests, m.groupRecords, m.fsyncSeconds, m.lanes}
+}
+
+// register registers every collector, or none.
+func (m *metrics) register(reg prometheus.Registerer) error {
+	var done []prometheus.Collector
+	for _, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			for _, d := range done {
+				reg.Unregister(d)
+			}
+			return err
+		}
+		done = append(done, c)
+	}
+	return nil
+}
+
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
+}
+
+// laneCollector reports the per-lane gauges from Spool.Stats.
+type laneCollector struct {
+	spool                               *Spool
+	records, bytes, oldestAge, rejected *prometheus.Desc
+}
+
+func (c *laneCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.records
+	ch <- c.bytes
+	ch <- c.oldestAge
+	ch <- c.rejected
+}
+
+func (c *laneCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.spool.cfg.Now()
+	for lane, st := range c.spool.Stats() {
+		age := 0.0
+		if !st.Oldest.IsZero() {
+			age = max(now.Sub(st.Oldest).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(c.records, prometheus.GaugeValue, float64(st.Records), string(lane))
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.Bytes), string(lane))
+		ch <- prometheus.MustNewConstMetric(c.oldestAge, prometheus.GaugeValue, age, string(lane))
+		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.GaugeValue, float64(st.Rejected), string(lane))
+	}
+}
+
+var _ prometheus.Collector = (*laneCollector)(nil)

@@ -1,0 +1,311 @@
+// Package uplink forwards the agent's spool to the hub over MQTT
+// (paho.mqtt.golang), lane by lane, SOS first.
+//
+// Records leave the spool only when the hub's application-level
+// protocol.Ack says they are committed, never when paho completes a
+// publish token: paho can complete a token without error when the
+// connection dropped before the PUBACK. The spool, not paho, holds the
+// data, so the uplink uses a clean session and resends from the oldest
+// unacknowledged record after every reconnect. paho's own reconnect is
+// off; the uplink reconnects itself with exponential backoff and full
+// jitter.
+package uplink
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Defaults of Config.
+const (
+	DefaultHubURL          = "tcp://localhost:1884"
+	DefaultMaxBatchRecords = 1000
+	DefaultMaxBatchBytes   = 1 << 20
+	DefaultAckTimeout      = 10 * time.Second
+	DefaultConnectTimeout  = 10 * time.Second
+	DefaultKeepAlive       = 30 * time.Second
+	DefaultMinBackoff      = 100 * time.Millisecond
+	DefaultMaxBackoff      = 30 * time.Second
+)
+
+// Errors of the uplink.
+var (
+	// ErrAckTimeout means the hub sent no Ack for a batch within Config.AckTimeout.
+	ErrAckTimeout = errors.New("no ack from the hub in time")
+	// ErrConnectionLost means the MQTT connection to the hub dropped.
+	ErrConnectionLost = errors.New("connection to the hub lost")
+)
+
+// Spool is what the uplink needs from the agent's spool; *spool.Spool
+// implements it.
+type Spool interface {
+	SpoolID() string
+	Read(lane protocol.Lane, afterSeq uint64, max int, maxBytes int) ([]protocol.Record, error)
+	DeleteThrough(lane protocol.Lane, seq uint64) error
+	RejectThrough(lane protocol.Lane, seq uint64) (int, error)
+	Notify() <-chan struct{}
+}
+
+// Config configures an Uplink.
+type Config struct {
+	// AgentID is the agent's id, used as MQTT client id and username and in
+	// every batch. Required.
+	AgentID string
+	// Region is the agent's region, carried in every batch. Required.
+	Region string
+	// HubURL is the hub's MQTT address, e.g. "tcp://127.0.0.1:1884".
+	// Empty means DefaultHubURL ("tcp://localhost:1884").
+	HubURL string
+	// Password is sent with the agent id at CONNECT. Empty sends none;
+	// agents have no hub credentials yet.
+	Password string
+	// Spool is the queue to drain. Required.
+	Spool Spool
+	// Logger receives the uplink's logs. Nil means discard.
+	Logger *slog.Logger
+	// Registerer receives the uplink's metrics on Open. Nil means a private registry.
+	Registerer prometheus.Registerer
+	// Now is the agent clock: records received before the current
+	// connection came up are sent with Historical set. Nil means time.Now.
+	Now func() time.Time
+	// MaxBatchRecords caps the records in one batch. Zero means
+	// DefaultMaxBatchRecords (1000); at most protocol.MaxBatchRecords.
+	MaxBatchRecords int
+	// MaxBatchBytes caps the spool-encoded size of one batch's records, in
+	// bytes; a single larger record still goes alone. Zero means
+	// DefaultMaxBatchBytes (1 MiB). The wire batch is slightly larger, so
+	// keep this well under protocol.MaxBatchBytes.
+	MaxBatchBytes int
+	// AckTimeout is how long the uplink waits for the hub's Ack of a batch
+	// before it treats the link as dead, reconnects and resends. Zero
+	// means DefaultAckTimeout (10 s).
+	AckTimeout time.Duration
+	// ConnectTimeout bounds one connection attempt, including the wait for
+	// CONNACK and SUBACK. Close may wait this long for an attempt in
+	// progress. Zero means DefaultConnectTimeout (10 s).
+	ConnectTimeout time.Duration
+	// KeepAlive is the MQTT keep-alive interval. Zero means DefaultKeepAlive (30 s).
+	KeepAlive time.Duration
+	// MinBackoff is the backoff ceiling of the first retry; each failed
+	// attempt doubles it up to MaxBackoff. Zero means DefaultMinBackoff (100 ms).
+	MinBackoff time.Duration
+	// MaxBackoff caps the backoff ceiling. Zero means DefaultMaxBackoff (30 s).
+	MaxBackoff time.Duration
+	// Rand returns a uniform number in [0, 1) for the backoff jitter. Nil
+	// means math/rand/v2's Float64.
+	Rand func() float64
+}
+
+// Validate checks the required fields and limits of a config.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := protocol.ValidateAgentID(c.AgentID); err != nil {
+		errs = append(errs, fmt.Errorf("AgentID: %w", err))
+	}
+	if c.Region == "" {
+		errs = append(errs, errors.New("Region is empty"))
+	}
+	if c.Spool == nil {
+		errs = append(errs, errors.New("Spool is nil"))
+	}
+	if c.HubURL != "" {
+		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" {
+			errs = append(errs, fmt.Errorf("HubURL %q is not a URL like tcp://host:port", c.HubURL))
+		}
+	}
+	if c.MaxBatchRecords < 0 || c.MaxBatchRecords > protocol.MaxBatchRecords {
+		errs = append(errs, fmt.Errorf("MaxBatchRecords %d is not in [0, %d]", c.MaxBatchRecords, protocol.MaxBatchRecords))
+	}
+	if c.MaxBatchBytes < 0 || c.MaxBatchBytes > protocol.MaxBatchBytes/2 {
+		errs = append(errs, fmt.Errorf("MaxBatchBytes %d is not in [0, %d]", c.MaxBatchBytes, protocol.MaxBatchBytes/2))
+	}
+	if c.MinBackoff < 0 || c.MaxBackoff < 0 || (c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff) {
+		errs = append(errs, fmt.Errorf("backoff bounds %s..%s are invalid", c.MinBackoff, c.MaxBackoff))
+	}
+	return errors.Join(errs...)
+}
+
+// State is the uplink's connection state.
+type State int32
+
+// Connection states.
+const (
+	StateDisconnected State = iota
+	StateConnected
+)
+
+// String returns "connected" or "disconnected".
+func (s State) String() string {
+	if s == StateConnected {
+		return "connected"
+	}
+	return "disconnected"
+}
+
+// Uplink drains a spool to the hub. Its methods are safe for concurrent use.
+type Uplink struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	state atomic.Int32
+
+	ackedMu sync.Mutex
+	// acked is the highest sequence number per lane the hub acknowledged
+	// (or that was moved to rejected) since Open.
+	acked map[protocol.Lane]uint64
+	// sent is the highest sequence number per lane sent since Open; an
+	// Ack never deletes past it.
+	sent map[protocol.Lane]uint64
+
+	// transientErrors counts the hub's transient refusals in a row; only
+	// the run goroutine uses it.
+	transientErrors int
+
+	stop      chan struct{}
+	done      chan struct{}
+	opened    atomic.Bool
+	closeOnce sync.Once
+}
+
+// New returns an uplink for cfg with defaults filled in. It does no I/O.
+func New(cfg Config) *Uplink {
+	if cfg.HubURL == "" {
+		cfg.HubURL = DefaultHubURL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxBatchRecords == 0 {
+		cfg.MaxBatchRecords = DefaultMaxBatchRecords
+	}
+	if cfg.MaxBatchBytes == 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = DefaultAckTimeout
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	return &Uplink{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "uplink", "agent", cfg.AgentID),
+		metrics: newMetrics(),
+		acked:   make(map[protocol.Lane]uint64, len(protocol.Lanes)),
+		sent:    make(map[protocol.Lane]uint64, len(protocol.Lanes)),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Open validates the config and starts the goroutine that connects to the
+// hub and drains the spool. It does not wait for the hub: a hub outage is
+// normal, and the uplink keeps retrying until Close.
+func (u *Uplink) Open() error {
+	if err := u.cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid uplink config: %w", err)
+	}
+	select {
+	case <-u.stop:
+		return errors.New("open uplink: already closed")
+	default:
+	}
+	if err := u.metrics.register(u.cfg.Registerer); err != nil {
+		return fmt.Errorf("register uplink metrics: %w", err)
+	}
+	u.opened.Store(true)
+	go u.run()
+	u.log.Info("uplink started", "hub", u.cfg.HubURL, "spool", u.cfg.Spool.SpoolID())
+	return nil
+}
+
+// Close stops the uplink: it ends the connection and waits for its
+// goroutine. Records not yet acknowledged stay in the spool. Close is
+// safe to call more than once.
+func (u *Uplink) Close() error {
+	u.closeOnce.Do(func() {
+		close(u.stop)
+		if !u.opened.Load() {
+			return
+		}
+		<-u.done
+		u.metrics.unregister(u.cfg.Registerer)
+		u.log.Info("uplink stopped")
+	})
+	return nil
+}
+
+// State returns whether the uplink is connected to the hub.
+func (u *Uplink) State() State { return State(u.state.Load()) }
+
+// Acked returns, per lane, the highest sequence number the hub
+// acknowledged since Open (records moved to rejected count too).
+func (u *Uplink) Acked() map[protocol.Lane]uint64 {
+	u.ackedMu.Lock()
+	defer u.ackedMu.Unlock()
+	out := make(map[protocol.Lane]uint64, len(protocol.Lanes))
+	for _, lane := range protocol.Lanes {
+		out[lane] = u.acked[lane]
+	}
+	return out
+}
+
+func (u *Uplink) setState(s State) {
+	u.state.Store(int32(s))
+}
+
+func (u *Uplink) ackedThrough(lane protocol.Lane) uint64 {
+	u.ackedMu.Lock()
+	defer u.ackedMu.Unlock()
+	return u.acked[lane]
+}
+
+func (u *Uplink) setAcked(lane protocol.Lane, seq uint64) {
+	u.ackedMu.Lock()
+	defer u.ackedMu.Unlock()
+	u.acked[lane] = seq
+	u.metrics.ackedSeq.WithLabelValues(string(lane)).Set(float64(seq))
+}
+
+// backoff returns the wait before retry number attempt (0 for the first
+// retry): uniform in [0, ceiling) with ceiling = MinBackoff·2^attempt,
+// capped at MaxBackoff ("full jitter"), so agents that lost the hub at
+// the same moment do not reconnect in step.
+func (u *Uplink) backoff(attempt int) time.Duration {
+	ceiling := u.cfg.MaxBackoff
+	if attempt < 32 {
+		if c := u.cfg.MinBackoff << attempt; c > 0 && c < ceiling {
+			ceiling = c
+		}
+	}
+	return time.Duration(u.cfg.Rand() * float64(ceiling))
+}

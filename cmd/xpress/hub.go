@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/xpress-ops/tower/hub"
+)
+
+// hubFlags are the flags of xpress hub, also used by xpress dev.
+type hubFlags struct {
+	httpAddr       string
+	agentMQTTAddr  string
+	databaseURL    string
+	dataDir        string
+	redisURL       string
+	allowedOrigins string
+}
+
+func (f *hubFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the API, dashboard and /metrics")
+	fs.StringVar(&f.agentMQTTAddr, "agent-mqtt-addr", ":1884", "address where agents connect over MQTT")
+	fs.StringVar(&f.databaseURL, "database-url", "", "PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/xpress (prefer XPRESS_DATABASE_URL: a flag shows in ps)")
+	fs.StringVar(&f.dataDir, "data-dir", "./xpress-data", "directory for the hub's local files")
+	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL for fan-out between hub replicas; empty fans out in-process")
+	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated extra Origin hosts allowed to open the operator WebSocket")
+}
+
+func (f *hubFlags) config() hub.Config {
+	var origins []string
+	for _, o := range strings.Split(f.allowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+	return hub.Config{
+		HTTPAddr:       f.httpAddr,
+		AgentMQTTAddr:  f.agentMQTTAddr,
+		DatabaseURL:    f.databaseURL,
+		DataDir:        f.dataDir,
+		RedisURL:       f.redisURL,
+		AllowedOrigins: origins,
+	}
+}
+
+// newRegistry returns a metrics registry with the Go and process collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func runHub(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("hub", flag.ContinueOnError)
+	var hf hubFlags
+	var lf logFlags
+	hf.register(fs)
+	lf.register(fs)
+	if err := parseFlags(fs, args, e); err != nil {
+		return err
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return err
+	}
+
+	cfg := hf.config()
+	reg := newRegistry()
+	cfg.Logger, cfg.Registerer, cfg.Gatherer = log, reg, reg
+	h, err := hub.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := h.Open(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down", "reason", context.Cause(ctx))
+	return h.Close()
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/xpress-ops/tower/sim"
+)
+
+// simFlags are the flags of xpress sim, also used by xpress dev.
+type simFlags struct {
+	broker   string
+	vehicles int
+	rate     float64
+	speedup  float64
+	trace    string
+	sosEvery time.Duration
+	duration time.Duration
+	batch    int
+	prefix   string
+	loop     bool
+}
+
+func (f *simFlags) register(fs *flag.FlagSet, withBroker bool) {
+	if withBroker {
+		fs.StringVar(&f.broker, "broker", "tcp://127.0.0.1:1883", "MQTT URL of the agent the vehicles connect to")
+	}
+	fs.IntVar(&f.vehicles, "vehicles", 20, "number of simulated vehicles")
+	fs.Float64Var(&f.rate, "rate", 0, "fixes per second per vehicle; 0 follows the trace's own timing divided by --speedup")
+	fs.Float64Var(&f.speedup, "speedup", 1, "replay speed of the trace's timing when --rate is 0")
+	fs.StringVar(&f.trace, "trace", "", "trace file to replay (testdata/traces/*); empty drives synthetic routes around Philippine cities")
+	fs.DurationVar(&f.sosEvery, "sos-every", 0, "mean time between SOS alerts of one vehicle, e.g. 10m; 0 sends none")
+	fs.DurationVar(&f.duration, "duration", 0, "stop after this long; 0 runs until interrupted or the trace ends")
+	fs.IntVar(&f.batch, "batch", 1, "fixes per message; above 1 sends JSON arrays like a device that buffered")
+	fs.StringVar(&f.prefix, "vehicle-prefix", "sim-", "prefix of the simulated vehicle ids")
+	fs.BoolVar(&f.loop, "loop", true, "replay each track again from its start when it ends")
+}
+
+func (f *simFlags) config() sim.Config {
+	return sim.Config{
+		Broker:        f.broker,
+		Vehicles:      f.vehicles,
+		Rate:          f.rate,
+		Speedup:       f.speedup,
+		Trace:         f.trace,
+		SOSEvery:      f.sosEvery,
+		Duration:      f.duration,
+		Batch:         f.batch,
+		VehiclePrefix: f.prefix,
+		Loop:          f.loop,
+	}
+}
+
+func runSim(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	var sf simFlags
+	var lf logFlags
+	var password string
+	sf.register(fs, true)
+	lf.register(fs)
+	fs.StringVar(&password, "password", "", "password every vehicle sends (prefer XPRESS_PASSWORD: a flag shows in ps)")
+	if err := parseFlags(fs, args, e); err != nil {
+		return err
+	}
+	log, err := lf.logger(e)
+	if err != nil {
+		return err
+	}
+
+	cfg := sf.config()
+	cfg.Password = password
+	cfg.Logger, cfg.Registerer = log, newRegistry()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	stats, err := sim.Run(ctx, cfg)
+	printStats(e.stdout, stats)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// printStats writes a run's totals and latencies for a person to read.
+func printStats(w io.Writer, s sim.Stats) {
+	fmt.Fprintf(w, "vehicles: %d connected of %d, %d connection failures, %d connections lost\n",
+		s.VehiclesConnected, s.Vehicles, s.ConnectFailures, s.ConnectionsLost)
+	fmt.Fprintf(w, "fixes:    %d sent in %d messages, %d acknowledged, %d failed\n",
+		s.FixesSent, s.FixMessages, s.FixesAcked, s.FixesFailed)
+	fmt.Fprintf(w, "sos:      %d sent, %d acknowledged, %d failed\n", s.SOSSent, s.SOSAcked, s.SOSFailed)
+	fmt.Fprintf(w, "fix latency from scheduled send to PUBACK: p50 %s, p90 %s, p99 %s, max %s (%d samples)\n",
+		s.FixLatency.P50, s.FixLatency.P90, s.FixLatency.P99, s.FixLatency.Max, s.FixLatency.Count)
+	fmt.Fprintf(w, "elapsed:  %s\n", s.Elapsed.Round(time.Millisecond))
+}

@@ -1,0 +1,282 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/hub"
+	"github.com/xpress-ops/tower/internal/pgtest"
+)
+
+// testLogger logs to the test output when -v is given.
+func testLogger(t testing.TB) *slog.Logger {
+	if !testing.Verbose() {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+}
+
+// startHub starts a hub on port 0 with its own database.
+func startHub(t testing.TB, databaseURL string) *hub.Hub {
+	t.Helper()
+	h, err := hub.New(hub.Config{
+		HTTPAddr:      "127.0.0.1:0",
+		AgentMQTTAddr: "127.0.0.1:0",
+		DatabaseURL:   databaseURL,
+		DataDir:       t.TempDir(),
+		Logger:        testLogger(t).With("process", "hub"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.Open(ctx); err != nil {
+		t.Fatalf("open hub: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Errorf("close hub: %v", err)
+		}
+	})
+	return h
+}
+
+// startAgent starts an agent on port 0 that forwards to hubAddr.
+func startAgent(t testing.TB, id, hubAddr, dataDir string) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(agent.Config{
+		ID:       id,
+		Region:   "NCR-Manila",
+		MQTTAddr: "127.0.0.1:0",
+		HubURL:   "tcp://" + hubAddr,
+		DataDir:  dataDir,
+		HTTPAddr: "127.0.0.1:0",
+		Logger:   testLogger(t).With("process", "agent"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Open(context.Background()); err != nil {
+		t.Fatalf("open agent: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := a.Close(); err != nil {
+			t.Errorf("close agent: %v", err)
+		}
+	})
+	return a
+}
+
+// connectVehicle connects a paho MQTT 3.1.1 client as the given vehicle.
+func connectVehicle(t testing.TB, brokerAddr, vehicleID string) mqtt.Client {
+	t.Helper()
+	opts := mqtt.NewClientOptions().
+		AddBroker("tcp://" + brokerAddr).
+		SetClientID(vehicleID).
+		SetUsername(vehicleID).
+		SetPassword("dev").
+		SetAutoReconnect(false).
+		SetConnectTimeout(5 * time.Second)
+	c := mqtt.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect vehicle %s to %s: %v", vehicleID, brokerAddr, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// publish sends one QoS 1 message and waits for its PUBACK.
+func publish(t testing.TB, c mqtt.Client, topic, payload string) {
+	t.Helper()
+	tok := c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(10*time.Second) {
+		t.Fatalf("publish to %s: no PUBACK within 10 s", topic)
+	}
+	if err := tok.Error(); err != nil {
+		t.Fatalf("publish to %s: %v", topic, err)
+	}
+}
+
+// openPool connects to a test database.
+func openPool(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// queryInt runs a query that returns one integer.
+func queryInt(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// waitFor polls cond until it returns true or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// streamEvent is one frame of the operator WebSocket.
+type streamEvent struct {
+	Type string          `json:"type"`
+	Seq  uint64          `json:"seq"`
+	Data json.RawMessage `json:"data"`
+}
+
+// wsClient collects the frames of an operator WebSocket.
+type wsClient struct {
+	mu     sync.Mutex
+	events []streamEvent
+	conn   *websocket.Conn
+	done   chan struct{}
+}
+
+// openStream dials the hub's event stream and collects frames until cleanup.
+func openStream(t testing.TB, httpAddr string) *wsClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, _, err := websocket.Dial(ctx, "ws://"+httpAddr+"/api/v1/stream", nil)
+	if err != nil {
+		cancel()
+		t.Fatalf("dial stream: %v", err)
+	}
+	conn.SetReadLimit(1 << 20)
+	w := &wsClient{conn: conn, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			_, data, err := conn.Read(ctx)
+			if err != nil {
+				return
+			}
+			var ev streamEvent
+			if err := json.Unmarshal(data, &ev); err != nil {
+				t.Errorf("stream frame is not JSON: %q", data)
+				return
+			}
+			w.mu.Lock()
+			w.events = append(w.events, ev)
+			w.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close(websocket.StatusNormalClosure, "test done")
+		cancel()
+		<-w.done
+	})
+	return w
+}
+
+// count returns how many frames of the given type arrived.
+func (w *wsClient) count(typ string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, ev := range w.events {
+		if ev.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// ofType returns the frames of the given type.
+func (w *wsClient) ofType(typ string) []streamEvent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []streamEvent
+	for _, ev := range w.events {
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// getJSON fetches a URL and decodes its JSON body into v.
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("GET %s: body is not JSON: %v: %s", url, err, body)
+	}
+}
+
+// metricValue returns the sum of a metric's samples whose label set
+// contains every given label pair, scraped from a /metrics URL.
+func metricValue(t testing.TB, url, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		matches := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !strings.Contains(line, fmt.Sprintf("%s=%q", labels[i], labels[i+1])) {
+				matches = false
+			}
+		}
+		if !matches {
+			continue
+		}
+		var v float64
+		fields := strings.Fields(line)
+		if _, err := fmt.Sscanf(fields[len(fields)-1], "%g", &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+var _ = pgtest.NewDatabase

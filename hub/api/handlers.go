@@ -1,0 +1,260 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Query limits of the REST routes.
+const (
+	// DefaultTrackLimit and MaxTrackLimit bound the fixes of one track request.
+	DefaultTrackLimit = 1000
+	MaxTrackLimit     = 10000
+	// DefaultTrackRange is the time range of a track request without from and to.
+	DefaultTrackRange = time.Hour
+	// DefaultIncidentLimit and MaxIncidentLimit bound the incidents of one list request.
+	DefaultIncidentLimit = 100
+	MaxIncidentLimit     = 1000
+	// maxRegionLength bounds the region filter, in bytes.
+	maxRegionLength = 64
+)
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// handleReady checks the store and the extra Ready check. A failure is
+// logged with its detail; the response names only the failing part,
+// except that a Ready error's message is shown as it is.
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	notReady := func(reason string, err error) {
+		s.log.Warn("not ready", "reason", reason, "error", err)
+		s.writeJSON(w, r, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": reason})
+	}
+	if s.isClosed() {
+		notReady("shutting down", nil)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	if err := s.cfg.Store.Ping(ctx); err != nil {
+		notReady("store unavailable", err)
+		return
+	}
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(ctx); err != nil {
+			notReady(err.Error(), err)
+			return
+		}
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) handleVehicles(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	positions, err := s.cfg.Store.LatestPositions(ctx)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"vehicles": nonNil(positions)})
+}
+
+// trackResponse is the body of a track request.
+type trackResponse struct {
+	VehicleID string            `json:"vehicle_id"`
+	From      time.Time         `json:"from"`
+	To        time.Time         `json:"to"`
+	Limit     int               `json:"limit"`
+	Fixes     []store.StoredFix `json:"fixes"`
+}
+
+// handleTrack returns a vehicle's fixes with fix time in [from, to).
+// Without from and to it covers the last DefaultTrackRange. Without from,
+// from is DefaultTrackRange before to. Without to, to is now.
+func (s *Server) handleTrack(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := protocol.ValidateVehicleID(id); err != nil {
+		s.writeError(w, r, badRequest("invalid vehicle id %q: use 1 to 64 letters, digits, '-' or '_'", truncate(id, 80)))
+		return
+	}
+	q := r.URL.Query()
+	from, hasFrom, err := parseTime(q, "from")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	to, hasTo, err := parseTime(q, "to")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	switch {
+	case !hasFrom && !hasTo:
+		to = s.cfg.Now().UTC()
+		from = to.Add(-DefaultTrackRange)
+	case !hasFrom:
+		from = to.Add(-DefaultTrackRange)
+	case !hasTo:
+		to = s.cfg.Now().UTC()
+	}
+	if !from.Before(to) {
+		s.writeError(w, r, badRequest("from %s is not before to %s", from.Format(time.RFC3339), to.Format(time.RFC3339)))
+		return
+	}
+	limit, err := parseLimit(q, DefaultTrackLimit, MaxTrackLimit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	fixes, err := s.cfg.Store.Fixes(ctx, id, from, to, limit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, trackResponse{VehicleID: id, From: from, To: to, Limit: limit, Fixes: nonNil(fixes)})
+}
+
+func (s *Server) handleIncidents(w http.ResponseWriter, r *http.Request) {
+	f, err := parseIncidentFilter(r.URL.Query())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	incidents, err := s.cfg.Store.Incidents(ctx, f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"incidents": nonNil(incidents)})
+}
+
+// incidentResponse is the body of a single-incident request.
+type incidentResponse struct {
+	Incident store.Incident        `json:"incident"`
+	Events   []store.IncidentEvent `json:"events"`
+}
+
+func (s *Server) handleIncident(w http.ResponseWriter, r *http.Request) {
+	raw := r.PathValue("id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		s.writeError(w, r, badRequest("invalid incident id %q: use a positive integer", truncate(raw, 40)))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	inc, evs, err := s.cfg.Store.Incident(ctx, id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, incidentResponse{Incident: inc, Events: nonNil(evs)})
+}
+
+func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
+	agents := slices.Clone(s.cfg.Agents())
+	slices.SortFunc(agents, func(a, b AgentState) int { return strings.Compare(a.ID, b.ID) })
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"agents": nonNil(agents)})
+}
+
+func (s *Server) handleUnknownAPI(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, errors.Join(store.ErrNotFound, errors.New("no API route "+r.URL.Path)))
+}
+
+// parseIncidentFilter reads state (comma-separated), region, vehicle and limit.
+func parseIncidentFilter(q url.Values) (store.IncidentFilter, error) {
+	var f store.IncidentFilter
+	for _, raw := range strings.Split(q.Get("state"), ",") {
+		st := store.IncidentState(strings.TrimSpace(raw))
+		switch st {
+		case "":
+		case store.StateOpen, store.StateAcknowledged, store.StateDispatched, store.StateResolved, store.StateCancelled:
+			if !slices.Contains(f.States, st) {
+				f.States = append(f.States, st)
+			}
+		default:
+			return f, badRequest("invalid state %q: use open, acknowledged, dispatched, resolved or cancelled", truncate(string(st), 40))
+		}
+	}
+
+	f.Region = q.Get("region")
+	if len(f.Region) > maxRegionLength || strings.IndexFunc(f.Region, unicode.IsControl) >= 0 {
+		return f, badRequest("invalid region %q: use at most %d printable bytes", truncate(f.Region, 80), maxRegionLength)
+	}
+	if v := q.Get("vehicle"); v != "" {
+		if err := protocol.ValidateVehicleID(v); err != nil {
+			return f, badRequest("invalid vehicle id %q: use 1 to 64 letters, digits, '-' or '_'", truncate(v, 80))
+		}
+		f.VehicleID = v
+	}
+
+	limit, err := parseLimit(q, DefaultIncidentLimit, MaxIncidentLimit)
+	if err != nil {
+		return f, err
+	}
+	f.Limit = limit
+	return f, nil
+}
+
+// parseLimit reads the limit parameter: def when absent, else an integer
+// from 1 to max.
+func parseLimit(q url.Values, def, max int) (int, error) {
+	raw := q.Get("limit")
+	if raw == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > max {
+		return 0, badRequest("invalid limit %q: use an integer from 1 to %d", truncate(raw, 40), max)
+	}
+	return n, nil
+}
+
+// parseTime reads an RFC 3339 time parameter and returns it in UTC, and
+// whether it was present. A space is read as '+', because an offset such as
+// +08:00 sent unescaped in a query string arrives as " 08:00".
+func parseTime(q url.Values, name string) (time.Time, bool, error) {
+	raw := strings.ReplaceAll(q.Get(name), " ", "+")
+	if raw == "" {
+		return time.Time{}, false, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		return time.Time{}, false, badRequest("invalid %s %q: use RFC 3339 with an offset, such as 2026-12-04T10:00:00+08:00", name, truncate(raw, 60))
+	}
+	return t.UTC(), true, nil
+}
+
+// nonNil returns an empty slice for nil, so JSON shows [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// truncate shortens s to at most n bytes for messages, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,252 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/xpress-ops/tower/hub/events"
+)
+
+// The stream's own frame types, besides the bus events it forwards.
+const (
+	// frameHello is the first frame of every stream; its seq is the bus's
+	// newest sequence number at connect time.
+	frameHello = "hello"
+	// frameReset means events after the client's resume point are no longer
+	// kept, so the client must reload its state through the REST API. Its
+	// seq is where the stream continues from: the next event has a higher seq.
+	frameReset = "reset"
+)
+
+// maxResets bounds how many resets one subscribe sends before giving up,
+// in case the history turns over faster than the client can resubscribe.
+const maxResets = 3
+
+// errServerClosing ends streams when Server.Close is called.
+var errServerClosing = errors.New("hub shutting down")
+
+// controlFrame is a hello or reset frame.
+type controlFrame struct {
+	Type string `json:"type"`
+	Seq  uint64 `json:"seq"`
+}
+
+// handleStream upgrades to a WebSocket and streams bus events as JSON text
+// frames: a hello frame, then the kept events after the "after" query
+// parameter if it is given, then live events. The client sends nothing;
+// a data frame from it closes the stream with status 1008 (policy violation).
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	after, resume, err := parseAfter(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !s.startStream() {
+		s.writeJSON(w, r, http.StatusServiceUnavailable, map[string]string{"error": "hub shutting down"})
+		return
+	}
+	defer s.streams.Done()
+
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins})
+	if err != nil {
+		// Accept has already written the response, 403 for a foreign origin.
+		s.log.Warn("websocket upgrade rejected",
+			"remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "error", err)
+		return
+	}
+	s.metrics.wsClients.Inc()
+	defer s.metrics.wsClients.Dec()
+
+	log := s.log.With("remote", r.RemoteAddr)
+	log.Info("stream client connected", "origin", r.Header.Get("Origin"), "after", r.URL.Query().Get("after"))
+
+	st := &stream{server: s, conn: conn, log: log}
+	ctx, cancel := context.WithCancel(context.Background())
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		st.readLoop(ctx, cancel)
+	}()
+	err = st.run(ctx, after, resume)
+
+	switch {
+	case errors.Is(err, errServerClosing), errors.Is(err, events.ErrClosed):
+		log.Info("stream closed by the hub", "seq", st.last, "reason", err)
+		st.close(websocket.StatusGoingAway, "hub shutting down")
+	case st.clientSentData.Load():
+		log.Warn("stream client sent a message, closing", "seq", st.last)
+		st.close(websocket.StatusPolicyViolation, "the stream accepts no messages")
+	case ctx.Err() != nil:
+		log.Info("stream client disconnected", "seq", st.last)
+		conn.CloseNow()
+	default:
+		log.Warn("stream failed, disconnecting client", "seq", st.last, "error", err)
+		conn.CloseNow()
+	}
+	cancel()
+	<-readDone
+}
+
+// parseAfter reads the "after" query parameter: the last seq the client
+// has applied, and whether it was given.
+func parseAfter(r *http.Request) (uint64, bool, error) {
+	raw := r.URL.Query().Get("after")
+	if raw == "" {
+		return 0, false, nil
+	}
+	after, err := strconv.ParseUint(raw, 10, 64)
+	if err != nil {
+		return 0, false, badRequest("invalid after %q: use the seq of the last event received, a non-negative integer", truncate(raw, 40))
+	}
+	return after, true, nil
+}
+
+// stream is one WebSocket client's session.
+type stream struct {
+	server *Server
+	conn   *websocket.Conn
+	log    *slog.Logger
+	// clientSentData is set when the client sent a data message, which the
+	// stream does not accept.
+	clientSentData atomic.Bool
+	// last is the seq of the last event sent, or where the stream started.
+	last uint64
+}
+
+// readLoop reads from the client until the connection closes or the
+// client sends a data message, then cancels the stream. Reading keeps
+// control frames flowing: it responds to pings and close frames and
+// delivers the pongs that Ping waits for.
+//
+// NOTE: websocket.Conn.CloseRead would do the same, but in coder/websocket
+// v1.8.15, when its goroutine receives a data message it calls Close,
+// which waits up to 15 s for that same goroutine to exit.
+func (st *stream) readLoop(ctx context.Context, cancel context.CancelFunc) {
+	defer cancel()
+	_, _, err := st.conn.Read(ctx)
+	if err == nil {
+		st.clientSentData.Store(true)
+	}
+}
+
+// close runs the close handshake with code, or drops the connection if
+// that fails.
+func (st *stream) close(code websocket.StatusCode, reason string) {
+	if err := st.conn.Close(code, reason); err != nil {
+		st.log.Debug("close stream", "error", err)
+	}
+}
+
+// run sends the hello frame and then events until the client goes away,
+// a write or ping fails, the bus closes or the server closes.
+func (st *stream) run(ctx context.Context, after uint64, resume bool) error {
+	s := st.server
+	latest := s.cfg.Bus.Latest()
+	if err := st.send(ctx, controlFrame{Type: frameHello, Seq: latest}); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	if !resume {
+		after = latest
+	}
+	sub, err := st.subscribe(ctx, after)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if sub != nil {
+			sub.Close()
+		}
+	}()
+
+	ping := time.NewTicker(s.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return errServerClosing
+		case <-ping.C:
+			// NOTE: events wait while a ping waits for its pong. A client
+			// that falls a bus buffer behind meanwhile is resubscribed below.
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			err := st.conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+		case ev, ok := <-sub.C():
+			if ok {
+				if err := st.send(ctx, ev); err != nil {
+					return fmt.Errorf("send event %d: %w", ev.Seq, err)
+				}
+				st.last = ev.Seq
+				continue
+			}
+			if !errors.Is(sub.Err(), events.ErrSlowConsumer) {
+				return fmt.Errorf("event subscription ended: %w", sub.Err())
+			}
+			// The bus dropped this stream for falling behind. Resume from
+			// the last event sent; a gap turns into a reset frame.
+			st.log.Info("stream fell behind the event bus, resuming", "seq", st.last)
+			if sub, err = st.subscribe(ctx, st.last); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// subscribe subscribes to the bus after seq after. When those events are
+// no longer kept it sends a reset frame and subscribes from the newest
+// event instead.
+func (st *stream) subscribe(ctx context.Context, after uint64) (*events.Subscription, error) {
+	for resets := 0; ; resets++ {
+		sub, err := st.server.cfg.Bus.Subscribe(after)
+		var gap *events.GapError
+		if !errors.As(err, &gap) || resets == maxResets {
+			if err != nil {
+				return nil, fmt.Errorf("subscribe after %d: %w", after, err)
+			}
+			st.last = after
+			return sub, nil
+		}
+
+		st.log.Info("resume point outside the event history, sending reset",
+			"seq", after, "oldest", gap.Oldest, "latest", gap.Latest)
+		if err := st.send(ctx, controlFrame{Type: frameReset, Seq: gap.Latest}); err != nil {
+			return nil, fmt.Errorf("send reset: %w", err)
+		}
+		after = gap.Latest
+	}
+}
+
+// send writes v as one JSON text frame within the write timeout.
+func (st *stream) send(ctx context.Context, v any) error {
+	var typ string
+	switch f := v.(type) {
+	case events.Event:
+		typ = f.Type
+	case controlFrame:
+		typ = f.Type
+	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s frame: %w", typ, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, st.server.cfg.WriteTimeout)
+	defer cancel()
+	if err := st.conn.Write(wctx, websocket.MessageText, body); err != nil {
+		return err
+	}
+	st.server.metrics.framesSent.WithLabelValues(frameLabel(typ)).Inc()
+	return nil
+}

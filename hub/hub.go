@@ -1,0 +1,272 @@
+// Package hub composes the central hub of Xpress Ops Tower: the MQTT
+// ingest that agents connect to, the store, the event bus and the HTTP
+// API with the operators' dashboard.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/hub/api"
+	"github.com/xpress-ops/tower/hub/events"
+	"github.com/xpress-ops/tower/hub/ingest"
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/hub/store/postgres"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Config configures a Hub.
+type Config struct {
+	// HTTPAddr is where the API, the dashboard and /metrics listen. Default ":8080".
+	HTTPAddr string
+	// AgentMQTTAddr is where agents connect over MQTT. Default ":1884".
+	AgentMQTTAddr string
+	// DatabaseURL is the PostgreSQL URL of the store. Required until the
+	// embedded store exists.
+	DatabaseURL string
+	// DataDir is where the hub keeps local files. Default "./xpress-data".
+	DataDir string
+	// RedisURL selects Redis fan-out between hub replicas; empty means in-process.
+	RedisURL string
+	// AllowedOrigins are extra Origin host patterns allowed to open the
+	// operator WebSocket; the hub's own origin is always allowed.
+	AllowedOrigins []string
+	// Logger receives the hub's logs. Nil discards them.
+	Logger *slog.Logger
+	// Registerer and Gatherer hold the hub's metrics. Nil means a private registry.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *Config) Validate() error {
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":8080"
+	}
+	if c.AgentMQTTAddr == "" {
+		c.AgentMQTTAddr = ":1884"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "./xpress-data"
+	}
+	if c.DatabaseURL == "" {
+		// TODO: the embedded bbolt store for single-node installs replaces this error.
+		return errors.New("missing database URL: set --database-url or XPRESS_DATABASE_URL to a PostgreSQL URL")
+	}
+	if c.RedisURL != "" {
+		// TODO: Redis fan-out between hub replicas; until then one hub fans out in-process.
+		return errors.New("redis fan-out is not available yet: leave --redis-url empty to fan out in-process")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registerer == nil || c.Gatherer == nil {
+		reg := prometheus.NewRegistry()
+		c.Registerer, c.Gatherer = reg, reg
+	}
+	return nil
+}
+
+// Hub is a running hub. Open starts it and Close stops it.
+type Hub struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *postgres.Store
+	bus    *events.Bus
+	ingest *ingest.Server
+	api    *api.Server
+	http   *http.Server
+	httpLn net.Listener
+	done   chan error
+
+	mu      sync.Mutex
+	agents  map[string]*api.AgentState
+	closed  bool
+	closeMu sync.Mutex
+}
+
+// New returns a hub for cfg. It does no I/O.
+func New(cfg Config) (*Hub, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Hub{cfg: cfg, log: cfg.Logger.With("component", "hub"), agents: map[string]*api.AgentState{}}, nil
+}
+
+// Open connects the store (applying migrations), then starts the agent
+// listener and the HTTP server. On error everything already started is
+// closed again.
+func (h *Hub) Open(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, h.Close())
+		}
+	}()
+
+	h.store = postgres.New(postgres.Config{
+		URL:        h.cfg.DatabaseURL,
+		Logger:     h.cfg.Logger,
+		Registerer: h.cfg.Registerer,
+	})
+	if err := h.store.Open(ctx); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+
+	h.bus = events.NewBus(events.Config{Logger: h.cfg.Logger, Registerer: h.cfg.Registerer})
+
+	h.ingest = ingest.New(ingest.Config{
+		Addr:          h.cfg.AgentMQTTAddr,
+		Store:         h.store,
+		Logger:        h.cfg.Logger,
+		Registerer:    h.cfg.Registerer,
+		OnCommit:      h.publishCommit,
+		OnAgentStatus: h.setAgentStatus,
+	})
+	if err := h.ingest.Open(); err != nil {
+		return fmt.Errorf("open agent listener on %s: %w", h.cfg.AgentMQTTAddr, err)
+	}
+
+	h.api = api.New(api.Config{
+		Store:          h.store,
+		Bus:            h.bus,
+		Logger:         h.cfg.Logger,
+		Registerer:     h.cfg.Registerer,
+		Gatherer:       h.cfg.Gatherer,
+		Agents:         h.agentStates,
+		AllowedOrigins: h.cfg.AllowedOrigins,
+	})
+	ln, err := net.Listen("tcp", h.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen for HTTP on %s: %w", h.cfg.HTTPAddr, err)
+	}
+	h.httpLn = ln
+	h.http = &http.Server{
+		Handler:           h.api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(h.cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	h.done = make(chan error, 1)
+	go func() {
+		err := h.http.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		h.done <- err
+	}()
+	h.log.Info("hub started", "http", ln.Addr().String(), "agent_mqtt", h.ingest.Addr().String())
+	return nil
+}
+
+// HTTPAddr returns the bound address of the HTTP server.
+func (h *Hub) HTTPAddr() net.Addr { return h.httpLn.Addr() }
+
+// AgentMQTTAddr returns the bound address of the agent listener.
+func (h *Hub) AgentMQTTAddr() net.Addr { return h.ingest.Addr() }
+
+// Close stops the hub in order: HTTP and WebSockets, then the agent
+// listener (no new batches), then the bus, then the store. It is safe to
+// call more than once.
+func (h *Hub) Close() error {
+	h.closeMu.Lock()
+	defer h.closeMu.Unlock()
+	if h.closed {
+		return nil
+	}
+	h.closed = true
+
+	var errs []error
+	if h.api != nil {
+		h.api.Close()
+	}
+	if h.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := h.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down HTTP: %w", err))
+		}
+		cancel()
+		if err := <-h.done; err != nil {
+			errs = append(errs, fmt.Errorf("serve HTTP: %w", err))
+		}
+	}
+	if h.ingest != nil {
+		if err := h.ingest.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close agent listener: %w", err))
+		}
+	}
+	if h.bus != nil {
+		h.bus.Close()
+	}
+	if h.store != nil {
+		if err := h.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	h.log.Info("hub stopped")
+	return errors.Join(errs...)
+}
+
+// publishCommit turns what a committed batch changed into operator events.
+func (h *Hub) publishCommit(b *protocol.Batch, res store.CommitResult) {
+	h.noteAgentRegion(b.AgentID, b.Region)
+	for _, c := range res.Incidents {
+		typ := events.TypeIncidentUpdated
+		if c.Opened {
+			typ = events.TypeIncidentOpened
+		}
+		h.publish(typ, c)
+	}
+	for _, s := range res.Statuses {
+		h.publish(events.TypeVehicleStatus, s)
+	}
+	for _, f := range res.Fixes {
+		h.publish(events.TypeFix, f)
+	}
+}
+
+func (h *Hub) publish(typ string, data any) {
+	if _, err := h.bus.Publish(typ, data); err != nil {
+		h.log.Error("publish event failed", "type", typ, "error", err)
+	}
+}
+
+func (h *Hub) setAgentStatus(agentID string, connected bool) {
+	h.mu.Lock()
+	a := h.agents[agentID]
+	if a == nil {
+		a = &api.AgentState{ID: agentID}
+		h.agents[agentID] = a
+	}
+	a.Connected = connected
+	a.Since = time.Now().UTC()
+	state := *a
+	h.mu.Unlock()
+	h.publish(events.TypeAgentStatus, state)
+}
+
+func (h *Hub) noteAgentRegion(agentID, region string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if a := h.agents[agentID]; a != nil && a.Region == "" {
+		a.Region = region
+	}
+}
+
+func (h *Hub) agentStates() []api.AgentState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]api.AgentState, 0, len(h.agents))
+	for _, a := range h.agents {
+		out = append(out, *a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

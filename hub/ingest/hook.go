@@ -1,0 +1,256 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Reasons a batch is rejected, as metric labels. Decode failures use
+// protocol.Reason.
+const (
+	reasonAgentMismatch    = "agent_mismatch"
+	reasonStoreUnavailable = "store_unavailable"
+	reasonStoreError       = "store_error"
+)
+
+// maxAckErrorLength bounds the error text sent back in an Ack.
+const maxAckErrorLength = 500
+
+// hook connects the broker to the Server: authentication, ACL, connection
+// tracking and batch handling.
+type hook struct {
+	mqtt.HookBase
+	server *Server
+}
+
+func (h *hook) ID() string { return "xpress-ingest" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnPublish,
+	}, []byte{b})
+}
+
+// OnConnectAuthenticate accepts a connection whose username is a valid
+// agent id and whose password the Authenticator accepts.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	s := h.server
+	agentID := string(cl.Properties.Username)
+	if err := protocol.ValidateAgentID(agentID); err != nil {
+		s.metrics.connectionsRejected.WithLabelValues("invalid_agent_id").Inc()
+		s.log.Warn("agent connection rejected: username is not a valid agent id", "remote", cl.Net.Remote, "client", cl.ID, "error", err)
+		return false
+	}
+	if err := s.cfg.Authenticator.Authenticate(agentID, pk.Connect.Password); err != nil {
+		s.metrics.connectionsRejected.WithLabelValues("bad_credentials").Inc()
+		s.log.Warn("agent connection rejected: authentication failed", "agent", agentID, "remote", cl.Net.Remote, "error", err)
+		return false
+	}
+	return true
+}
+
+// OnACLCheck lets an agent publish only to its batch topic and subscribe
+// only to its ack topic. Mochi also calls it with write false before
+// delivering a message to a subscriber.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	s := h.server
+	agentID := string(cl.Properties.Username)
+	allowed := protocol.AckTopic(agentID)
+	action := "subscribe"
+	if write {
+		allowed, action = protocol.BatchTopic(agentID), "publish"
+	}
+	if topic == allowed {
+		return true
+	}
+	s.metrics.aclDenied.WithLabelValues(action).Inc()
+	s.log.Warn("agent denied access to topic", "agent", agentID, "topic", topic, "action", action)
+	return false
+}
+
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	agentID := string(cl.Properties.Username)
+	h.server.log.Info("agent connected", "agent", agentID, "client", cl.ID, "remote", cl.Net.Remote)
+	h.server.agentConnected(agentID)
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	agentID := string(cl.Properties.Username)
+	h.server.log.Info("agent disconnected", "agent", agentID, "client", cl.ID, "remote", cl.Net.Remote, "error", err)
+	h.server.agentDisconnected(agentID)
+}
+
+// OnPublish handles a batch from an agent. The ACL check already ensured
+// the topic is the agent's own batch topic. The return value steers
+// mochi's processPublish (mochi-mqtt v2.7.9, server.go):
+//   - packets.CodeSuccessIgnore: the PUBACK is sent and the packet is
+//     neither retained nor forwarded. The hook returns it for committed
+//     batches, and for every rejection from an MQTT 3.1.1 client because
+//     that PUBACK has no reason code. The application Ack carries the
+//     outcome.
+//   - a packets.Code of 0x80 or more: for an MQTT 5 client, a PUBACK with
+//     that reason code, and the packet is dropped.
+//
+// The hook never returns packets.ErrRejectPacket: that withholds the
+// PUBACK, and the client would redeliver the same batch on reconnect
+// although the Ack already settled it.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // the hub's own Ack
+	}
+	s := h.server
+	agentID := string(cl.Properties.Username)
+	s.metrics.batchesReceived.Inc()
+	s.metrics.batchBytes.Observe(float64(len(pk.Payload)))
+
+	b, err := protocol.DecodeBatch(pk.Payload)
+	if err != nil {
+		s.rejectInvalid(agentID, pk.Payload, err)
+		return pk, refusal(cl, packets.ErrPayloadFormatInvalid)
+	}
+	if b.AgentID != agentID {
+		s.rejectImpostor(agentID, b)
+		return pk, refusal(cl, packets.ErrNotAuthorized)
+	}
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.CommitTimeout)
+	res, err := s.cfg.Store.CommitBatch(ctx, b)
+	cancel()
+	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.commitFailed(agentID, b, err)
+		return pk, refusal(cl, packets.ErrUnspecifiedError)
+	}
+
+	s.metrics.batchesCommitted.Inc()
+	s.metrics.recordsCommitted.WithLabelValues(string(b.Lane)).Add(float64(len(b.Records) - res.Duplicates))
+	s.metrics.recordsDuplicate.Add(float64(res.Duplicates))
+	s.log.Debug("batch committed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane, "seq", b.First(), "through", res.Through, "duplicates", res.Duplicates)
+	if s.cfg.OnCommit != nil {
+		s.cfg.OnCommit(b, res)
+	}
+	s.sendAck(&protocol.Ack{AgentID: agentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: res.Through})
+	return pk, packets.CodeSuccessIgnore
+}
+
+// refusal returns the hook error for a rejected batch: code for an MQTT 5
+// client, and CodeSuccessIgnore (a plain PUBACK) for older ones.
+func refusal(cl *mqtt.Client, code packets.Code) error {
+	if cl.Properties.ProtocolVersion == 5 {
+		return code
+	}
+	return packets.CodeSuccessIgnore
+}
+
+// rejectInvalid counts, logs and acknowledges a batch that failed to
+// decode. When the envelope's spool and lane can still be read, the agent
+// gets a permanent error Ack with its cursor, so it stops resending the
+// batch. Otherwise no Ack is sent, because an Ack needs a lane.
+func (s *Server) rejectInvalid(agentID string, payload []byte, decodeErr error) {
+	reason := protocol.Reason(decodeErr)
+	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
+
+	var envelope struct {
+		SpoolID string        `json:"spool"`
+		Lane    protocol.Lane `json:"lane"`
+	}
+	if err := json.Unmarshal(payload, &envelope); err != nil || envelope.SpoolID == "" || len(envelope.SpoolID) > 64 || !envelope.Lane.Valid() {
+		s.log.Warn("invalid batch dropped without Ack: spool and lane unreadable",
+			"agent", agentID, "bytes", len(payload), "reason", reason, "error", decodeErr)
+		return
+	}
+	s.log.Warn("invalid batch rejected", "agent", agentID, "spool", envelope.SpoolID, "lane", envelope.Lane,
+		"bytes", len(payload), "reason", reason, "error", decodeErr)
+	s.sendAck(&protocol.Ack{
+		AgentID:   agentID,
+		SpoolID:   envelope.SpoolID,
+		Lane:      envelope.Lane,
+		Through:   s.cursor(agentID, envelope.SpoolID, envelope.Lane),
+		Error:     ackError("invalid batch: " + decodeErr.Error()),
+		Permanent: true,
+	})
+}
+
+// rejectImpostor sends a permanent error Ack for a batch that names
+// another agent than the connection's. Nothing of it is stored.
+func (s *Server) rejectImpostor(agentID string, b *protocol.Batch) {
+	s.metrics.batchesRejected.WithLabelValues(reasonAgentMismatch).Inc()
+	s.log.Warn("batch rejected: it names another agent than the connection",
+		"agent", agentID, "claimed_agent", b.AgentID, "spool", b.SpoolID, "lane", b.Lane, "seq", b.First())
+	s.sendAck(&protocol.Ack{
+		AgentID:   agentID,
+		SpoolID:   b.SpoolID,
+		Lane:      b.Lane,
+		Through:   s.cursor(agentID, b.SpoolID, b.Lane),
+		Error:     ackError(fmt.Sprintf("batch names agent %q but the connection is agent %q", b.AgentID, agentID)),
+		Permanent: true,
+	})
+}
+
+// commitFailed sends an error Ack for a batch the store did not commit.
+// The Ack is not permanent, so the agent resends the batch later.
+func (s *Server) commitFailed(agentID string, b *protocol.Batch, err error) {
+	reason, text := reasonStoreError, "commit failed"
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		reason, text = reasonStoreUnavailable, "store unavailable"
+	}
+	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
+	s.log.Error("batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
+		"seq", b.First(), "records", len(b.Records), "error", err)
+	s.sendAck(&protocol.Ack{
+		AgentID: agentID,
+		SpoolID: b.SpoolID,
+		Lane:    b.Lane,
+		Through: s.cursor(agentID, b.SpoolID, b.Lane),
+		Error:   ackError(text + "; resend later"),
+	})
+}
+
+// cursor returns the lane's committed sequence number for an error Ack,
+// or 0 when the store cannot read it within CursorTimeout. Agents must
+// therefore never move their acknowledged position backwards on an Ack.
+func (s *Server) cursor(agentID, spoolID string, lane protocol.Lane) uint64 {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.CursorTimeout)
+	defer cancel()
+	seq, err := s.cfg.Store.Cursor(ctx, agentID, spoolID, lane)
+	if err != nil {
+		s.log.Warn("cursor unreadable for error Ack; sending through 0", "agent", agentID, "spool", spoolID, "lane", lane, "error", err)
+		return 0
+	}
+	return seq
+}
+
+// sendAck publishes a to the agent's ack topic with QoS 1.
+func (s *Server) sendAck(a *protocol.Ack) {
+	payload, err := protocol.EncodeAck(a)
+	if err == nil {
+		err = s.broker.Publish(protocol.AckTopic(a.AgentID), payload, false, 1)
+	}
+	if err != nil {
+		s.metrics.acksFailed.Inc()
+		s.log.Error("sending Ack failed", "agent", a.AgentID, "spool", a.SpoolID, "lane", a.Lane, "through", a.Through, "error", err)
+	}
+}
+
+func ackError(text string) string {
+	if len(text) <= maxAckErrorLength {
+		return text
+	}
+	return strings.ToValidUTF8(text[:maxAckErrorLength], "") + "…"
+}

@@ -1,0 +1,259 @@
+// Package ingest is the hub's MQTT endpoint for agents. An embedded
+// mochi-mqtt broker authenticates agents, commits each batch they publish
+// to the store, and publishes an application-level Ack on the agent's ack
+// topic.
+//
+// Flow of one batch, all on the publishing agent's connection goroutine:
+//
+//	PUBLISH xpress/v1/agents/{id}/batch ─▶ decode ─▶ store.CommitBatch ─▶ OnCommit ─▶ Ack on xpress/v1/agents/{id}/ack ─▶ PUBACK
+//
+// Because mochi runs the hook before it writes the PUBACK and reads a
+// connection's packets one at a time, one agent's batches commit in the
+// order it sent them. Batches are never forwarded to other subscribers.
+package ingest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Defaults for Config fields left zero.
+const (
+	// DefaultMaxPacketBytes admits the largest batch plus room for the MQTT header and topic.
+	DefaultMaxPacketBytes = protocol.MaxBatchBytes + 64<<10
+	DefaultCommitTimeout  = 30 * time.Second
+	DefaultCursorTimeout  = 2 * time.Second
+)
+
+// AgentAuthenticator checks an agent's credentials when it connects.
+// Implementations must be safe for concurrent use.
+type AgentAuthenticator interface {
+	// Authenticate returns nil when password is valid for agentID. The
+	// agent id is already checked with protocol.ValidateAgentID.
+	Authenticate(agentID string, password []byte) error
+}
+
+// AllowAll accepts every agent whose id is valid, whatever its password.
+//
+// NOTE: AllowAll is the development default until per-agent credentials
+// exist; a hub reachable from untrusted networks needs a real
+// AgentAuthenticator.
+type AllowAll struct{}
+
+// Authenticate accepts any password.
+func (AllowAll) Authenticate(string, []byte) error { return nil }
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the TCP address agents connect to, for example ":1884" or
+	// "127.0.0.1:0" for a free port. Required.
+	Addr string
+	// TLS, when set, serves MQTT over TLS with this configuration; nil
+	// means plain TCP.
+	TLS *tls.Config
+	// Store commits batches. Required.
+	Store store.Store
+	// Logger receives the server's log; nil discards it.
+	Logger *slog.Logger
+	// Registerer receives the server's metrics; nil means a private registry.
+	Registerer prometheus.Registerer
+	// OnCommit, if set, is called after a batch commits and before its Ack
+	// is sent, on the agent's connection goroutine: it delays that agent's
+	// next batch, so it must return quickly.
+	OnCommit func(b *protocol.Batch, res store.CommitResult)
+	// OnAgentStatus, if set, is called when an agent's first connection is
+	// established (true) and when its last connection ends (false). Calls
+	// are made in order under an internal lock: it must return quickly and
+	// must not call the Server.
+	OnAgentStatus func(agentID string, connected bool)
+	// MaxPacketBytes is the largest MQTT packet accepted; a client sending
+	// a larger one is disconnected. Zero means DefaultMaxPacketBytes.
+	MaxPacketBytes uint32
+	// Authenticator checks agent passwords. Nil means AllowAll.
+	Authenticator AgentAuthenticator
+	// CommitTimeout bounds one batch commit; on expiry the agent gets an
+	// error Ack and resends. Zero means DefaultCommitTimeout.
+	CommitTimeout time.Duration
+	// CursorTimeout bounds the cursor read that fills Through in an error
+	// Ack. Zero means DefaultCursorTimeout.
+	CursorTimeout time.Duration
+}
+
+// Server is the agents' MQTT endpoint. Create it with New, then Open.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	mu     sync.Mutex
+	broker *mqtt.Server
+	ln     net.Listener
+	ctx    context.Context
+	cancel context.CancelFunc
+	opened bool
+	closed bool
+
+	agentsMu sync.Mutex
+	agents   map[string]int // live connections per agent id
+}
+
+// New returns a Server with the defaults of cfg filled in. It does no I/O.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxPacketBytes == 0 {
+		cfg.MaxPacketBytes = DefaultMaxPacketBytes
+	}
+	if cfg.Authenticator == nil {
+		cfg.Authenticator = AllowAll{}
+	}
+	if cfg.CommitTimeout <= 0 {
+		cfg.CommitTimeout = DefaultCommitTimeout
+	}
+	if cfg.CursorTimeout <= 0 {
+		cfg.CursorTimeout = DefaultCursorTimeout
+	}
+	return &Server{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "ingest"),
+		metrics: newMetrics(cfg.Registerer),
+		agents:  make(map[string]int),
+	}
+}
+
+// Open validates the configuration, listens on Addr and starts the broker.
+// It returns once agents can connect.
+func (s *Server) Open() error {
+	if s.cfg.Addr == "" {
+		return errors.New("open ingest: Addr is empty")
+	}
+	if s.cfg.Store == nil {
+		return errors.New("open ingest: Store is nil")
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opened || s.closed {
+		return errors.New("open ingest: already opened or closed")
+	}
+	s.opened = true
+
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("open ingest: listen on %s: %w", s.cfg.Addr, err)
+	}
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = s.cfg.MaxPacketBytes
+	broker := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		InlineClient: true, // the Ack is published through mochi's inline client
+		Logger:       slog.New(packetSummaryHandler{s.cfg.Logger.Handler()}).With("component", "ingest.broker"),
+	})
+	if err := broker.AddHook(&hook{server: s}, nil); err != nil {
+		ln.Close()
+		return fmt.Errorf("open ingest: add hook: %w", err)
+	}
+	if err := broker.AddListener(listeners.NewNet("agents", ln)); err != nil {
+		ln.Close()
+		return fmt.Errorf("open ingest: add listener: %w", err)
+	}
+
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.broker, s.ln = broker, ln
+	if err := broker.Serve(); err != nil {
+		s.cancel()
+		ln.Close()
+		return fmt.Errorf("open ingest: serve: %w", err)
+	}
+	s.log.Info("ingest listening", "addr", ln.Addr().String(), "tls", s.cfg.TLS != nil, "max_packet_bytes", s.cfg.MaxPacketBytes)
+	return nil
+}
+
+// Addr returns the address the server listens on, or nil before Open.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Close stops accepting connections, disconnects every agent, waits for
+// batches being committed to finish (each at most CommitTimeout) and
+// stops the broker. It is safe to call more than once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	broker, cancel := s.broker, s.cancel
+	s.mu.Unlock()
+
+	if broker == nil {
+		return nil
+	}
+	err := broker.Close()
+	cancel()
+	s.log.Info("ingest stopped")
+	if err != nil {
+		return fmt.Errorf("close ingest: %w", err)
+	}
+	return nil
+}
+
+// agentConnected counts a new connection of an agent and reports the
+// agent online when it is its first.
+func (s *Server) agentConnected(agentID string) {
+	s.agentsMu.Lock()
+	defer s.agentsMu.Unlock()
+	s.agents[agentID]++
+	if s.agents[agentID] == 1 {
+		s.metrics.agentsConnected.Inc()
+		if s.cfg.OnAgentStatus != nil {
+			s.cfg.OnAgentStatus(agentID, true)
+		}
+	}
+}
+
+// agentDisconnected counts an ended connection and reports the agent
+// offline when it was its last. A new connection that takes over a
+// session starts before the old one ends, so counting keeps the agent
+// online through a takeover.
+func (s *Server) agentDisconnected(agentID string) {
+	s.agentsMu.Lock()
+	defer s.agentsMu.Unlock()
+	n, ok := s.agents[agentID]
+	if !ok {
+		return
+	}
+	if n > 1 {
+		s.agents[agentID] = n - 1
+		return
+	}
+	delete(s.agents, agentID)
+	s.metrics.agentsConnected.Dec()
+	if s.cfg.OnAgentStatus != nil {
+		s.cfg.OnAgentStatus(agentID, false)
+	}
+}

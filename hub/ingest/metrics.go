@@ -1,0 +1,80 @@
+package ingest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the ingest server's Prometheus collectors.
+type metrics struct {
+	batchesReceived     prometheus.Counter
+	batchesCommitted    prometheus.Counter
+	batchesRejected     *prometheus.CounterVec
+	batchBytes          prometheus.Histogram
+	recordsCommitted    *prometheus.CounterVec
+	recordsDuplicate    prometheus.Counter
+	commitSeconds       prometheus.Histogram
+	agentsConnected     prometheus.Gauge
+	connectionsRejected *prometheus.CounterVec
+	aclDenied           *prometheus.CounterVec
+	acksFailed          prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m := &metrics{
+		batchesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_batches_received_total",
+			Help: "Batches published by agents.",
+		}),
+		batchesCommitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_batches_committed_total",
+			Help: "Batches committed to the store and acknowledged.",
+		}),
+		batchesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_ingest_batches_rejected_total",
+			Help: "Batches not committed, by reason: a protocol validation reason, agent_mismatch, store_unavailable or store_error.",
+		}, []string{"reason"}),
+		batchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_ingest_batch_bytes",
+			Help:    "Size of batch payloads published by agents.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 9),
+		}),
+		recordsCommitted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_ingest_records_committed_total",
+			Help: "Records newly stored from committed batches, by spool lane.",
+		}, []string{"lane"}),
+		recordsDuplicate: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_records_duplicate_total",
+			Help: "Records in committed batches skipped because they were already stored.",
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_ingest_commit_seconds",
+			Help:    "Time the store took to commit one batch, failed commits included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		agentsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_ingest_agents_connected",
+			Help: "Agents with at least one open connection.",
+		}),
+		connectionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_ingest_connections_rejected_total",
+			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id or bad_credentials.",
+		}, []string{"reason"}),
+		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_ingest_acl_denied_total",
+			Help: "Publishes and subscriptions denied because the topic is not the agent's own, by action.",
+		}, []string{"action"}),
+		acksFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_acks_failed_total",
+			Help: "Acks that could not be published to an agent.",
+		}),
+	}
+	reg.MustRegister(
+		m.batchesReceived, m.batchesCommitted, m.batchesRejected, m.batchBytes,
+		m.recordsCommitted, m.recordsDuplicate, m.commitSeconds, m.agentsConnected,
+		m.connectionsRejected, m.aclDenied, m.acksFailed,
+	)
+	return m
+}

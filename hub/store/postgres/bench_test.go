@@ -1,0 +1,80 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/xpress-ops/tower/hub/store/storetest"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+const (
+	benchBatchSize = 1000
+	benchVehicles  = 100
+)
+
+// benchBatch returns a GPS batch of benchBatchSize fixes from benchVehicles
+// vehicles, with sequence numbers following those of batch n-1.
+func benchBatch(n int) *protocol.Batch {
+	records := make([]protocol.Record, benchBatchSize)
+	base := storetest.Epoch.Add(-time.Hour)
+	for i := range records {
+		seq := uint64(n*benchBatchSize + i + 1)
+		ts := base.Add(time.Duration(seq) * time.Millisecond)
+		speed := 30.0
+		records[i] = storetest.FixRecord(seq, fmt.Sprintf("veh-%03d", i%benchVehicles), ts, 14.5+float64(i%90)/1000, 121.0)
+		records[i].Fix.SpeedKmh = &speed
+	}
+	return storetest.NewBatch(records...)
+}
+
+// BenchmarkCommitBatch measures CommitBatch with 1000-fix batches: one
+// transaction with COPY, the cursor and the latest-position upsert.
+func BenchmarkCommitBatch(b *testing.B) {
+	s := openStore(b, Config{})
+	batches := make([]*protocol.Batch, b.N)
+	for i := range batches {
+		batches[i] = benchBatch(i)
+	}
+	ctx := context.Background()
+
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
+			b.Fatalf("CommitBatch: %v", err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
+}
+
+// BenchmarkCommitNaive is the baseline of simple trackers: one INSERT per
+// fix, each its own transaction, with no cursor and no latest position.
+func BenchmarkCommitNaive(b *testing.B) {
+	s := openStore(b, Config{})
+	batches := make([]*protocol.Batch, b.N)
+	for i := range batches {
+		batches[i] = benchBatch(i)
+	}
+	ctx := context.Background()
+	pool := s.Pool()
+
+	b.ResetTimer()
+	for i := range b.N {
+		batch := batches[i]
+		for j := range batch.Records {
+			r := &batch.Records[j]
+			_, err := pool.Exec(ctx, `
+				INSERT INTO fixes (vehicle_id, agent_id, region, ts, received_at, lat, lon, speed_kmh, historical)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+				r.VehicleID, batch.AgentID, batch.Region, r.Fix.Time, r.ReceivedAt, r.Fix.Lat, r.Fix.Lon, r.Fix.SpeedKmh, r.Historical)
+			if err != nil {
+				b.Fatalf("insert fix %d: %v", r.Seq, err)
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
+}

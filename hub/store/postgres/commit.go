@@ -1,0 +1,418 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// fixColumns are the columns COPY writes into fixes, in row order.
+var fixColumns = []string{
+	"vehicle_id", "agent_id", "region", "ts", "received_at", "lat", "lon",
+	"speed_kmh", "heading_deg", "accuracy_m", "alt_m", "battery_pct", "historical",
+}
+
+// CommitBatch stores the records of b past the agent's cursor for (agent,
+// spool, lane) and advances the cursor, in one transaction:
+//
+//  1. lock the cursor row (created at 0 if absent) with FOR UPDATE, so a
+//     concurrent commit of the same lane waits and then skips what this
+//     one stored;
+//  2. upsert the agent and its vehicles;
+//  3. COPY the fixes into the partitioned fixes table and move each
+//     vehicle's latest position forward when a fix is newer and at most
+//     MaxFuture ahead of the hub's clock;
+//  4. upsert vehicle statuses, keeping the newest receive time;
+//  5. apply SOS and SOS cancel records in order (see applySOS);
+//  6. set the cursor to the batch's last sequence number.
+//
+// A transaction that fails on a deadlock or serialization failure is run
+// again, up to three times in all. A batch that breaks the envelope rules
+// fails with protocol.ErrInvalidBatch; a lost database with
+// store.ErrUnavailable. CommitBatch is safe for concurrent use.
+func (s *Store) CommitBatch(ctx context.Context, b *protocol.Batch) (store.CommitResult, error) {
+	if b == nil {
+		return store.CommitResult{}, fmt.Errorf("commit batch: %w: nil batch", protocol.ErrInvalidBatch)
+	}
+	if err := b.Validate(); err != nil {
+		s.metrics.commitErrors.WithLabelValues("invalid").Inc()
+		return store.CommitResult{}, fmt.Errorf("commit batch: %w", err)
+	}
+	if b.Last() > math.MaxInt64 {
+		s.metrics.commitErrors.WithLabelValues("invalid").Inc()
+		return store.CommitResult{}, fmt.Errorf("commit batch: %w: seq %d exceeds the largest storable sequence number", protocol.ErrInvalidBatch, b.Last())
+	}
+	pool, err := s.getPool()
+	if err != nil {
+		return store.CommitResult{}, fmt.Errorf("commit batch %d-%d: %w", b.First(), b.Last(), err)
+	}
+
+	start := time.Now()
+	var res store.CommitResult
+	for attempt := 1; ; attempt++ {
+		res, err = s.commitOnce(ctx, pool, b)
+		if err == nil || !retryable(err) || attempt == maxCommitAttempts {
+			break
+		}
+		s.metrics.commitRetries.Inc()
+		s.log.Warn("retrying batch transaction", "agent", b.AgentID, "lane", b.Lane, "seq", b.First(), "attempt", attempt, "error", err)
+	}
+	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+
+	if err != nil {
+		err = classify(err)
+		switch {
+		case errors.Is(err, store.ErrUnavailable):
+			s.metrics.commitErrors.WithLabelValues("unavailable").Inc()
+		case invalidInput(err):
+			s.metrics.commitErrors.WithLabelValues("invalid").Inc()
+		default:
+			s.metrics.commitErrors.WithLabelValues("other").Inc()
+		}
+		return store.CommitResult{}, fmt.Errorf("commit batch %s/%s/%s seq %d-%d: %w", b.AgentID, b.SpoolID, b.Lane, b.First(), b.Last(), err)
+	}
+
+	s.metrics.duplicates.Add(float64(res.Duplicates))
+	s.countRecords(b, res)
+	return res, nil
+}
+
+// commitOnce runs the batch transaction once.
+func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Batch) (store.CommitResult, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return store.CommitResult{}, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit; on failure the first error is returned
+
+	now := s.now()
+	spoolID := cleanText(b.SpoolID)
+	region := cleanText(b.Region)
+
+	cursor, err := lockCursor(ctx, tx, b.AgentID, spoolID, b.Lane, now)
+	if err != nil {
+		return store.CommitResult{}, err
+	}
+	res := store.CommitResult{Through: cursor}
+	first := len(b.Records)
+	for i := range b.Records {
+		if b.Records[i].Seq > cursor {
+			first = i
+			break
+		}
+	}
+	fresh := b.Records[first:]
+	res.Duplicates = first
+
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO agents (id, region, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+		ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen = excluded.last_seen`,
+		b.AgentID, region, now); err != nil {
+		return store.CommitResult{}, fmt.Errorf("upsert agent: %w", err)
+	}
+	if len(fresh) == 0 {
+		if err := tx.Commit(ctx); err != nil {
+			return store.CommitResult{}, fmt.Errorf("commit: %w", err)
+		}
+		return res, nil
+	}
+	s.logGap(b, cursor, fresh[0].Seq)
+
+	if err := upsertVehicles(ctx, tx, b.AgentID, region, fresh); err != nil {
+		return store.CommitResult{}, err
+	}
+
+	var statuses, sos []*protocol.Record
+	for i := range fresh {
+		r := &fresh[i]
+		switch r.Kind {
+		case protocol.KindFix:
+			res.Fixes = append(res.Fixes, store.StoredFix{
+				VehicleID:  r.VehicleID,
+				AgentID:    b.AgentID,
+				Region:     region,
+				Fix:        storedFix(*r.Fix),
+				ReceivedAt: pgTime(r.ReceivedAt),
+				Historical: r.Historical,
+			})
+		case protocol.KindStatus:
+			statuses = append(statuses, r)
+		case protocol.KindSOS, protocol.KindSOSCancel:
+			sos = append(sos, r)
+		}
+	}
+
+	if err := s.writeFixes(ctx, tx, res.Fixes, now); err != nil {
+		return store.CommitResult{}, err
+	}
+	if res.Statuses, err = writeStatuses(ctx, tx, b.AgentID, statuses); err != nil {
+		return store.CommitResult{}, err
+	}
+	for _, r := range sos {
+		change, ok, err := s.applySOS(ctx, tx, b, region, r, now)
+		if err != nil {
+			return store.CommitResult{}, fmt.Errorf("record %d: %w", r.Seq, err)
+		}
+		if ok {
+			res.Incidents = append(res.Incidents, change)
+		}
+	}
+
+	if _, err := tx.Exec(ctx, `
+		UPDATE agent_cursors SET seq = $4, updated_at = $5
+		WHERE agent_id = $1 AND spool_id = $2 AND lane = $3`,
+		b.AgentID, spoolID, string(b.Lane), int64(b.Last()), now); err != nil {
+		return store.CommitResult{}, fmt.Errorf("advance cursor: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return store.CommitResult{}, fmt.Errorf("commit: %w", err)
+	}
+	res.Through = b.Last()
+	return res, nil
+}
+
+// pgxBeginner is the part of a pool CommitBatch needs.
+type pgxBeginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// lockCursor returns the lane's cursor and holds its row lock until the
+// transaction ends. When two transactions create the same cursor at once,
+// the second INSERT waits for the first to commit and then does nothing,
+// and its SELECT, which takes a new snapshot under READ COMMITTED, reads
+// the committed value.
+func lockCursor(ctx context.Context, tx pgx.Tx, agentID, spoolID string, lane protocol.Lane, now time.Time) (uint64, error) {
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO agent_cursors (agent_id, spool_id, lane, seq, updated_at) VALUES ($1, $2, $3, 0, $4)
+		ON CONFLICT (agent_id, spool_id, lane) DO NOTHING`,
+		agentID, spoolID, string(lane), now); err != nil {
+		return 0, fmt.Errorf("create cursor: %w", err)
+	}
+	var seq int64
+	if err := tx.QueryRow(ctx, `
+		SELECT seq FROM agent_cursors WHERE agent_id = $1 AND spool_id = $2 AND lane = $3 FOR UPDATE`,
+		agentID, spoolID, string(lane)).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("lock cursor: %w", err)
+	}
+	return uint64(seq), nil
+}
+
+// upsertVehicles records the agent and region each vehicle was last seen
+// through. Rows are written in vehicle id order, so concurrent batches
+// lock them in the same order. last_seen moves only when it advances by
+// more than a minute or the agent or region changes, which keeps steady
+// GPS traffic from rewriting every vehicle row on every batch.
+func upsertVehicles(ctx context.Context, tx pgx.Tx, agentID, region string, records []protocol.Record) error {
+	type seen struct{ first, last time.Time }
+	byVehicle := make(map[string]seen)
+	for i := range records {
+		r := &records[i]
+		at := pgTime(r.ReceivedAt)
+		v, ok := byVehicle[r.VehicleID]
+		if !ok {
+			v = seen{at, at}
+		}
+		if at.Before(v.first) {
+			v.first = at
+		}
+		if at.After(v.last) {
+			v.last = at
+		}
+		byVehicle[r.VehicleID] = v
+	}
+	ids := make([]string, 0, len(byVehicle))
+	for id := range byVehicle {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	firsts := make([]time.Time, len(ids))
+	lasts := make([]time.Time, len(ids))
+	for i, id := range ids {
+		firsts[i], lasts[i] = byVehicle[id].first, byVehicle[id].last
+	}
+
+	_, err := tx.Exec(ctx, `
+		INSERT INTO vehicles (id, agent_id, region, first_seen, last_seen)
+		SELECT u.id, $2, $3, u.first_seen, u.last_seen
+		FROM unnest($1::text[], $4::timestamptz[], $5::timestamptz[]) AS u(id, first_seen, last_seen)
+		ORDER BY u.id
+		ON CONFLICT (id) DO UPDATE
+		SET agent_id = excluded.agent_id, region = excluded.region, last_seen = excluded.last_seen
+		WHERE excluded.last_seen > vehicles.last_seen + interval '1 minute'
+		   OR (excluded.last_seen > vehicles.last_seen
+		       AND (excluded.agent_id, excluded.region) IS DISTINCT FROM (vehicles.agent_id, vehicles.region))`,
+		ids, agentID, region, firsts, lasts)
+	if err != nil {
+		return fmt.Errorf("upsert vehicles: %w", err)
+	}
+	return nil
+}
+
+// writeFixes copies fixes into the fixes table and updates latest
+// positions. A vehicle's latest position moves only to a fix with a newer
+// fix time that is at most MaxFuture ahead of now. So buffered fixes that
+// arrive late do not move it back, and a fix from a device clock set years
+// ahead does not freeze it.
+func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredFix, now time.Time) error {
+	if len(fixes) == 0 {
+		return nil
+	}
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"fixes"}, fixColumns, pgx.CopyFromSlice(len(fixes), func(i int) ([]any, error) {
+		f := &fixes[i]
+		return []any{
+			f.VehicleID, f.AgentID, f.Region, f.Fix.Time, f.ReceivedAt, f.Fix.Lat, f.Fix.Lon,
+			f.Fix.SpeedKmh, f.Fix.HeadingDeg, f.Fix.AccuracyM, f.Fix.AltM, f.Fix.BatteryPct, f.Historical,
+		}, nil
+	}))
+	if err != nil {
+		return fmt.Errorf("copy fixes: %w", err)
+	}
+
+	// One candidate per vehicle: ON CONFLICT cannot update a row twice in one statement.
+	limit := now.Add(s.cfg.MaxFuture)
+	newest := make(map[string]int)
+	for i := range fixes {
+		f := &fixes[i]
+		if f.Fix.Time.After(limit) {
+			continue
+		}
+		if j, ok := newest[f.VehicleID]; !ok || f.Fix.Time.After(fixes[j].Fix.Time) {
+			newest[f.VehicleID] = i
+		}
+	}
+	if len(newest) == 0 {
+		return nil
+	}
+	picked := make([]int, 0, len(newest))
+	for _, i := range newest {
+		picked = append(picked, i)
+	}
+	slices.SortFunc(picked, func(a, b int) int { return strings.Compare(fixes[a].VehicleID, fixes[b].VehicleID) })
+
+	n := len(picked)
+	var (
+		vehicles, agents, regions = make([]string, n), make([]string, n), make([]string, n)
+		times, received           = make([]time.Time, n), make([]time.Time, n)
+		lats, lons                = make([]float64, n), make([]float64, n)
+		speeds, headings          = make([]*float64, n), make([]*float64, n)
+		accuracies, alts, battery = make([]*float64, n), make([]*float64, n), make([]*float64, n)
+	)
+	for k, i := range picked {
+		f := &fixes[i]
+		vehicles[k], agents[k], regions[k] = f.VehicleID, f.AgentID, f.Region
+		times[k], received[k] = f.Fix.Time, f.ReceivedAt
+		lats[k], lons[k] = f.Fix.Lat, f.Fix.Lon
+		speeds[k], headings[k] = f.Fix.SpeedKmh, f.Fix.HeadingDeg
+		accuracies[k], alts[k], battery[k] = f.Fix.AccuracyM, f.Fix.AltM, f.Fix.BatteryPct
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO latest_positions (vehicle_id, agent_id, region, ts, received_at, lat, lon,
+			speed_kmh, heading_deg, accuracy_m, alt_m, battery_pct, updated_at)
+		SELECT u.*, $13::timestamptz
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+			$6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[]) AS u
+		ORDER BY 1
+		ON CONFLICT (vehicle_id) DO UPDATE SET
+			agent_id = excluded.agent_id, region = excluded.region, ts = excluded.ts,
+			received_at = excluded.received_at, lat = excluded.lat, lon = excluded.lon,
+			speed_kmh = excluded.speed_kmh, heading_deg = excluded.heading_deg,
+			accuracy_m = excluded.accuracy_m, alt_m = excluded.alt_m,
+			battery_pct = excluded.battery_pct, updated_at = excluded.updated_at
+		WHERE excluded.ts > latest_positions.ts`,
+		vehicles, agents, regions, times, received, lats, lons,
+		speeds, headings, accuracies, alts, battery, now)
+	if err != nil {
+		return fmt.Errorf("update latest positions: %w", err)
+	}
+	return nil
+}
+
+// writeStatuses upserts each status record in order and returns those
+// that changed the stored status. A status older, by agent receive time,
+// than the stored one is kept in no table, since it is already superseded.
+func writeStatuses(ctx context.Context, tx pgx.Tx, agentID string, records []*protocol.Record) ([]store.VehicleStatus, error) {
+	if len(records) == 0 {
+		return nil, nil
+	}
+	batch := &pgx.Batch{}
+	for _, r := range records {
+		batch.Queue(`
+			INSERT INTO vehicle_status (vehicle_id, online, agent_id, received_at) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (vehicle_id) DO UPDATE
+			SET online = excluded.online, agent_id = excluded.agent_id, received_at = excluded.received_at
+			WHERE excluded.received_at >= vehicle_status.received_at
+			RETURNING vehicle_id`,
+			r.VehicleID, r.Status.Online, agentID, pgTime(r.ReceivedAt))
+	}
+	results := tx.SendBatch(ctx, batch)
+	var stored []store.VehicleStatus
+	for _, r := range records {
+		var id string
+		err := results.QueryRow().Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			results.Close()
+			return nil, fmt.Errorf("upsert status of vehicle %s: %w", r.VehicleID, err)
+		}
+		stored = append(stored, store.VehicleStatus{
+			VehicleID:  r.VehicleID,
+			AgentID:    agentID,
+			Online:     r.Status.Online,
+			ReceivedAt: pgTime(r.ReceivedAt),
+		})
+	}
+	if err := results.Close(); err != nil {
+		return nil, fmt.Errorf("upsert statuses: %w", err)
+	}
+	return stored, nil
+}
+
+// logGap logs records missing between the cursor and the batch. Gaps are
+// expected in the GPS lane, where the agent evicts old fixes under disk
+// pressure; elsewhere they mean lost data or a restored database.
+func (s *Store) logGap(b *protocol.Batch, cursor, first uint64) {
+	if first <= cursor+1 {
+		return
+	}
+	attrs := []any{"agent", b.AgentID, "spool", b.SpoolID, "lane", b.Lane, "cursor", cursor, "seq", first}
+	if b.Lane == protocol.LaneGPS {
+		s.log.Debug("sequence gap in batch", attrs...)
+		return
+	}
+	s.log.Warn("sequence gap in batch", attrs...)
+}
+
+// countRecords adds the stored records to the metrics by kind.
+func (s *Store) countRecords(b *protocol.Batch, res store.CommitResult) {
+	counts := make(map[protocol.RecordKind]int)
+	for i := res.Duplicates; i < len(b.Records); i++ {
+		counts[b.Records[i].Kind]++
+	}
+	for kind, n := range counts {
+		s.metrics.recordsCommitted.WithLabelValues(string(kind)).Add(float64(n))
+	}
+}
+
+// storedFix returns f with its time at the precision PostgreSQL stores.
+func storedFix(f protocol.Fix) protocol.Fix {
+	f.Time = pgTime(f.Time)
+	return f
+}
+
+// cleanText makes s storable as PostgreSQL text, which rejects NUL
+// characters and invalid UTF-8: both are dropped.
+func cleanText(s string) string {
+	s = strings.ToValidUTF8(s, "")
+	return strings.ReplaceAll(s, "\x00", "")
+}

@@ -1,0 +1,76 @@
+package postgres
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the store's Prometheus collectors.
+type metrics struct {
+	commitSeconds    prometheus.Histogram
+	commitErrors     *prometheus.CounterVec
+	commitRetries    prometheus.Counter
+	recordsCommitted *prometheus.CounterVec
+	duplicates       prometheus.Counter
+	incidentsOpened  prometheus.Counter
+	cancelsUnmatched prometheus.Counter
+	partitionErrors  prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m := &metrics{
+		commitSeconds: register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_store_commit_seconds",
+			Help:    "Time to commit one agent batch, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		})),
+		commitErrors: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_commit_errors_total",
+			Help: "Agent batches that failed to commit, by reason (unavailable, invalid, other).",
+		}, []string{"reason"})),
+		commitRetries: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_commit_retries_total",
+			Help: "Batch transactions retried after a deadlock or serialization failure.",
+		})),
+		recordsCommitted: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_records_committed_total",
+			Help: "Agent records stored, by record kind.",
+		}, []string{"kind"})),
+		duplicates: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_duplicates_skipped_total",
+			Help: "Agent records skipped because their sequence number was at or below the agent's cursor.",
+		})),
+		incidentsOpened: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_incidents_opened_total",
+			Help: "Incidents opened by an SOS.",
+		})),
+		cancelsUnmatched: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_sos_cancels_unmatched_total",
+			Help: "SOS cancel requests whose SOS id matched no incident of the vehicle.",
+		})),
+		partitionErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_partition_errors_total",
+			Help: "Failed runs of the fixes partition maintenance.",
+		})),
+	}
+	return m
+}
+
+// register registers c, or returns the collector already registered under
+// the same name, so two stores may share one registry.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if errors.As(err, &already) {
+			if existing, ok := already.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(err)
+	}
+	return c
+}
