@@ -1,13 +1,14 @@
-// Package agent composes the edge agent of Xpress Ops Tower: the MQTT
-// broker vehicles connect to (package broker), the bbolt spool that keeps
-// every message until the hub has it (package spool), the uplink that
-// forwards the spool to the hub (package uplink), and an HTTP server for
-// /metrics, /healthz and /readyz.
+// Package agent composes the edge agent of Xpress Ops Tower. Vehicles
+// connect to its MQTT broker (package broker). The bbolt spool keeps every
+// message until the hub has it (package spool), and the uplink forwards
+// the spool to the hub (package uplink). An HTTP server serves /metrics,
+// /healthz and /readyz.
 //
 // Data flows vehicle → broker → spool → uplink → hub. The broker
 // acknowledges a vehicle's message only after the spool fsynced it, and
-// the spool deletes a record only after the hub acknowledged it, so a
-// hub or WAN outage never blocks vehicles and never loses their data.
+// the uplink deletes a record only after the hub acknowledged it. A hub
+// or WAN outage therefore neither blocks vehicles nor loses their data,
+// as long as the spool has disk space.
 package agent
 
 import (
@@ -49,7 +50,7 @@ type Config struct {
 	ID string
 	// Region is the region the agent serves, e.g. "NCR-Manila". Required.
 	Region string
-	// MQTTAddr is where vehicles connect. Empty means DefaultMQTTAddr (":1883").
+	// MQTTAddr is the TCP address vehicles connect to. Empty means DefaultMQTTAddr (":1883").
 	MQTTAddr string
 	// HubURL is the hub's MQTT URL for agents. Empty means DefaultHubURL
 	// ("tcp://localhost:1884").
@@ -59,14 +60,14 @@ type Config struct {
 	// DataDir holds the spool file (SpoolFile); it is created with mode
 	// 0700 if missing. Required.
 	DataDir string
-	// HTTPAddr is where /metrics, /healthz and /readyz listen. Empty means
-	// DefaultHTTPAddr (":9090").
+	// HTTPAddr is the listen address of /metrics, /healthz and /readyz.
+	// Empty means DefaultHTTPAddr (":9090").
 	HTTPAddr string
 	// Logger receives every component's logs. Nil means discard.
 	Logger *slog.Logger
 	// Registerer receives every component's metrics. Nil means a private registry.
 	Registerer prometheus.Registerer
-	// Gatherer is what /metrics serves. Nil means Registerer when it is
+	// Gatherer is the source of /metrics. Nil means Registerer when it is
 	// also a Gatherer (as *prometheus.Registry is).
 	Gatherer prometheus.Gatherer
 	// Now is the agent clock stamped on received messages. Nil means time.Now.
@@ -120,6 +121,12 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// The spool is the broker's Appender and the uplink's source.
+var (
+	_ broker.Appender = (*spool.Spool)(nil)
+	_ uplink.Spool    = (*spool.Spool)(nil)
+)
 
 // Agent is the edge agent.
 type Agent struct {

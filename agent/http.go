@@ -19,7 +19,7 @@ func (a *Agent) routes() http.Handler {
 	return mux
 }
 
-// handleHealthz answers 200 while the process serves HTTP at all.
+// handleHealthz responds 200 while the process serves HTTP at all.
 func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
@@ -46,10 +46,10 @@ type laneReport struct {
 	Rejected         int     `json:"rejected"`
 }
 
-// handleReadyz answers 200 when the spool is open and the broker
+// handleReadyz responds 200 when the spool is open and the broker
 // listens, so vehicles can be served. A hub outage does not make the
 // agent unready, because the agent must keep accepting vehicles while
-// the WAN is down; the body reports the uplink state for operators.
+// the WAN is down. The body reports the uplink state for operators.
 func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	r := readiness{
 		Spool:  "closed",

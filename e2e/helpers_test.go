@@ -105,7 +105,7 @@ func connectVehicle(t testing.TB, brokerAddr, vehicleID string) mqtt.Client {
 func publish(t testing.TB, c mqtt.Client, topic, payload string) {
 	t.Helper()
 	tok := c.Publish(topic, 1, false, payload)
-	if !tok.WaitTimeout(10*time.Second) {
+	if !tok.WaitTimeout(10 * time.Second) {
 		t.Fatalf("publish to %s: no PUBACK within 10 s", topic)
 	}
 	if err := tok.Error(); err != nil {

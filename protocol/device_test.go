@@ -185,9 +185,9 @@ func TestDecodeSOSCancel_Rules(t *testing.T) {
 		t.Errorf("valid cancel: got %+v, %v", c, err)
 	}
 	for payload, want := range map[string]error{
-		`{}`:               ErrMissingField,
-		`{"id":"a/b"}`:     ErrInvalidID,
-		`[`:                ErrMalformed,
+		`{}`:                ErrMissingField,
+		`{"id":"a/b"}`:      ErrInvalidID,
+		`[`:                 ErrMalformed,
 		"{\"id\":\"\xff\"}": ErrInvalidUTF8,
 	} {
 		if _, err := DecodeSOSCancel([]byte(payload)); !errors.Is(err, want) {

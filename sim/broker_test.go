@@ -32,7 +32,7 @@ type testBroker struct {
 
 // startBroker starts a broker with the given hooks, or one that allows
 // everything when none are given, and closes it on cleanup.
-func startBroker(t *testing.T, hooks ...mochi.Hook) *testBroker {
+func startBroker(t testing.TB, hooks ...mochi.Hook) *testBroker {
 	t.Helper()
 	server := mochi.New(&mochi.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if len(hooks) == 0 {

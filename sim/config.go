@@ -25,11 +25,11 @@ const (
 	DefaultKeepAlive            = 30 * time.Second
 	DefaultMaxReconnectInterval = 10 * time.Second
 	DefaultMaxInflight          = 1024
-	// MaxVehicles bounds Vehicles; each vehicle is a TCP connection.
+	// MaxVehicles bounds Vehicles, because each vehicle holds one TCP connection.
 	MaxVehicles = 100_000
 )
 
-// ErrInvalidConfig means a Config field is out of range; the message names the field.
+// ErrInvalidConfig means a Config field is out of range. The message names the field.
 var ErrInvalidConfig = errors.New("invalid sim config")
 
 // QoS is the MQTT quality of service of fix messages. Its zero value is
@@ -64,7 +64,7 @@ func (q QoS) level() byte {
 }
 
 // Config is the simulator's configuration. New fills the documented
-// defaults for zero fields; Validate checks the result.
+// defaults for zero fields, and Validate checks the result.
 type Config struct {
 	// Broker is the MQTT broker URL, tcp://host:port. Default DefaultBroker
 	// (a local agent on the standard MQTT port).
@@ -82,7 +82,7 @@ type Config struct {
 	Trace string
 	// Source is an already loaded trace. It takes precedence over Trace.
 	Source *Trace
-	// SOSEvery is the mean time between SOS alerts of one vehicle; the
+	// SOSEvery is the mean time between SOS alerts of one vehicle. The
 	// alerts form a Poisson process. Zero means no SOS.
 	SOSEvery time.Duration
 	// Duration ends the run after this long. Zero means run until ctx is
@@ -91,7 +91,7 @@ type Config struct {
 	// Loop replays a track from its start once it ends. Synthetic routes
 	// always loop.
 	Loop bool
-	// VehiclePrefix starts every vehicle id; vehicle i (from 1) is the
+	// VehiclePrefix starts every vehicle id. Vehicle i (from 1) is the
 	// prefix followed by i in four or more digits, like "sim-0001".
 	// Default DefaultVehiclePrefix.
 	VehiclePrefix string

@@ -22,7 +22,7 @@ var (
 
 // Stats counts what a run did. Fix counts are fixes, not messages: a batch
 // of n fixes counts n. For QoS 1, sent = acked + failed once Run has
-// returned; QoS 0 messages are never acked and count as failed only when
+// returned. QoS 0 messages are never acked and count as failed only when
 // paho reports an error.
 type Stats struct {
 	// Vehicles is the number of simulated vehicles.
@@ -30,7 +30,7 @@ type Stats struct {
 	// VehiclesConnected counts vehicles that connected at least once.
 	VehiclesConnected int
 	FixesSent         uint64
-	// FixMessages counts fix messages published; it equals FixesSent when Batch is 1.
+	// FixMessages counts fix messages published. It equals FixesSent when Batch is 1.
 	FixMessages uint64
 	FixesAcked  uint64
 	FixesFailed uint64
@@ -49,7 +49,7 @@ type Stats struct {
 	Elapsed time.Duration
 }
 
-// Sim is one simulation run. Create it with New, start it with Run; Stats
+// Sim is one simulation run. Create it with New and start it with Run. Stats
 // may be called from any goroutine while it runs.
 type Sim struct {
 	cfg     Config
@@ -73,7 +73,7 @@ type Sim struct {
 var runEpoch = time.Now()
 
 // New returns a simulator for cfg with the documented defaults filled in.
-// It does no I/O; Run validates cfg.
+// It does no I/O, and Run validates cfg.
 func New(cfg Config) *Sim {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
@@ -100,7 +100,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 // PUBACKs (at most PublishTimeout), publishes each vehicle's offline status
 // and disconnects. The end of ctx is a normal stop, not an error. Run
 // returns an error for an invalid configuration or trace, and
-// ErrNoConnection when no vehicle ever connected; the Stats are valid in
+// ErrNoConnection when no vehicle ever connected. The Stats are valid in
 // every case. Run may be called only once.
 func (s *Sim) Run(ctx context.Context) (Stats, error) {
 	if !s.started.CompareAndSwap(false, true) {

@@ -37,7 +37,7 @@ const metresPerDegreeLat = 111_320.0
 // circle 1.2 to 2.7 km in radius, driven at 20 to 45 km/h with the speed
 // changing along the way, and its last point lies one step before its
 // first, so a looped replay continues without a jump. The result depends
-// only on routes; fewer than 1 route gives one.
+// only on routes, and fewer than 1 route gives one.
 func Synthetic(routes int) *Trace {
 	if routes < 1 {
 		routes = 1

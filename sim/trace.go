@@ -30,7 +30,7 @@ const minHeadingMoveM = 1.0
 
 // Trace errors.
 var (
-	// ErrInvalidTrace means a trace file is malformed; the error is a *TraceError naming file and line.
+	// ErrInvalidTrace means a trace file is malformed. The error is a *TraceError naming file and line.
 	ErrInvalidTrace = errors.New("invalid trace")
 	// ErrUnknownFormat means a file is none of the trace formats this package reads.
 	ErrUnknownFormat = errors.New("unknown trace format")
@@ -159,7 +159,7 @@ func LoadTrace(path string) (*Trace, error) {
 	return ParseTrace(path, data)
 }
 
-// ParseTrace parses the content of a trace file; name is used for the
+// ParseTrace parses the content of a trace file. The name is used for the
 // format's extension and in error messages. See LoadTrace for the formats.
 func ParseTrace(name string, data []byte) (*Trace, error) {
 	format, err := detectFormat(name, data)

@@ -160,7 +160,7 @@ func TestLoadTrace_KTMBGTFSRCSV(t *testing.T) {
 			t.Errorf("tracks not sorted by vehicle id: %q before %q", tr.Tracks[i-1].ID, tr.Tracks[i].ID)
 		}
 	}
-	// The feed's speed is kept; bearing is always 0 there, so heading is derived.
+	// The feed's speed is kept. Its bearing is always 0, so the heading is derived.
 	var moving, headings int
 	for _, track := range tr.Tracks {
 		for _, p := range track.Points {

@@ -6,10 +6,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -31,7 +33,7 @@ var (
 	statusOffline = []byte(`{"online":false}`)
 )
 
-// sosKinds are the kinds a simulated SOS may carry; panic is drawn most often.
+// sosKinds are the kinds other than panic that a simulated SOS may carry. Panic is drawn 70 % of the time.
 var sosKinds = []protocol.SOSKind{
 	protocol.SOSCrash, protocol.SOSMedical, protocol.SOSFire, protocol.SOSHarassment, protocol.SOSOther,
 }
@@ -55,6 +57,25 @@ type sosPayload struct {
 	Lon  float64 `json:"lon"`
 	Kind string  `json:"kind"`
 }
+
+// discardStore is a paho message store that keeps nothing, so a vehicle
+// never resends a message after a reconnection. A message without a PUBACK
+// when the connection drops then times out and counts as failed. Paho's
+// own stores resend instead, and in paho v1.5.1 that resend completes the
+// original token without error before any PUBACK arrives, and it races
+// with a concurrent Publish on the same packet (the race detector reports
+// it). Either would make the counts lie.
+type discardStore struct{}
+
+func (discardStore) Open()                             {}
+func (discardStore) Put(string, packets.ControlPacket) {}
+func (discardStore) Get(string) packets.ControlPacket  { return nil }
+func (discardStore) All() []string                     { return nil }
+func (discardStore) Del(string)                        {}
+func (discardStore) Close()                            {}
+func (discardStore) Reset()                            {}
+
+var _ mqtt.Store = discardStore{}
 
 // pendingMsg is a published message waiting for its PUBACK.
 type pendingMsg struct {
@@ -108,7 +129,7 @@ func (c *cursor) advance() bool {
 
 // vehicle is one simulated device: its MQTT client, its replay schedule
 // and its PUBACK tracking. Its run goroutine owns everything except the
-// fields marked atomic, which paho's callbacks touch.
+// connection state, which paho's callbacks also touch.
 type vehicle struct {
 	sim   *Sim
 	id    string
@@ -118,12 +139,14 @@ type vehicle struct {
 	rng   *rand.Rand
 
 	client    mqtt.Client
-	onConnect chan struct{} // paho's OnConnect signals; capacity 1
+	onConnect chan struct{} // signals from paho's OnConnect handler, capacity 1
 	pending   chan pendingMsg
 	ackerDone chan struct{}
 
-	connected     atomic.Bool
 	everConnected atomic.Bool
+	connMu        sync.Mutex
+	connected     bool // guarded by connMu, mirrored in the connected-vehicles gauge
+	closed        bool // guarded by connMu, set once the vehicle shuts down
 
 	// Replay state, owned by run.
 	startMono time.Time
@@ -166,6 +189,7 @@ func (v *vehicle) clientOptions() *mqtt.ClientOptions {
 		SetPassword(cfg.Password).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
+		SetStore(discardStore{}).
 		SetKeepAlive(cfg.KeepAlive).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(cfg.PublishTimeout).
@@ -188,12 +212,7 @@ func (v *vehicle) onConnectionEvent(_ mqtt.Client, n mqtt.ConnectionNotification
 	s := v.sim
 	switch ev := n.(type) {
 	case mqtt.ConnectionNotificationConnected:
-		if v.everConnected.CompareAndSwap(false, true) {
-			s.vehiclesConnected.Add(1)
-		}
-		if v.connected.CompareAndSwap(false, true) {
-			s.metrics.connected.Inc()
-		}
+		v.setConnected(true)
 	case mqtt.ConnectionNotificationFailed:
 		s.connectFailures.Add(1)
 		s.metrics.connectFailures.Inc()
@@ -201,8 +220,10 @@ func (v *vehicle) onConnectionEvent(_ mqtt.Client, n mqtt.ConnectionNotification
 	case mqtt.ConnectionNotificationLost:
 		s.connectionsLost.Add(1)
 		s.metrics.connectionsLost.Inc()
-		if v.connected.CompareAndSwap(true, false) {
-			s.metrics.connected.Dec()
+		// Paho sends this event from a new goroutine, which may run after
+		// a fast reconnection.
+		if !v.client.IsConnectionOpen() {
+			v.setConnected(false)
 		}
 		s.limited.warn("connection_lost", "vehicle lost its connection, reconnecting", "vehicle", v.id, "error", ev.Reason)
 	}
@@ -219,16 +240,17 @@ func (v *vehicle) connect(ctx context.Context) bool {
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
-			// The attempt is bounded by ConnectTimeout; wait for it so no
+			// The attempt is bounded by ConnectTimeout. Wait for it so no
 			// connection is left behind.
 			<-tok.Done()
 			if tok.Error() == nil {
 				v.client.Disconnect(disconnectQuiesce)
-				v.markDisconnected()
 			}
+			v.markClosed()
 			return false
 		}
 		if tok.Error() == nil {
+			v.setConnected(true)
 			return true
 		}
 
@@ -240,6 +262,7 @@ func (v *vehicle) connect(ctx context.Context) bool {
 		select {
 		case <-ctx.Done():
 			timer.Stop()
+			v.markClosed()
 			return false
 		case <-timer.C:
 		}
@@ -464,9 +487,6 @@ func (v *vehicle) ackLoop() {
 			s.limited.warn("publish_failed", "publish failed", "vehicle", v.id, "kind", m.kind, "error", err)
 			continue
 		}
-		// NOTE: paho can complete a QoS 1 token without error when the
-		// connection dropped before the PUBACK, so a few acks during a
-		// connection loss may be counted that the broker never sent.
 		s.recordAck(m, time.Since(m.scheduled))
 	}
 }
@@ -478,11 +498,34 @@ func (v *vehicle) shutdown() {
 	close(v.pending)
 	<-v.ackerDone
 	v.client.Disconnect(disconnectQuiesce)
-	v.markDisconnected()
+	v.markClosed()
 }
 
-func (v *vehicle) markDisconnected() {
-	if v.connected.CompareAndSwap(true, false) {
+// setConnected records the connection state in the gauge. After
+// markClosed it only lowers it, so a late event cannot leave a vehicle
+// that is gone counted as connected.
+func (v *vehicle) setConnected(up bool) {
+	if up && v.everConnected.CompareAndSwap(false, true) {
+		v.sim.vehiclesConnected.Add(1)
+	}
+
+	v.connMu.Lock()
+	defer v.connMu.Unlock()
+	if up == v.connected || (up && v.closed) {
+		return
+	}
+	v.connected = up
+	if up {
+		v.sim.metrics.connected.Inc()
+	} else {
 		v.sim.metrics.connected.Dec()
 	}
+}
+
+// markClosed records that the vehicle is disconnected for good.
+func (v *vehicle) markClosed() {
+	v.connMu.Lock()
+	v.closed = true
+	v.connMu.Unlock()
+	v.setConnected(false)
 }

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xpress-ops/tower/internal/mqttlistener"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -66,10 +66,10 @@ type Config struct {
 	// MaxFuture is how far ahead of Now a fix timestamp may be. Zero means
 	// protocol.DefaultMaxFuture (5 min).
 	MaxFuture time.Duration
-	// Retention is how old a fix may be. Zero means protocol.DefaultRetention (30 days).
+	// Retention is the maximum age of a fix timestamp. Zero means protocol.DefaultRetention (30 days).
 	Retention time.Duration
 	// AppendTimeout bounds how long one publish waits for the spool before
-	// the message is refused without a PUBACK. Zero means DefaultAppendTimeout (10 s).
+	// the message is rejected without a PUBACK. Zero means DefaultAppendTimeout (10 s).
 	AppendTimeout time.Duration
 }
 
@@ -81,7 +81,7 @@ type Broker struct {
 	hook    *hook
 
 	server   *mqtt.Server
-	listener net.Listener
+	listener *mqttlistener.Listener
 
 	closeOnce sync.Once
 	closeErr  error
@@ -129,6 +129,9 @@ func (b *Broker) Open() error {
 	// Vehicles have no use for shared subscriptions, and a "$share/..."
 	// filter would need its own ACL rule.
 	caps.SharedSubAvailable = 0
+	// mochi checks the ACL before it resolves a topic alias, so an aliased
+	// publish would fail the ACL; vehicles must send full topic names.
+	caps.TopicAliasMaximum = 0
 
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -144,7 +147,9 @@ func (b *Broker) Open() error {
 	if err != nil {
 		return fmt.Errorf("listen for vehicles on %s: %w", b.cfg.Addr, err)
 	}
-	if err := server.AddListener(listeners.NewNet("vehicles", ln)); err != nil {
+	// mochi's own TCP listener can deadlock on Close; see mqttlistener.
+	vl := mqttlistener.New("vehicles", ln, server, b.log)
+	if err := server.AddListener(vl); err != nil {
 		return errors.Join(fmt.Errorf("add vehicle listener: %w", err), ln.Close())
 	}
 	if err := b.metrics.register(b.cfg.Registerer, server); err != nil {
@@ -154,7 +159,7 @@ func (b *Broker) Open() error {
 		b.metrics.unregister(b.cfg.Registerer)
 		return errors.Join(fmt.Errorf("serve mqtt: %w", err), server.Close())
 	}
-	b.server, b.listener = server, ln
+	b.server, b.listener = server, vl
 	b.log.Info("broker listening", "addr", ln.Addr().String())
 	return nil
 }
@@ -184,8 +189,8 @@ func (b *Broker) Close() error {
 }
 
 // quietHandler lowers to Debug mochi's own log lines about publishes the
-// hook refused, because the hook logs each of them with the vehicle id and
-// reason; mochi's line repeats it at Error level with the whole packet.
+// hook rejected. The hook logs each of them with the vehicle id and
+// reason, and mochi's line repeats it at Error level with the whole packet.
 type quietHandler struct{ slog.Handler }
 
 func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -440,4 +442,64 @@ func TestBroker_CloseTwice(t *testing.T) {
 	if err := tb.broker.Close(); err != nil {
 		t.Errorf("second close: %v", err)
 	}
+}
+
+func TestBroker_CloseWhileClientsChurn(t *testing.T) {
+	tb := startBroker(t, nil)
+	addr := tb.broker.Addr().String()
+	stop := make(chan struct{})
+	var churners sync.WaitGroup
+	connected := make(chan struct{}, 1000)
+	for w := range 4 {
+		churners.Add(1)
+		go func() {
+			defer churners.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Connect, send CONNECT and drop the connection: mochi adds
+				// and deletes a client while Close may be running.
+				conn, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					continue
+				}
+				pk := packets.Packet{
+					FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+					ProtocolVersion: 4,
+					Connect: packets.ConnectParams{
+						ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30,
+						ClientIdentifier: fmt.Sprintf("churn-%d-%d", w, i),
+						UsernameFlag:     true, Username: []byte(vehicle),
+					},
+				}
+				var buf bytes.Buffer
+				_ = pk.ConnectEncode(&buf)
+				_, _ = conn.Write(buf.Bytes())
+				_ = conn.Close()
+				select {
+				case connected <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	for range 50 {
+		<-connected
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- tb.broker.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("close: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("broker Close did not return within 20 s while clients connected and disconnected")
+	}
+	close(stop)
+	churners.Wait()
 }

@@ -25,7 +25,7 @@ func newMetrics() *metrics {
 		}, []string{"kind"}),
 		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_rejects_total",
-			Help: "Vehicle connections, subscriptions and messages refused, by reason.",
+			Help: "Vehicle connections, subscriptions and messages rejected, by reason.",
 		}, []string{"reason"}),
 		storeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "xpress_agent_publish_store_seconds",

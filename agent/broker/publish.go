@@ -71,7 +71,7 @@ func (h *hook) Provides(b byte) bool {
 //     error); everyone else gets packets.ErrRejectPacket, which sends no
 //     PUBACK at all, so the vehicle keeps the message and resends it.
 //
-// Every refusal is counted in xpress_agent_rejects_total and logged with
+// Every rejection is counted in xpress_agent_rejects_total and logged with
 // the vehicle id.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	start := time.Now()
@@ -82,18 +82,18 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	topic, err := protocol.ParseVehicleTopic(pk.TopicName)
 	switch {
 	case err != nil:
-		return pk, h.refuse(vehicle, pk, withCode, protocol.Reason(err), packets.ErrTopicNameInvalid, err)
+		return pk, h.reject(vehicle, pk, withCode, protocol.Reason(err), packets.ErrTopicNameInvalid, err)
 	case topic.VehicleID != vehicle:
 		err := fmt.Errorf("topic %q belongs to vehicle %s", pk.TopicName, topic.VehicleID)
-		return pk, h.refuse(vehicle, pk, withCode, reasonACL, packets.ErrNotAuthorized, err)
+		return pk, h.reject(vehicle, pk, withCode, reasonACL, packets.ErrNotAuthorized, err)
 	case topic.Kind == protocol.TopicSOSState:
 		err := fmt.Errorf("topic %q is written by the agent, not by vehicles", pk.TopicName)
-		return pk, h.refuse(vehicle, pk, withCode, reasonReadOnly, packets.ErrNotAuthorized, err)
+		return pk, h.reject(vehicle, pk, withCode, reasonReadOnly, packets.ErrNotAuthorized, err)
 	}
 
 	recs, err := h.decode(vehicle, topic.Kind, pk.Payload)
 	if err != nil {
-		return pk, h.refuse(vehicle, pk, withCode, protocol.Reason(err), packets.ErrPayloadFormatInvalid, err)
+		return pk, h.reject(vehicle, pk, withCode, protocol.Reason(err), packets.ErrPayloadFormatInvalid, err)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.AppendTimeout)
@@ -118,9 +118,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	return pk, nil
 }
 
-// refuse counts and logs a refused publish and returns the error that
-// makes mochi answer it as OnPublish documents.
-func (h *hook) refuse(vehicle string, pk packets.Packet, withCode bool, reason string, code packets.Code, err error) error {
+// reject counts and logs a rejected publish and returns the error that
+// makes mochi handle it as OnPublish documents.
+func (h *hook) reject(vehicle string, pk packets.Packet, withCode bool, reason string, code packets.Code, err error) error {
 	h.metrics.rejects.WithLabelValues(reason).Inc()
 	h.log.Warn("vehicle message rejected",
 		"vehicle", vehicle, "topic", pk.TopicName, "reason", reason, "qos", pk.FixedHeader.Qos,

@@ -56,7 +56,7 @@ func newMetrics(s *Spool) *metrics {
 			oldestAge: prometheus.NewDesc("xpress_agent_spool_oldest_record_age_seconds",
 				"Age of the oldest record waiting in the spool by its receive time, by lane; 0 when the lane is empty.", []string{"lane"}, nil),
 			rejected: prometheus.NewDesc("xpress_agent_spool_rejected_records",
-				"Records the hub refused permanently, kept in the spool's rejected bucket, by lane.", []string{"lane"}, nil),
+				"Records the hub rejected permanently, kept in the spool's rejected bucket, by lane.", []string{"lane"}, nil),
 		},
 	}
 	for _, lane := range protocol.Lanes {

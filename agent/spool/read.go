@@ -29,7 +29,7 @@ func (s *Spool) Read(lane protocol.Lane, afterSeq uint64, max int, maxBytes int)
 	return recs, nil
 }
 
-// ReadRejected returns records of lane that the hub refused permanently,
+// ReadRejected returns records of lane that the hub rejected permanently,
 // with the same limits as Read.
 func (s *Spool) ReadRejected(lane protocol.Lane, afterSeq uint64, max int, maxBytes int) ([]protocol.Record, error) {
 	if err := checkLane(lane); err != nil {

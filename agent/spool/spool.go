@@ -11,16 +11,16 @@
 // version, the spool id and each lane's next sequence number, so numbers
 // keep increasing across restarts and after every record was deleted.
 // The "rejected" bucket holds one sub-bucket per lane with records the hub
-// refused permanently, kept for inspection under their old keys.
+// rejected permanently, kept for inspection under their old keys.
 //
 // # Writes
 //
 // Append, DeleteThrough, RejectThrough and Flush go through a single
-// writer goroutine. It takes the first waiting request, collects every
-// other request already waiting (group commit), applies them all in one
-// bbolt transaction and commits it; bbolt's Commit writes and fsyncs the
-// file. Only then does each caller return. A failed commit fails every
-// request of its group.
+// writer goroutine. It takes the first waiting request and collects every
+// other request already waiting (group commit). It applies them all in
+// one bbolt transaction and commits it, and bbolt's Commit writes and
+// fsyncs the file. Only then does each caller return. A failed commit
+// fails every request of its group.
 package spool
 
 import (
@@ -326,8 +326,8 @@ func (s *Spool) Stats() map[protocol.Lane]LaneStats {
 }
 
 // Notify returns a channel that receives a value after a commit that
-// appended records. It has a buffer of one, so a slow receiver sees one
-// value for many commits; it is meant for one receiver (the uplink).
+// appended records. It has a buffer of one, so a slow receiver gets one
+// value for many commits. It is meant for one receiver (the uplink).
 func (s *Spool) Notify() <-chan struct{} { return s.notify }
 
 // Close stops the writer after its current group commit, then closes the

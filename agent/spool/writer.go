@@ -15,7 +15,7 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// opKind is what a write request does.
+// opKind is the kind of change a write request makes.
 type opKind int
 
 const (
@@ -114,7 +114,7 @@ func (s *Spool) DeleteThrough(lane protocol.Lane, seq uint64) error {
 
 // RejectThrough moves every record of lane up to and including seq into
 // the rejected bucket, where ReadRejected finds them, and returns how many
-// it moved. The uplink uses it when the hub refuses a batch permanently,
+// it moved. The uplink uses it when the hub rejects a batch permanently,
 // so one bad batch cannot block its lane.
 func (s *Spool) RejectThrough(lane protocol.Lane, seq uint64) (int, error) {
 	if err := checkLane(lane); err != nil {
@@ -220,8 +220,8 @@ type laneState struct {
 	appended     int
 }
 
-// commit applies group in one transaction, commits it and answers every
-// request of the group.
+// commit applies group in one transaction, commits it and sends every
+// request of the group its result.
 func (s *Spool) commit(group []*request) {
 	states := make(map[protocol.Lane]*laneState, len(protocol.Lanes))
 	s.statsMu.RLock()

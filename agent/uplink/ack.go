@@ -4,15 +4,15 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// ackResult is what one Ack did.
+// ackResult is the outcome of one Ack.
 type ackResult struct {
 	// progressed is set when the Ack acknowledged new records or moved a
-	// refused batch to rejected.
+	// rejected batch to the rejected bucket.
 	progressed bool
-	// done is set when the in-flight batch needs no more waiting.
+	// done is set when the uplink stops waiting for the in-flight batch.
 	done bool
-	// retry is set when the hub refused the in-flight batch transiently;
-	// retryAttempt counts such refusals in a row, from 0.
+	// retry is set when the hub rejected the in-flight batch transiently.
+	// retryAttempt counts such rejections in a row, from 0.
 	retry        bool
 	retryAttempt int
 }
@@ -22,8 +22,8 @@ type ackResult struct {
 // (a stale spool id) or acknowledges nothing new. Otherwise records
 // through Ack.Through are deleted from the spool, but never past the
 // highest sequence number sent. An error Ack for the in-flight batch's
-// lane either moves the batch to the spool's rejected bucket (Permanent)
-// or asks for a retry after backoff.
+// lane either moves the batch to the spool's rejected bucket (Permanent,
+// except in the SOS lane) or requests a retry after backoff.
 func (u *Uplink) applyAck(ack protocol.Ack, inflight *protocol.Batch) ackResult {
 	var res ackResult
 	log := u.log.With("lane", ack.Lane, "through", ack.Through)
@@ -46,8 +46,8 @@ func (u *Uplink) applyAck(ack protocol.Ack, inflight *protocol.Batch) ackResult 
 
 	if through > acked {
 		// The hub has the records, so this process never sends them again,
-		// even if the delete fails; a later delete or a restart (the hub
-		// skips duplicates) cleans them up.
+		// even if the delete fails. A later delete or a restart cleans them
+		// up, and the hub skips the duplicates a restart sends.
 		u.setAcked(lane, through)
 		if err := u.cfg.Spool.DeleteThrough(lane, through); err != nil {
 			log.Error("delete acknowledged records from the spool failed", "error", err)
@@ -76,23 +76,32 @@ func (u *Uplink) applyAck(ack protocol.Ack, inflight *protocol.Batch) ackResult 
 		u.metrics.batchErrors.WithLabelValues("transient").Inc()
 		res.retry, res.retryAttempt = true, u.transientErrors
 		u.transientErrors++
-		batchLog.Warn("hub refused batch for now; retrying after backoff", "attempt", res.retryAttempt+1)
+		batchLog.Warn("hub rejected batch transiently; retrying after backoff", "attempt", res.retryAttempt+1)
 		return res
 	}
 
 	u.metrics.batchErrors.WithLabelValues("permanent").Inc()
+	if lane == protocol.LaneSOS {
+		// An SOS is never set aside: keep the batch at the head of its lane
+		// and retry with backoff until an operator fixes the hub or agent.
+		res.retry, res.retryAttempt = true, u.transientErrors
+		u.transientErrors++
+		batchLog.Error("hub rejected SOS batch permanently; keeping it in the spool and retrying, check the hub's logs",
+			"attempt", res.retryAttempt+1)
+		return res
+	}
 	moved, err := u.cfg.Spool.RejectThrough(lane, inflight.Last())
 	if err != nil {
-		// Retrying keeps the batch in the lane; the hub will refuse it
+		// Retrying keeps the batch in the lane; the hub will reject it
 		// again and the move is tried again.
-		batchLog.Error("hub refused batch permanently, and moving it to rejected failed", "error", err)
+		batchLog.Error("hub rejected batch permanently, and moving it to the rejected bucket failed; retrying", "error", err)
 		res.retry, res.retryAttempt = true, u.transientErrors
 		u.transientErrors++
 		return res
 	}
 	u.metrics.rejectedRecords.WithLabelValues(string(lane)).Add(float64(moved))
 	u.setAcked(lane, max(acked, inflight.Last()))
-	batchLog.Error("hub refused batch permanently; records moved to the spool's rejected bucket for inspection",
+	batchLog.Error("hub rejected batch permanently; records moved to the spool's rejected bucket for inspection",
 		"records", moved)
 	res.progressed, res.done = true, true
 	u.transientErrors = 0

@@ -62,11 +62,11 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		batchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_batch_errors_total",
-			Help: "Batches the hub refused, by kind (transient: retried; permanent: moved to rejected).",
+			Help: "Batches the hub rejected, by kind (transient: retried; permanent: moved to rejected).",
 		}, []string{"kind"}),
 		rejectedRecords: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_rejected_records_total",
-			Help: "Records moved to the spool's rejected bucket after the hub refused them permanently, by lane.",
+			Help: "Records moved to the spool's rejected bucket after the hub rejected them permanently, by lane.",
 		}, []string{"lane"}),
 	}
 	for _, lane := range protocol.Lanes {

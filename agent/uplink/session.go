@@ -160,7 +160,7 @@ func (u *Uplink) connect() (*conn, error) {
 	if st, ok := sub.(*paho.SubscribeToken); ok {
 		if code := st.Result()[protocol.AckTopic(u.cfg.AgentID)]; code >= 0x80 {
 			c.client.Disconnect(0)
-			return nil, fmt.Errorf("subscribe to %s: hub refused with code 0x%02x", protocol.AckTopic(u.cfg.AgentID), code)
+			return nil, fmt.Errorf("subscribe to %s: hub rejected the subscription with code 0x%02x", protocol.AckTopic(u.cfg.AgentID), code)
 		}
 	}
 	return c, nil
@@ -233,10 +233,11 @@ func (u *Uplink) idle(c *conn, progressed *bool) error {
 }
 
 // deliver publishes one batch and waits for its Ack. It returns nil once
-// the hub acknowledged the batch, refused it permanently (the records
-// moved to rejected), or refused it transiently and the retry backoff
-// passed; the caller then reads the next batch, which may be the same
-// records again. It returns an error when the link must be re-established.
+// the hub acknowledged the batch or rejected it permanently (the records
+// moved to the rejected bucket). It also returns nil when the hub
+// rejected it transiently and the retry backoff passed. The caller then
+// reads the next batch, which may hold the same records again. deliver
+// returns an error when the link must be re-established.
 //
 // TODO: one batch is in flight at a time; a window of several batches
 // would use a long round trip better.
@@ -258,7 +259,7 @@ func (u *Uplink) deliver(c *conn, batch *protocol.Batch, progressed *bool) error
 	for {
 		select {
 		case <-published:
-			// A PUBACK only says the hub's broker has the batch; the
+			// A PUBACK only means the hub's broker has the batch. The
 			// records stay in the spool until the Ack.
 			published = nil
 			if err := tok.Error(); err != nil {

@@ -2,7 +2,7 @@
 // (paho.mqtt.golang), lane by lane, SOS first.
 //
 // Records leave the spool only when the hub's application-level
-// protocol.Ack says they are committed, never when paho completes a
+// protocol.Ack states they are committed, never when paho completes a
 // publish token: paho can complete a token without error when the
 // connection dropped before the PUBACK. The spool, not paho, holds the
 // data, so the uplink uses a clean session and resends from the oldest
@@ -46,7 +46,7 @@ var (
 	ErrConnectionLost = errors.New("connection to the hub lost")
 )
 
-// Spool is what the uplink needs from the agent's spool; *spool.Spool
+// Spool is the part of the agent's spool the uplink uses; *spool.Spool
 // implements it.
 type Spool interface {
 	SpoolID() string
@@ -168,7 +168,7 @@ type Uplink struct {
 	// Ack never deletes past it.
 	sent map[protocol.Lane]uint64
 
-	// transientErrors counts the hub's transient refusals in a row; only
+	// transientErrors counts the hub's transient rejections in a row; only
 	// the run goroutine uses it.
 	transientErrors int
 
@@ -183,6 +183,7 @@ func New(cfg Config) *Uplink {
 	if cfg.HubURL == "" {
 		cfg.HubURL = DefaultHubURL
 	}
+
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -192,6 +193,7 @@ func New(cfg Config) *Uplink {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+
 	if cfg.MaxBatchRecords == 0 {
 		cfg.MaxBatchRecords = DefaultMaxBatchRecords
 	}
@@ -207,6 +209,7 @@ func New(cfg Config) *Uplink {
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = DefaultKeepAlive
 	}
+
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = DefaultMinBackoff
 	}
@@ -216,6 +219,7 @@ func New(cfg Config) *Uplink {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
 	}
+
 	return &Uplink{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "uplink", "agent", cfg.AgentID),

@@ -346,6 +346,34 @@ func TestUplink_TransientErrorRetries(t *testing.T) {
 	}
 }
 
+func TestUplink_PermanentErrorKeepsSOS(t *testing.T) {
+	hub := hubtest.Start(t, "127.0.0.1:0")
+	sp := openSpool(t)
+	appendRecords(t, sp, sos("veh-001", "sos-kept"))
+	hub.SetRespond(func(h *hubtest.Hub, b *protocol.Batch) []protocol.Ack {
+		if len(h.Received()) <= 2 {
+			return []protocol.Ack{{AgentID: b.AgentID, SpoolID: b.SpoolID, Lane: b.Lane, Error: "hub cannot read this batch", Permanent: true}}
+		}
+		return []protocol.Ack{h.Commit(b)}
+	})
+	_, reg := startUplink(t, sp, hub.URL(), nil)
+
+	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
+
+	if got, want := batchShape(hub.Received()), "sos:1-1 sos:1-1 sos:1-1"; got != want {
+		t.Errorf("batches = %s, want %s (two retries)", got, want)
+	}
+	if committed := hub.Committed(protocol.LaneSOS); len(committed) != 1 {
+		t.Errorf("hub committed %d SOS records, want 1", len(committed))
+	}
+	if st := sp.Stats()[protocol.LaneSOS]; st.Rejected != 0 {
+		t.Errorf("%d SOS records set aside as rejected, want 0", st.Rejected)
+	}
+	if got := metricValue(t, reg, "xpress_agent_uplink_batch_errors_total", map[string]string{"kind": "permanent"}); got != 2 {
+		t.Errorf("permanent batch errors = %v, want 2", got)
+	}
+}
+
 func TestUplink_IgnoresForeignAndStaleAcks(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
 	sp := openSpool(t)

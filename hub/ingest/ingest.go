@@ -23,10 +23,10 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/mqttlistener"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -171,7 +171,8 @@ func (s *Server) Open() error {
 		ln.Close()
 		return fmt.Errorf("open ingest: add hook: %w", err)
 	}
-	if err := broker.AddListener(listeners.NewNet("agents", ln)); err != nil {
+	// mochi's own listeners can deadlock on Close; see mqttlistener.
+	if err := broker.AddListener(mqttlistener.New("agents", ln, broker, s.cfg.Logger.With("component", "ingest.listener"))); err != nil {
 		ln.Close()
 		return fmt.Errorf("open ingest: add listener: %w", err)
 	}

@@ -13,9 +13,9 @@ import (
 	"testing"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/xpress-ops/tower/internal/mqttlistener"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -53,7 +53,7 @@ func Start(t testing.TB, addr string) *Hub {
 	if err != nil {
 		t.Fatalf("test hub listen on %s: %v", addr, err)
 	}
-	if err := h.server.AddListener(listeners.NewNet("agents", ln)); err != nil {
+	if err := h.server.AddListener(mqttlistener.New("agents", ln, h.server, slog.New(slog.DiscardHandler))); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.server.Serve(); err != nil {
