@@ -110,8 +110,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("data dir is empty"))
 	}
 	if c.HubURL != "" {
-		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" {
-			errs = append(errs, fmt.Errorf("hub URL %q is not a URL like tcp://host:port", c.HubURL))
+		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" || u.Port() == "" ||
+			(u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ssl" && u.Scheme != "tls") {
+			errs = append(errs, fmt.Errorf("invalid hub URL %q: use tcp://host:port (or ssl://host:port)", c.HubURL))
 		}
 	}
 	if c.Registerer != nil && c.Gatherer == nil {

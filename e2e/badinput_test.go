@@ -12,7 +12,7 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// publishNoWait sends one QoS 1 message that the agent may answer by
+// publishNoWait sends one QoS 1 message to which the agent may respond by
 // closing the connection, and waits briefly for the outcome.
 func publishNoWait(c mqtt.Client, topic string, payload []byte) {
 	tok := c.Publish(topic, 1, false, payload)

@@ -63,7 +63,14 @@ type process struct {
 // output for failure messages. Cleanup kills it if still running.
 func startProcess(t testing.TB, name string, env []string, args ...string) *process {
 	t.Helper()
+	return startProcessIn(t, name, "", env, args...)
+}
+
+// startProcessIn is startProcess with dir as the working directory.
+func startProcessIn(t testing.TB, name, dir string, env []string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(xpressBin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -100,6 +107,17 @@ func (p *process) output() string {
 	return p.log.String()
 }
 
+// exitCode waits for the process to exit and returns its exit code.
+func (p *process) exitCode(t testing.TB) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s did not exit within 60 s", p.name)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // kill sends sig and waits for the process to exit.
 func (p *process) kill(sig syscall.Signal) {
 	select {
@@ -116,7 +134,7 @@ func (p *process) kill(sig syscall.Signal) {
 	}
 }
 
-// waitHTTP polls url until it answers 200.
+// waitHTTP polls url until it returns status 200.
 func waitHTTP(t testing.TB, p *process, url string) {
 	t.Helper()
 	waitFor(t, 60*time.Second, p.name+" at "+url, func() bool {

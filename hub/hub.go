@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -20,20 +22,21 @@ import (
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/ingest"
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/hub/store/embedded"
 	"github.com/xpress-ops/tower/hub/store/postgres"
 	"github.com/xpress-ops/tower/protocol"
 )
 
 // Config configures a Hub.
 type Config struct {
-	// HTTPAddr is where the API, the dashboard and /metrics listen. Default ":8080".
+	// HTTPAddr is the listen address of the API, the dashboard and /metrics. Default ":8080".
 	HTTPAddr string
-	// AgentMQTTAddr is where agents connect over MQTT. Default ":1884".
+	// AgentMQTTAddr is the listen address for agents over MQTT. Default ":1884".
 	AgentMQTTAddr string
-	// DatabaseURL is the PostgreSQL URL of the store. Required until the
-	// embedded store exists.
+	// DatabaseURL is the PostgreSQL URL of the store. Empty means the
+	// embedded store in DataDir, for single-node installs.
 	DatabaseURL string
-	// DataDir is where the hub keeps local files. Default "./xpress-data".
+	// DataDir is the directory of the hub's local files. Default "./xpress-data".
 	DataDir string
 	// RedisURL selects Redis fan-out between hub replicas; empty means in-process.
 	RedisURL string
@@ -58,10 +61,6 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		c.DataDir = "./xpress-data"
 	}
-	if c.DatabaseURL == "" {
-		// TODO: the embedded bbolt store for single-node installs replaces this error.
-		return errors.New("missing database URL: set --database-url or XPRESS_DATABASE_URL to a PostgreSQL URL")
-	}
 	if c.RedisURL != "" {
 		// TODO: Redis fan-out between hub replicas; until then one hub fans out in-process.
 		return errors.New("redis fan-out is not available yet: leave --redis-url empty to fan out in-process")
@@ -76,11 +75,25 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// EmbeddedStoreFile is the embedded store's file name inside DataDir.
+const EmbeddedStoreFile = "hub.db"
+
+// openStore is a store with the lifecycle the hub drives.
+type openStore interface {
+	store.Store
+	Open(ctx context.Context) error
+}
+
+var (
+	_ openStore = (*postgres.Store)(nil)
+	_ openStore = (*embedded.Store)(nil)
+)
+
 // Hub is a running hub. Open starts it and Close stops it.
 type Hub struct {
 	cfg    Config
 	log    *slog.Logger
-	store  *postgres.Store
+	store  openStore
 	bus    *events.Bus
 	ingest *ingest.Server
 	api    *api.Server
@@ -112,16 +125,33 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		}
 	}()
 
-	h.store = postgres.New(postgres.Config{
-		URL:        h.cfg.DatabaseURL,
-		Logger:     h.cfg.Logger,
-		Registerer: h.cfg.Registerer,
-	})
+	if h.cfg.DatabaseURL != "" {
+		h.store = postgres.New(postgres.Config{
+			URL:        h.cfg.DatabaseURL,
+			Logger:     h.cfg.Logger,
+			Registerer: h.cfg.Registerer,
+		})
+	} else {
+		if err := os.MkdirAll(h.cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+		h.store = embedded.New(embedded.Config{
+			Path:       filepath.Join(h.cfg.DataDir, EmbeddedStoreFile),
+			Logger:     h.cfg.Logger,
+			Registerer: h.cfg.Registerer,
+		})
+	}
 	if err := h.store.Open(ctx); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 
-	h.bus = events.NewBus(events.Config{Logger: h.cfg.Logger, Registerer: h.cfg.Registerer})
+	h.bus = events.NewBus(events.Config{
+		Logger:     h.cfg.Logger,
+		Registerer: h.cfg.Registerer,
+		// Microseconds since 1970 stay below 2^53 until the year 2255, so
+		// the dashboard's JavaScript numbers hold them exactly.
+		FirstSeq: uint64(time.Now().UnixMicro()),
+	})
 
 	h.ingest = ingest.New(ingest.Config{
 		Addr:          h.cfg.AgentMQTTAddr,

@@ -96,10 +96,9 @@ const (
 	SOSOther      SOSKind = "other"
 )
 
-// SOS is a validated SOS alert. An SOS is never rejected for a bad
-// position or timestamp, because a driver in a tunnel may have neither:
-// the position is dropped (HasLocation false, LocationError set) and a bad
-// timestamp is replaced by the receive time (TimeError set).
+// SOS is a validated SOS alert. An SOS is never rejected for its content,
+// because a driver in a tunnel may have no position and a damaged message
+// is still a button press: see DecodeSOS.
 type SOS struct {
 	ID   string    `json:"id"`
 	Time time.Time `json:"ts"`
@@ -115,6 +114,9 @@ type SOS struct {
 	LocationError string `json:"location_error,omitempty"`
 	// TimeError says why a sent timestamp was replaced by the receive time.
 	TimeError string `json:"time_error,omitempty"`
+	// PayloadError lists the parts of a damaged payload that were replaced
+	// or ignored. Note repeats it, so operators see it on the incident.
+	PayloadError string `json:"payload_error,omitempty"`
 }
 
 // SOSCancel is a driver's request to cancel an SOS. An operator must
@@ -281,58 +283,82 @@ func parseTimestamp(raw json.RawMessage) (time.Time, error) {
 	return time.UnixMilli(ms).UTC(), nil
 }
 
-// DecodeSOS decodes an SOS payload received at now. newID makes an id
-// when the device sent none. Only a payload that is not JSON, or has a
-// bad id, kind or note, is rejected; see SOS for how a bad position or
-// timestamp is kept.
+// DecodeSOS decodes an SOS payload. newID makes an id when the device sent
+// none or an invalid one. An SOS is never rejected for its content,
+// because a damaged message is still a button press: invalid UTF-8 is
+// replaced, a payload that is not a JSON object counts as a bare press,
+// and each field of the wrong type or out of range is dropped, with the
+// reason in PayloadError, LocationError or TimeError. Only a payload over
+// MaxPayloadBytes is rejected, with ErrTooLarge.
 func DecodeSOS(payload []byte, limits Limits, newID func() string) (SOS, error) {
-	if err := checkPayload(payload); err != nil {
-		return SOS{}, err
+	if len(payload) > MaxPayloadBytes {
+		return SOS{}, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(payload), MaxPayloadBytes)
 	}
-	var raw struct {
-		ID   *string         `json:"id"`
-		TS   json.RawMessage `json:"ts"`
-		Lat  *float64        `json:"lat"`
-		Lon  *float64        `json:"lon"`
-		Kind string          `json:"kind"`
-		Note string          `json:"note"`
-	}
-	// An empty payload is a bare button press.
-	if len(bytes.TrimSpace(payload)) > 0 {
-		if err := json.Unmarshal(payload, &raw); err != nil {
-			return SOS{}, fmt.Errorf("%w: sos: %v", ErrMalformed, err)
-		}
-	}
-
 	now := limits.now()
 	s := SOS{Time: now.UTC(), Kind: SOSPanic}
-	if raw.ID == nil || *raw.ID == "" {
-		s.ID, s.IDAssigned = newID(), true
-	} else {
-		if err := ValidateSOSID(*raw.ID); err != nil {
-			return SOS{}, err
+	var problems []string
+	if !utf8.Valid(payload) {
+		payload = bytes.ToValidUTF8(payload, []byte("\uFFFD"))
+		problems = append(problems, "payload was not valid UTF-8")
+	}
+	payload = bytes.TrimPrefix(payload, []byte("\uFEFF"))
+
+	var fields map[string]json.RawMessage
+	if trimmed := bytes.TrimSpace(payload); len(trimmed) > 0 {
+		if err := json.Unmarshal(trimmed, &fields); err != nil {
+			problems = append(problems, fmt.Sprintf("payload is not a JSON object (%v): %q", err, truncate(string(trimmed), 200)))
+			fields = nil
 		}
-		s.ID = *raw.ID
-	}
-	if raw.Kind != "" {
-		switch k := SOSKind(raw.Kind); k {
-		case SOSPanic, SOSCrash, SOSMedical, SOSFire, SOSHarassment, SOSOther:
-			s.Kind = k
-		default:
-			// An unknown kind is still an emergency: keep it as "other" and say so in the note.
-			s.Kind = SOSOther
-			s.Note = "kind: " + truncate(raw.Kind, 40)
-		}
-	}
-	if len(raw.Note) > MaxNoteLength {
-		return SOS{}, fmt.Errorf("%w: note is %d bytes, limit %d", ErrTooLarge, len(raw.Note), MaxNoteLength)
-	}
-	if raw.Note != "" {
-		s.Note = strings.TrimSpace(strings.TrimSpace(s.Note + "\n" + raw.Note))
 	}
 
-	if len(raw.TS) > 0 && string(raw.TS) != "null" {
-		ts, err := parseTimestamp(raw.TS)
+	var id string
+	if raw, ok := fields["id"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &id); err != nil {
+			problems = append(problems, "id is not a string: "+truncate(string(raw), 80))
+			id = ""
+		} else if id != "" {
+			if err := ValidateSOSID(id); err != nil {
+				problems = append(problems, err.Error())
+				id = ""
+			}
+		}
+	}
+	if id == "" {
+		id, s.IDAssigned = newID(), true
+	}
+	s.ID = id
+
+	if raw, ok := fields["kind"]; ok && !isNull(raw) {
+		var kind string
+		if err := json.Unmarshal(raw, &kind); err != nil {
+			s.Kind = SOSOther
+			problems = append(problems, "kind is not a string: "+truncate(string(raw), 40))
+		} else {
+			switch k := SOSKind(kind); k {
+			case "":
+			case SOSPanic, SOSCrash, SOSMedical, SOSFire, SOSHarassment, SOSOther:
+				s.Kind = k
+			default:
+				// An unknown kind is still an emergency, so it is kept as "other" with the sent kind in the note.
+				s.Kind = SOSOther
+				problems = append(problems, "kind: "+truncate(kind, 40))
+			}
+		}
+	}
+
+	var note string
+	if raw, ok := fields["note"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &note); err != nil {
+			note = string(raw)
+		}
+		if len(note) > MaxNoteLength {
+			problems = append(problems, fmt.Sprintf("note cut to %d of %d bytes", MaxNoteLength, len(note)))
+			note = strings.ToValidUTF8(note[:MaxNoteLength], "")
+		}
+	}
+
+	if raw, ok := fields["ts"]; ok && !isNull(raw) {
+		ts, err := parseTimestamp(raw)
 		if err == nil {
 			err = limits.checkTime(ts, now)
 		}
@@ -342,19 +368,45 @@ func DecodeSOS(payload []byte, limits Limits, newID func() string) (SOS, error) 
 			s.Time = ts
 		}
 	}
-	switch {
-	case raw.Lat == nil && raw.Lon == nil:
-		s.LocationError = "no position sent"
-	case raw.Lat == nil || raw.Lon == nil:
-		s.LocationError = "only one of lat and lon sent"
-	default:
-		if err := checkPosition(*raw.Lat, *raw.Lon); err != nil {
-			s.LocationError = err.Error()
-		} else {
-			s.HasLocation, s.Lat, s.Lon = true, *raw.Lat, *raw.Lon
-		}
+	s.Lat, s.Lon, s.HasLocation, s.LocationError = decodeLocation(fields)
+
+	if len(problems) > 0 {
+		s.PayloadError = strings.Join(problems, "; ")
+	}
+	s.Note = strings.TrimSpace(note)
+	if s.PayloadError != "" {
+		s.Note = strings.TrimSpace(s.Note + "\n(agent: " + s.PayloadError + ")")
 	}
 	return s, nil
+}
+
+// decodeLocation reads an SOS position leniently: any missing, mistyped or
+// invalid coordinate drops the position and returns the reason.
+func decodeLocation(fields map[string]json.RawMessage) (lat, lon float64, ok bool, reason string) {
+	rawLat, hasLat := fields["lat"]
+	rawLon, hasLon := fields["lon"]
+	hasLat = hasLat && !isNull(rawLat)
+	hasLon = hasLon && !isNull(rawLon)
+	switch {
+	case !hasLat && !hasLon:
+		return 0, 0, false, "no position sent"
+	case !hasLat || !hasLon:
+		return 0, 0, false, "only one of lat and lon sent"
+	}
+	if err := json.Unmarshal(rawLat, &lat); err != nil {
+		return 0, 0, false, fmt.Sprintf("%v: lat %s is not a number", ErrOutOfRange, truncate(string(rawLat), 40))
+	}
+	if err := json.Unmarshal(rawLon, &lon); err != nil {
+		return 0, 0, false, fmt.Sprintf("%v: lon %s is not a number", ErrOutOfRange, truncate(string(rawLon), 40))
+	}
+	if err := checkPosition(lat, lon); err != nil {
+		return 0, 0, false, err.Error()
+	}
+	return lat, lon, true, ""
+}
+
+func isNull(raw json.RawMessage) bool {
+	return string(bytes.TrimSpace(raw)) == "null"
 }
 
 // DecodeSOSCancel decodes a driver's cancel request.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 var testNow = time.Date(2026, 12, 4, 2, 0, 0, 0, time.UTC)
@@ -137,11 +138,7 @@ func TestDecodeSOS_Rules(t *testing.T) {
 		{"future ts replaced", `{"id":"s-5","ts":"2027-12-04T10:00:00+08:00","lat":14,"lon":121}`, nil, "s-5", false, true, SOSPanic, true},
 		{"unparseable ts replaced", `{"id":"s-6","ts":"yesterday"}`, nil, "s-6", false, false, SOSPanic, true},
 		{"unknown kind becomes other", `{"id":"s-7","kind":"flood"}`, nil, "s-7", false, false, SOSOther, false},
-		{"malformed json", `{"id":`, ErrMalformed, "", false, false, "", false},
-		{"bad id", `{"id":"a b"}`, ErrInvalidID, "", false, false, "", false},
-		{"id too long", `{"id":"` + strings.Repeat("x", 65) + `"}`, ErrInvalidID, "", false, false, "", false},
-		{"note too long", `{"id":"s-8","note":"` + strings.Repeat("x", MaxNoteLength+1) + `"}`, ErrTooLarge, "", false, false, "", false},
-		{"invalid utf-8", "{\"id\":\"s-9\",\"note\":\"\xc3\x28\"}", ErrInvalidUTF8, "", false, false, "", false},
+		{"oversized", `{"id":"s-10","note":"` + strings.Repeat("x", MaxPayloadBytes) + `"}`, ErrTooLarge, "", false, false, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,6 +172,61 @@ func TestDecodeSOS_Rules(t *testing.T) {
 			}
 			if tc.wantTimeErr && !s.Time.Equal(testNow) {
 				t.Errorf("time = %v, want the receive time %v", s.Time, testNow)
+			}
+		})
+	}
+}
+
+// A damaged SOS is still a button press: it is kept, and what was wrong
+// with it is recorded for the operator.
+func TestDecodeSOS_KeepsDamagedPayloads(t *testing.T) {
+	newID := func() string { return "agent-1" }
+	cases := []struct {
+		name         string
+		payload      string
+		wantID       string
+		wantLocation bool
+		wantKind     SOSKind
+		wantInNote   string
+	}{
+		{"malformed json", `{"id":`, "agent-1", false, SOSPanic, "not a JSON object"},
+		{"json array", `[1,2]`, "agent-1", false, SOSPanic, "not a JSON object"},
+		{"bad id replaced", `{"id":"a b","lat":14.6,"lon":121}`, "agent-1", true, SOSPanic, "invalid id"},
+		{"id too long replaced", `{"id":"` + strings.Repeat("x", 65) + `"}`, "agent-1", false, SOSPanic, "invalid id"},
+		{"id a number", `{"id":5}`, "agent-1", false, SOSPanic, "id is not a string"},
+		{"lat a string", `{"id":"s-1","lat":"14.6","lon":121,"kind":"medical"}`, "s-1", false, SOSMedical, ""},
+		{"lon out of float range", `{"id":"s-2","lat":14.6,"lon":1e999}`, "s-2", false, SOSPanic, ""},
+		{"lat a bool", `{"id":"s-3","lat":true,"lon":121}`, "s-3", false, SOSPanic, ""},
+		{"kind a number", `{"id":"s-4","kind":5,"lat":14.6,"lon":121}`, "s-4", true, SOSOther, "kind is not a string"},
+		{"note a number", `{"id":"s-5","note":5}`, "s-5", false, SOSPanic, "5"},
+		{"note too long cut", `{"id":"s-6","note":"` + strings.Repeat("x", MaxNoteLength+1) + `"}`, "s-6", false, SOSPanic, "note cut"},
+		{"invalid utf-8 replaced", "{\"id\":\"s-7\",\"note\":\"caf\xe9\"}", "s-7", false, SOSPanic, "not valid UTF-8"},
+		{"byte order mark", "\xef\xbb\xbf{\"id\":\"s-8\",\"lat\":14.6,\"lon\":121}", "s-8", true, SOSPanic, ""},
+		{"json null", `null`, "agent-1", false, SOSPanic, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := DecodeSOS([]byte(tc.payload), testLimits(), newID)
+			if err != nil {
+				t.Fatalf("rejected: %v", err)
+			}
+			if s.ID != tc.wantID {
+				t.Errorf("id = %q, want %q", s.ID, tc.wantID)
+			}
+			if s.HasLocation != tc.wantLocation {
+				t.Errorf("has location = %v, want %v (location error %q)", s.HasLocation, tc.wantLocation, s.LocationError)
+			}
+			if s.Kind != tc.wantKind {
+				t.Errorf("kind = %q, want %q", s.Kind, tc.wantKind)
+			}
+			if !strings.Contains(s.Note, tc.wantInNote) {
+				t.Errorf("note = %q, want it to contain %q", s.Note, tc.wantInNote)
+			}
+			if !utf8.ValidString(s.Note) {
+				t.Errorf("note %q is not valid UTF-8", s.Note)
+			}
+			if len(s.Note) > MaxNoteLength+500 {
+				t.Errorf("note is %d bytes", len(s.Note))
 			}
 		})
 	}

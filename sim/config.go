@@ -82,6 +82,10 @@ type Config struct {
 	Trace string
 	// Source is an already loaded trace. It takes precedence over Trace.
 	Source *Trace
+	// RelocateTo moves a replayed trace (Trace or Source) so the median of
+	// its points lies on this city, keeping the real movement. Nil replays
+	// it where it was recorded. Synthetic routes are always in Cities.
+	RelocateTo *City
 	// SOSEvery is the mean time between SOS alerts of one vehicle. The
 	// alerts form a Poisson process. Zero means no SOS.
 	SOSEvery time.Duration

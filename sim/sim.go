@@ -161,16 +161,24 @@ func (s *Sim) loadTrace() (*Trace, bool, error) {
 		if s.cfg.Source.Points() == 0 {
 			return nil, false, fmt.Errorf("%w: %s", ErrEmptyTrace, s.cfg.Source.Name)
 		}
-		return s.cfg.Source, s.cfg.Loop || s.cfg.Source.Format == FormatSynthetic, nil
+		return s.relocate(s.cfg.Source), s.cfg.Loop || s.cfg.Source.Format == FormatSynthetic, nil
 	case s.cfg.Trace != "":
 		tr, err := LoadTrace(s.cfg.Trace)
 		if err != nil {
 			return nil, false, err
 		}
-		return tr, s.cfg.Loop, nil
+		return s.relocate(tr), s.cfg.Loop, nil
 	default:
 		return Synthetic(DefaultSyntheticRoutes), true, nil
 	}
+}
+
+// relocate applies Config.RelocateTo to a replayed trace.
+func (s *Sim) relocate(tr *Trace) *Trace {
+	if s.cfg.RelocateTo == nil || tr.Format == FormatSynthetic {
+		return tr
+	}
+	return tr.RelocatedTo(*s.cfg.RelocateTo)
 }
 
 // planVehicles maps vehicles onto tracks round-robin: vehicle i replays

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -339,4 +340,52 @@ func bearingDeg(lat1, lon1, lat2, lon2 float64) float64 {
 		deg = 0
 	}
 	return deg
+}
+
+// RelocatedTo returns a copy of t shifted so that the median of its points
+// lies on city. Each track keeps its real shape, timing and speeds; only
+// latitude and longitude are offset, which distorts distances slightly when
+// the trace was recorded far from the city's latitude. Points that would
+// leave the valid range are clamped.
+func (t *Trace) RelocatedTo(city City) *Trace {
+	var lats, lons []float64
+	for _, tr := range t.Tracks {
+		for _, p := range tr.Points {
+			lats = append(lats, p.Lat)
+			lons = append(lons, p.Lon)
+		}
+	}
+	if len(lats) == 0 {
+		return t
+	}
+	slices.Sort(lats)
+	slices.Sort(lons)
+	dLat := city.Lat - lats[len(lats)/2]
+	dLon := city.Lon - lons[len(lons)/2]
+
+	out := *t
+	out.Name = t.Name + " relocated to " + city.Name
+	out.Tracks = make([]Track, len(t.Tracks))
+	for i, tr := range t.Tracks {
+		moved := tr
+		moved.Points = make([]Point, len(tr.Points))
+		for j, p := range tr.Points {
+			p.Lat = min(max(p.Lat+dLat, -90), 90)
+			p.Lon = min(max(p.Lon+dLon, -180), 180)
+			moved.Points[j] = p
+		}
+		out.Tracks[i] = moved
+	}
+	return &out
+}
+
+// CityByName returns the city of Cities whose name is name, ignoring case,
+// or false.
+func CityByName(name string) (City, bool) {
+	for _, c := range Cities {
+		if strings.EqualFold(c.Name, name) {
+			return c, true
+		}
+	}
+	return City{}, false
 }

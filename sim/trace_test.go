@@ -354,3 +354,35 @@ func TestLineIndex_LineAt(t *testing.T) {
 		}
 	}
 }
+
+func TestTrace_RelocatedToKeepsShape(t *testing.T) {
+	tr, err := LoadTrace(filepath.Join("..", "testdata", "traces", "munich_car_barefoot_x0001-001.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cebu, ok := CityByName("Cebu")
+	if !ok {
+		t.Fatal("Cebu is not in Cities")
+	}
+	moved := tr.RelocatedTo(cebu)
+
+	if got, want := moved.Points(), tr.Points(); got != want {
+		t.Fatalf("relocated trace has %d points, want %d", got, want)
+	}
+	orig, reloc := tr.Tracks[0].Points, moved.Tracks[0].Points
+	dLat, dLon := reloc[0].Lat-orig[0].Lat, reloc[0].Lon-orig[0].Lon
+	for i := range orig {
+		if math.Abs(reloc[i].Lat-orig[i].Lat-dLat) > 1e-9 || math.Abs(reloc[i].Lon-orig[i].Lon-dLon) > 1e-9 {
+			t.Fatalf("point %d moved by a different offset than point 0", i)
+		}
+		if reloc[i].Offset != orig[i].Offset {
+			t.Fatalf("point %d offset changed from %s to %s", i, orig[i].Offset, reloc[i].Offset)
+		}
+	}
+	if math.Abs(reloc[len(reloc)/2].Lat-cebu.Lat) > 0.05 || math.Abs(reloc[len(reloc)/2].Lon-cebu.Lon) > 0.05 {
+		t.Errorf("middle point at (%v, %v), want near Cebu (%v, %v)", reloc[len(reloc)/2].Lat, reloc[len(reloc)/2].Lon, cebu.Lat, cebu.Lon)
+	}
+	if tr.Tracks[0].Points[0].Lat < 48 {
+		t.Error("RelocatedTo changed the original trace")
+	}
+}

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/xpress-ops/tower/agent"
 	"github.com/xpress-ops/tower/hub"
@@ -17,27 +21,42 @@ import (
 // the repository and no --trace is given.
 const defaultDevTrace = "testdata/traces/porto_taxi_ecml2015_test_320trips.csv"
 
-func runDev(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	var (
-		dataDir     string
-		httpAddr    string
-		mqttAddr    string
-		databaseURL string
-		region      string
-		sf          simFlags
-		lf          logFlags
-	)
-	fs.StringVar(&dataDir, "data-dir", "./xpress-data", "directory for the hub's and agent's files")
-	fs.StringVar(&httpAddr, "http-addr", ":8080", "address of the dashboard, API and /metrics")
-	fs.StringVar(&mqttAddr, "mqtt-addr", ":1883", "address where vehicles connect to the agent over MQTT")
-	fs.StringVar(&databaseURL, "database-url", "", "PostgreSQL URL (prefer XPRESS_DATABASE_URL: a flag shows in ps)")
-	fs.StringVar(&region, "region", "NCR-Manila", "region of the agent")
-	sf.register(fs, false)
-	lf.register(fs)
+// devFlags are the flags of xpress dev.
+type devFlags struct {
+	dataDir     string
+	httpAddr    string
+	mqttAddr    string
+	databaseURL string
+	regions     string
+	sim         simFlags
+}
+
+func (f *devFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.dataDir, "data-dir", "./xpress-data", "directory of the hub's and agents' files; a restart resumes from it")
+	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the dashboard, API and /metrics")
+	fs.StringVar(&f.mqttAddr, "mqtt-addr", ":1883", "address where vehicles connect to the first region's agent; further regions take the next ports")
+	fs.StringVar(&f.databaseURL, "database-url", "", "PostgreSQL URL; empty keeps everything in the embedded store under --data-dir")
+	fs.StringVar(&f.regions, "regions", "NCR-Manila", "comma-separated regions, one agent each, e.g. NCR-Manila,Cebu,Davao,Iloilo")
+	f.sim.register(fs, false)
 	// A demo needs an occasional SOS and a livelier replay than real time.
 	setDefault(fs, "sos-every", "10m")
 	setDefault(fs, "speedup", "5")
+	setDefault(fs, "relocate", "region")
+	fs.Lookup("relocate").Usage = "move replayed traces to a city, keeping their real movement: manila, cebu, davao, iloilo, region (each agent's own region's city) or empty (where they were recorded)"
+}
+
+// devAgent is one region's agent in xpress dev.
+type devAgent struct {
+	region string
+	agent  *agent.Agent
+}
+
+func runDev(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	var df devFlags
+	var lf logFlags
+	df.register(fs)
+	lf.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
@@ -45,18 +64,26 @@ func runDev(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if sf.trace == "" {
+	regions, err := parseRegions(df.regions)
+	if err != nil {
+		return err
+	}
+	mqttAddrs, err := consecutiveAddrs(df.mqttAddr, len(regions))
+	if err != nil {
+		return err
+	}
+	if df.sim.trace == "" {
 		if _, err := os.Stat(defaultDevTrace); err == nil {
-			sf.trace = defaultDevTrace
+			df.sim.trace = defaultDevTrace
 		}
 	}
 
 	reg := newRegistry()
 	h, err := hub.New(hub.Config{
-		HTTPAddr:      httpAddr,
+		HTTPAddr:      df.httpAddr,
 		AgentMQTTAddr: "127.0.0.1:0",
-		DatabaseURL:   databaseURL,
-		DataDir:       filepath.Join(dataDir, "hub"),
+		DatabaseURL:   df.databaseURL,
+		DataDir:       filepath.Join(df.dataDir, "hub"),
 		Logger:        log.With("process", "hub"),
 		Registerer:    reg,
 		Gatherer:      reg,
@@ -69,35 +96,45 @@ func runDev(ctx context.Context, args []string, e env) error {
 	}
 	defer h.Close()
 
-	a, err := agent.New(agent.Config{
-		ID:       "dev-1",
-		Region:   region,
-		MQTTAddr: mqttAddr,
-		HubURL:   "tcp://" + h.AgentMQTTAddr().String(),
-		DataDir:  filepath.Join(dataDir, "agent"),
-		HTTPAddr: "127.0.0.1:0",
-		Logger:   log.With("process", "agent"),
-	})
+	var agents []devAgent
+	defer func() {
+		for _, a := range agents {
+			a.agent.Close()
+		}
+	}()
+	for i, region := range regions {
+		id := agentID(region)
+		a, err := agent.New(agent.Config{
+			ID:       id,
+			Region:   region,
+			MQTTAddr: mqttAddrs[i],
+			HubURL:   "tcp://" + h.AgentMQTTAddr().String(),
+			DataDir:  filepath.Join(df.dataDir, "agent-"+id),
+			HTTPAddr: "127.0.0.1:0",
+			Logger:   log.With("process", "agent", "agent", id),
+		})
+		if err != nil {
+			return err
+		}
+		if err := a.Open(ctx); err != nil {
+			return fmt.Errorf("start agent %s: %w (another MQTT broker may hold the port: choose one with --mqtt-addr)", id, err)
+		}
+		agents = append(agents, devAgent{region: region, agent: a})
+	}
+
+	store := "embedded store in " + filepath.Join(df.dataDir, "hub")
+	if df.databaseURL != "" {
+		store = "PostgreSQL"
+	}
+	fmt.Fprintf(e.stdout, "dashboard:    http://%s/\n", displayAddr(h.HTTPAddr().String()))
+	fmt.Fprintf(e.stdout, "store:        %s\n", store)
+	for _, a := range agents {
+		fmt.Fprintf(e.stdout, "vehicle MQTT: tcp://%s for %s (username = vehicle id)\n", displayAddr(a.agent.MQTTAddr().String()), a.region)
+	}
+
+	stats, err := runDevSims(ctx, df.sim, agents, log)
 	if err != nil {
 		return err
-	}
-	if err := a.Open(ctx); err != nil {
-		return fmt.Errorf("%w (another MQTT broker may hold the port; choose one with --mqtt-addr)", err)
-	}
-	defer a.Close()
-
-	fmt.Fprintf(e.stdout, "dashboard:    http://%s/\n", displayAddr(h.HTTPAddr().String()))
-	fmt.Fprintf(e.stdout, "vehicle MQTT: tcp://%s (username = vehicle id)\n", displayAddr(a.MQTTAddr().String()))
-
-	cfg := sf.config()
-	cfg.Broker = "tcp://" + displayAddr(a.MQTTAddr().String())
-	cfg.Logger = log.With("process", "sim")
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	stats, err := sim.Run(ctx, cfg)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("simulator: %w", err)
 	}
 	// The trace may end before the operator stops the tower: keep serving.
 	<-ctx.Done()
@@ -106,16 +143,163 @@ func runDev(ctx context.Context, args []string, e env) error {
 	return nil
 }
 
+// runDevSims spreads the simulated vehicles over the agents, one
+// simulator per agent, and returns their summed totals when all end.
+func runDevSims(ctx context.Context, sf simFlags, agents []devAgent, log *slog.Logger) (sim.Stats, error) {
+	type result struct {
+		stats sim.Stats
+		err   error
+	}
+	// Build and check every configuration before starting any simulator.
+	var cfgs []sim.Config
+	for i, a := range agents {
+		cfg := sf.config()
+		cfg.Broker = "tcp://" + displayAddr(a.agent.MQTTAddr().String())
+		cfg.Vehicles = sf.vehicles / len(agents)
+		if i < sf.vehicles%len(agents) {
+			cfg.Vehicles++
+		}
+		if cfg.Vehicles == 0 {
+			continue
+		}
+		cfg.VehiclePrefix = sf.prefix + agentID(a.region) + "-"
+		cfg.Logger = log.With("process", "sim", "region", a.region)
+		if sf.relocate == "region" {
+			cfg.RelocateTo = regionCity(a.region)
+		} else {
+			city, err := sf.relocateCity()
+			if err != nil {
+				return sim.Stats{}, err
+			}
+			cfg.RelocateTo = city
+		}
+		if err := cfg.Validate(); err != nil {
+			return sim.Stats{}, err
+		}
+		cfgs = append(cfgs, cfg)
+	}
+
+	results := make(chan result, len(cfgs))
+	for _, cfg := range cfgs {
+		go func() {
+			stats, err := sim.Run(ctx, cfg)
+			results <- result{stats, err}
+		}()
+	}
+	var total sim.Stats
+	var errs []error
+	for range cfgs {
+		r := <-results
+		if r.err != nil && !errors.Is(r.err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("simulator: %w", r.err))
+		}
+		total = addStats(total, r.stats)
+	}
+	return total, errors.Join(errs...)
+}
+
+// addStats sums the counters of two runs. Latencies are those of the run
+// with more samples, since quantiles do not add.
+func addStats(a, b sim.Stats) sim.Stats {
+	out := a
+	out.Vehicles += b.Vehicles
+	out.VehiclesConnected += b.VehiclesConnected
+	out.FixesSent += b.FixesSent
+	out.FixMessages += b.FixMessages
+	out.FixesAcked += b.FixesAcked
+	out.FixesFailed += b.FixesFailed
+	out.SOSSent += b.SOSSent
+	out.SOSAcked += b.SOSAcked
+	out.SOSFailed += b.SOSFailed
+	out.ConnectFailures += b.ConnectFailures
+	out.ConnectionsLost += b.ConnectionsLost
+	if b.FixLatency.Count > a.FixLatency.Count {
+		out.FixLatency = b.FixLatency
+	}
+	if b.SOSLatency.Count > a.SOSLatency.Count {
+		out.SOSLatency = b.SOSLatency
+	}
+	out.Elapsed = max(a.Elapsed, b.Elapsed)
+	return out
+}
+
+// regionCity returns the city of a region such as "NCR-Manila", or nil
+// when the region names none of sim.Cities.
+func regionCity(region string) *sim.City {
+	for _, c := range sim.Cities {
+		if strings.Contains(strings.ToLower(region), c.Name) {
+			return &c
+		}
+	}
+	return nil
+}
+
+// parseRegions splits the --regions list and rejects duplicates.
+func parseRegions(list string) ([]string, error) {
+	var regions []string
+	seen := map[string]bool{}
+	for _, r := range strings.Split(list, ",") {
+		r = strings.TrimSpace(r)
+		if r == "" {
+			continue
+		}
+		if seen[strings.ToLower(r)] {
+			return nil, fmt.Errorf("invalid --regions: %q appears twice", r)
+		}
+		seen[strings.ToLower(r)] = true
+		regions = append(regions, r)
+	}
+	if len(regions) == 0 {
+		return nil, errors.New("invalid --regions: name at least one region, e.g. NCR-Manila")
+	}
+	return regions, nil
+}
+
+// agentID derives an agent id from a region name: "NCR-Manila" becomes "ncr-manila".
+func agentID(region string) string {
+	var b strings.Builder
+	for _, c := range strings.ToLower(region) {
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+			b.WriteRune(c)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	return b.String()
+}
+
+// consecutiveAddrs returns n listen addresses starting at addr, with
+// consecutive ports. Port 0 gives every agent a port of its own choosing.
+func consecutiveAddrs(addr string, n int) ([]string, error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --mqtt-addr %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 0 || port+n-1 > 65535 {
+		return nil, fmt.Errorf("invalid --mqtt-addr %q: the port must be a number from 0 to %d", addr, 65536-n)
+	}
+	addrs := make([]string, n)
+	for i := range addrs {
+		p := port + i
+		if port == 0 {
+			p = 0
+		}
+		addrs[i] = net.JoinHostPort(host, strconv.Itoa(p))
+	}
+	return addrs, nil
+}
+
 // displayAddr turns a listener address such as "[::]:8080" into one a
 // person can open.
 func displayAddr(addr string) string {
-	if len(addr) > 0 && addr[0] == ':' {
-		return "127.0.0.1" + addr
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
 	}
-	for _, any := range []string{"[::]", "0.0.0.0"} {
-		if len(addr) > len(any) && addr[:len(any)] == any {
-			return "127.0.0.1" + addr[len(any):]
-		}
+	if host == "" || host == "::" || host == "0.0.0.0" {
+		host = "127.0.0.1"
 	}
-	return addr
+	return net.JoinHostPort(host, port)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 )
 
 // secretFlags may also be read from a file named by XPRESS_<FLAG>_FILE,
@@ -50,7 +51,12 @@ func parseFlags(fs *flag.FlagSet, args []string, e env) error {
 		}
 		if v := e.getenv(envName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("invalid %s: %w", envName(f.Name), err))
+				shown := fmt.Sprintf("%q", v)
+				if secretFlags[f.Name] {
+					shown = "(value hidden)"
+				}
+				errs = append(errs, fmt.Errorf("invalid %s=%s: %v; expected %s like the default %q",
+					envName(f.Name), shown, err, flagKind(f), f.DefValue))
 			}
 			return
 		}
@@ -119,4 +125,20 @@ func setDefault(fs *flag.FlagSet, name, value string) {
 		panic(fmt.Sprintf("default %q of flag %s: %v", value, name, err))
 	}
 	f.DefValue = value
+}
+
+// flagKind names the type of value a flag takes, for error messages.
+func flagKind(f *flag.Flag) string {
+	switch f.Value.(flag.Getter).Get().(type) {
+	case bool:
+		return "true or false"
+	case int, int64, uint, uint64:
+		return "a whole number"
+	case float64:
+		return "a number"
+	case time.Duration:
+		return "a duration such as 30s or 10m"
+	default:
+		return "a value"
+	}
 }

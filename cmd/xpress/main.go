@@ -28,7 +28,7 @@ type command struct {
 	run     func(ctx context.Context, args []string, env env) error
 }
 
-// env is what a command sees of the process.
+// env is the process environment a command runs in.
 type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string

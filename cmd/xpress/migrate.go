@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 
 	"github.com/xpress-ops/tower/migrations"
 )
@@ -24,5 +25,9 @@ func runMigrate(ctx context.Context, args []string, e env) error {
 	if databaseURL == "" {
 		return errors.New("missing database URL: set --database-url or XPRESS_DATABASE_URL")
 	}
-	return migrations.UpURL(ctx, databaseURL, log)
+	if err := migrations.UpURL(ctx, databaseURL, log); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, "schema is up to date")
+	return nil
 }

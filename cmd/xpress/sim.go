@@ -23,6 +23,7 @@ type simFlags struct {
 	batch    int
 	prefix   string
 	loop     bool
+	relocate string
 }
 
 func (f *simFlags) register(fs *flag.FlagSet, withBroker bool) {
@@ -38,6 +39,19 @@ func (f *simFlags) register(fs *flag.FlagSet, withBroker bool) {
 	fs.IntVar(&f.batch, "batch", 1, "fixes per message; above 1 sends JSON arrays like a device that buffered")
 	fs.StringVar(&f.prefix, "vehicle-prefix", "sim-", "prefix of the simulated vehicle ids")
 	fs.BoolVar(&f.loop, "loop", true, "replay each track again from its start when it ends")
+	fs.StringVar(&f.relocate, "relocate", "", "move a replayed trace to a city, keeping its real movement: manila, cebu, davao or iloilo; empty replays it where it was recorded")
+}
+
+// relocateCity returns the city named by --relocate, or nil for none.
+func (f *simFlags) relocateCity() (*sim.City, error) {
+	if f.relocate == "" {
+		return nil, nil
+	}
+	city, ok := sim.CityByName(f.relocate)
+	if !ok {
+		return nil, fmt.Errorf("invalid --relocate %q: use manila, cebu, davao or iloilo", f.relocate)
+	}
+	return &city, nil
 }
 
 func (f *simFlags) config() sim.Config {
@@ -71,14 +85,22 @@ func runSim(ctx context.Context, args []string, e env) error {
 		return err
 	}
 
+	if sf.vehicles < 1 {
+		return fmt.Errorf("invalid --vehicles %d: simulate at least one vehicle", sf.vehicles)
+	}
 	cfg := sf.config()
+	if cfg.RelocateTo, err = sf.relocateCity(); err != nil {
+		return err
+	}
 	cfg.Password = password
 	cfg.Logger, cfg.Registerer = log, newRegistry()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	stats, err := sim.Run(ctx, cfg)
-	printStats(e.stdout, stats)
+	if stats.VehiclesConnected > 0 {
+		printStats(e.stdout, stats)
+	}
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

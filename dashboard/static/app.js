@@ -388,7 +388,8 @@
     for (const inc of list) {
       const tr = document.createElement('tr');
       tr.className = `state-${inc.state}` + (fresh.has(inc.id) ? ' new' : '');
-      tr.dataset.opened = inc.opened_at;
+      // Waiting time counts from when the agent received the SOS, not from the hub's commit, which an outage delays.
+      tr.dataset.opened = inc.received_at || inc.opened_at;
       cell(tr, String(inc.id));
       const st = cell(tr, '');
       const badge = document.createElement('span');
@@ -398,7 +399,7 @@
       cell(tr, inc.vehicle_id);
       cell(tr, inc.kind);
       cell(tr, formatManila(inc.pressed_at));
-      cell(tr, formatAge(inc.opened_at), 'age');
+      cell(tr, formatAge(inc.received_at || inc.opened_at), 'age');
       cell(tr, inc.has_location ? `${fixed(inc.lat, 5)}, ${fixed(inc.lon, 5)}` : 'no position');
       cell(tr, String(inc.presses || 1));
       cell(tr, inc.cancel_requested ? 'YES – confirm with driver' : 'no', inc.cancel_requested ? 'cancel-yes' : '');

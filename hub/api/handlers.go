@@ -74,10 +74,13 @@ func (s *Server) handleVehicles(w http.ResponseWriter, r *http.Request) {
 
 // trackResponse is the body of a track request.
 type trackResponse struct {
-	VehicleID string            `json:"vehicle_id"`
-	From      time.Time         `json:"from"`
-	To        time.Time         `json:"to"`
-	Limit     int               `json:"limit"`
+	VehicleID string    `json:"vehicle_id"`
+	From      time.Time `json:"from"`
+	To        time.Time `json:"to"`
+	Limit     int       `json:"limit"`
+	// Truncated is true when the range holds more fixes than Limit; the
+	// next page starts at the last fix's time.
+	Truncated bool              `json:"truncated"`
 	Fixes     []store.StoredFix `json:"fixes"`
 }
 
@@ -127,7 +130,9 @@ func (s *Server) handleTrack(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeJSON(w, r, http.StatusOK, trackResponse{VehicleID: id, From: from, To: to, Limit: limit, Fixes: nonNil(fixes)})
+	s.writeJSON(w, r, http.StatusOK, trackResponse{
+		VehicleID: id, From: from, To: to, Limit: limit, Truncated: len(fixes) >= limit, Fixes: nonNil(fixes),
+	})
 }
 
 func (s *Server) handleIncidents(w http.ResponseWriter, r *http.Request) {

@@ -138,9 +138,17 @@ func TestTrack_DefaultsToLastHour(t *testing.T) {
 	if v["vehicle_id"] != "MNL-0001" || v["from"] != "2026-12-04T01:00:00Z" || v["to"] != "2026-12-04T02:00:00Z" || v["limit"] != 1000.0 {
 		t.Errorf("track header = %v %v %v %v, want MNL-0001, the last hour, limit 1000", v["vehicle_id"], v["from"], v["to"], v["limit"])
 	}
+	if v["truncated"] != false {
+		t.Errorf("truncated = %v, want false for 3 fixes under the limit", v["truncated"])
+	}
 	vehicle, from, to, limit := ts.store.fixesCall()
 	if vehicle != "MNL-0001" || !from.Equal(testNow.Add(-time.Hour)) || !to.Equal(testNow) || limit != 1000 {
 		t.Errorf("store called with %s %v %v %d, want MNL-0001, the last hour, limit 1000", vehicle, from, to, limit)
+	}
+
+	cut := ts.getJSON(t, "/api/v1/vehicles/MNL-0001/track?limit=2", http.StatusOK)
+	if cut["truncated"] != true {
+		t.Errorf("truncated = %v, want true when the limit cut the track", cut["truncated"])
 	}
 }
 

@@ -104,6 +104,12 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock that stamps events. Nil means time.Now.
 	Now func() time.Time
+	// FirstSeq is the sequence number of the first event. Zero means 1.
+	// A hub passes its start time in microseconds, so sequence numbers keep
+	// growing across restarts and a client that resumes against a restarted
+	// hub gets a gap (and reloads its state) instead of a silent resume that
+	// skips the events published before it reconnected.
+	FirstSeq uint64
 }
 
 // Bus is an in-process event fan-out with a bounded history. It is safe for
@@ -142,7 +148,11 @@ func NewBus(cfg Config) *Bus {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FirstSeq == 0 {
+		cfg.FirstSeq = 1
+	}
 	return &Bus{
+		seq:     cfg.FirstSeq - 1,
 		history: cfg.History,
 		buffer:  cfg.Buffer,
 		log:     cfg.Logger.With("component", "events"),

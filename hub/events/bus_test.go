@@ -259,6 +259,34 @@ func TestBus_ResumeAheadOfLatestIsGap(t *testing.T) {
 	}
 }
 
+// A restarted bus starts past every seq of the bus before it, so a client
+// resuming from the old bus gets a gap, not a silent resume.
+func TestBus_RestartWithFirstSeqIsGapForOldClients(t *testing.T) {
+	old, _ := newBus(t, events.Config{FirstSeq: 1000})
+	for i := range 5 {
+		mustPublish(t, old, events.TypeFix, i)
+	}
+	if got := old.Latest(); got != 1004 {
+		t.Fatalf("latest of the first bus = %d, want 1004", got)
+	}
+
+	restarted, _ := newBus(t, events.Config{FirstSeq: 2000})
+	mustPublish(t, restarted, events.TypeIncidentOpened, 1)
+	_, err := restarted.Subscribe(1004)
+	var gap *events.GapError
+	if !errors.As(err, &gap) {
+		t.Fatalf("Subscribe(1004) on the restarted bus: error = %v, want a *GapError", err)
+	}
+	if gap.Oldest != 2000 {
+		t.Errorf("gap oldest = %d, want 2000", gap.Oldest)
+	}
+
+	s := mustSubscribe(t, restarted, 1999)
+	if got := receive(t, s, 1); got[0].Seq != 2000 {
+		t.Errorf("first event seq = %d, want 2000", got[0].Seq)
+	}
+}
+
 func TestBus_SubscribeAfterZeroOnEmptyBus(t *testing.T) {
 	b, _ := newBus(t, events.Config{})
 	s := mustSubscribe(t, b, 0)

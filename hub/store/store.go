@@ -46,12 +46,25 @@ type Store interface {
 	// Incident returns one incident with its events, or ErrNotFound.
 	Incident(ctx context.Context, id int64) (Incident, []IncidentEvent, error)
 
+	// DeleteFixesBefore removes the fixes whose fix time is before before,
+	// for retention. It returns how many fixes it removed, or
+	// CountUnknown when it removed some in bulk without counting them
+	// (PostgreSQL dropping a daily partition that held fixes). Latest
+	// positions, vehicle statuses, incidents and cursors stay, so a
+	// vehicle's last known position remains visible however old it is.
+	// A resent batch of removed fixes is still skipped by the cursor.
+	DeleteFixesBefore(ctx context.Context, before time.Time) (int64, error)
+
 	// Ping checks that the store can serve requests.
 	Ping(ctx context.Context) error
 
 	// Close releases the store's resources.
 	Close() error
 }
+
+// CountUnknown is the DeleteFixesBefore result for fixes removed without
+// counting them.
+const CountUnknown int64 = -1
 
 // CommitResult is what one committed batch changed. Skipped records are
 // not in it.

@@ -18,6 +18,14 @@ import (
 // disconnectWriteTimeout bounds the write of each DISCONNECT in Close.
 const disconnectWriteTimeout = time.Second
 
+// Defaults of the Listener's limits.
+const (
+	// DefaultConnectTimeout is how long a new connection may take to send CONNECT.
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultMaxConnections caps open connections, connected or not yet.
+	DefaultMaxConnections = 100_000
+)
+
 // Listener is a mochi listener for TCP connections.
 //
 // It replaces mochi's listeners.Net because of how that one closes: it
@@ -31,6 +39,17 @@ const disconnectWriteTimeout = time.Second
 // being incremented while Server.Close waits on it, which the race
 // detector reports for listeners.Net.
 type Listener struct {
+	// ConnectTimeout is how long a new connection may take to send its
+	// CONNECT packet before it is closed; mochi sets no deadline before
+	// CONNECT. After CONNECT mochi applies the client's keep-alive. Set it
+	// before the listener is added to the server. Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// MaxConnections caps open connections; a connection past it is closed
+	// at once and counted in Refused. Default DefaultMaxConnections.
+	MaxConnections int
+	// Refused counts connections closed because MaxConnections was reached.
+	Refused atomic.Uint64
+
 	id     string
 	ln     net.Listener
 	server *mqtt.Server
@@ -50,7 +69,11 @@ var _ listeners.Listener = (*Listener)(nil)
 // New returns a listener with the given id that serves ln for server.
 // It logs connection ends at Debug level to log.
 func New(id string, ln net.Listener, server *mqtt.Server, log *slog.Logger) *Listener {
-	return &Listener{id: id, ln: ln, server: server, log: log, conns: map[*trackedConn]struct{}{}}
+	return &Listener{
+		ConnectTimeout: DefaultConnectTimeout,
+		MaxConnections: DefaultMaxConnections,
+		id:             id, ln: ln, server: server, log: log, conns: map[*trackedConn]struct{}{},
+	}
 }
 
 // ID returns the listener id that mochi stores on each client.
@@ -73,10 +96,19 @@ func (l *Listener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		conn := &trackedConn{Conn: raw, owner: l}
+		if l.full() {
+			l.Refused.Add(1)
+			l.log.Warn("mqtt connection refused: too many open connections",
+				"remote", raw.RemoteAddr().String(), "max_connections", l.MaxConnections)
+			_ = raw.Close()
+			continue
+		}
 		if !l.track(conn) {
 			_ = raw.Close()
 			return
 		}
+		// mochi replaces this deadline with the keep-alive once CONNECT is read.
+		_ = raw.SetDeadline(time.Now().Add(l.ConnectTimeout))
 		go func() {
 			defer l.establishing.Done()
 			// Hooks log rejections with their ids; this is the
@@ -121,6 +153,13 @@ func (l *Listener) Close(listeners.CloseFn) {
 		_ = c.Close()
 	}
 	l.establishing.Wait()
+}
+
+// full reports whether MaxConnections connections are open.
+func (l *Listener) full() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns) >= l.MaxConnections
 }
 
 // track records conn as open and counts its handler goroutine, under the

@@ -2,9 +2,7 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"testing"
-	"time"
 
 	"github.com/xpress-ops/tower/hub/store/storetest"
 	"github.com/xpress-ops/tower/protocol"
@@ -15,19 +13,8 @@ const (
 	benchVehicles  = 100
 )
 
-// benchBatch returns a GPS batch of benchBatchSize fixes from benchVehicles
-// vehicles, with sequence numbers following those of batch n-1.
 func benchBatch(n int) *protocol.Batch {
-	records := make([]protocol.Record, benchBatchSize)
-	base := storetest.Epoch.Add(-time.Hour)
-	for i := range records {
-		seq := uint64(n*benchBatchSize + i + 1)
-		ts := base.Add(time.Duration(seq) * time.Millisecond)
-		speed := 30.0
-		records[i] = storetest.FixRecord(seq, fmt.Sprintf("veh-%03d", i%benchVehicles), ts, 14.5+float64(i%90)/1000, 121.0)
-		records[i].Fix.SpeedKmh = &speed
-	}
-	return storetest.NewBatch(records...)
+	return storetest.BenchBatch(n, benchBatchSize, benchVehicles)
 }
 
 // BenchmarkCommitBatch measures CommitBatch with 1000-fix batches: one

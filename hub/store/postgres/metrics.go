@@ -16,6 +16,10 @@ type metrics struct {
 	incidentsOpened  prometheus.Counter
 	cancelsUnmatched prometheus.Counter
 	partitionErrors  prometheus.Counter
+
+	retentionDeleted  prometheus.Counter
+	partitionsDropped prometheus.Counter
+	retentionErrors   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,6 +59,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		partitionErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_store_partition_errors_total",
 			Help: "Failed runs of the fixes partition maintenance.",
+		})),
+		retentionDeleted: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_retention_fixes_deleted_total",
+			Help: "Fixes deleted row by row because they were older than the retention window. Fixes in dropped partitions are not counted.",
+		})),
+		partitionsDropped: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_retention_partitions_dropped_total",
+			Help: "Daily fixes partitions dropped because their day was older than the retention window.",
+		})),
+		retentionErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_retention_errors_total",
+			Help: "Failed runs of the background fixes retention.",
 		})),
 	}
 	return m

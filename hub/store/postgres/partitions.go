@@ -25,10 +25,8 @@ const maxPartitionDays = 400
 // created, the same transaction moves them into it. Open calls it
 // for yesterday through PartitionDaysAhead days ahead, and the store
 // repeats that every PartitionInterval while open. It is safe to call
-// from several hub replicas at once.
-//
-// TODO: drop partitions older than the retention window. Until that
-// exists, old partitions stay and must be dropped by hand.
+// from several hub replicas at once. DeleteFixesBefore drops the
+// partitions that fall out of the retention window.
 func (s *Store) EnsurePartitions(ctx context.Context, from, to time.Time) error {
 	pool, err := s.getPool()
 	if err != nil {

@@ -28,6 +28,8 @@ const (
 	DefaultMaxConns           = 10
 	DefaultPartitionDaysAhead = 7
 	DefaultPartitionInterval  = time.Hour
+	DefaultRetention          = protocol.DefaultRetention
+	DefaultRetentionInterval  = time.Hour
 )
 
 // DefaultFixLimit is the maximum number of fixes Fixes returns when its
@@ -40,6 +42,8 @@ const (
 	maxCommitAttempts = 3
 	// maintenanceTimeout bounds one background EnsurePartitions run.
 	maintenanceTimeout = time.Minute
+	// retentionTimeout bounds one background retention run.
+	retentionTimeout = 10 * time.Minute
 )
 
 // ErrNotOpen means a method was called before Open or after Close. It
@@ -74,6 +78,16 @@ type Config struct {
 	// a vehicle's latest position. Such fixes are always stored. Zero means
 	// protocol.DefaultMaxFuture (5 minutes).
 	MaxFuture time.Duration
+	// Retention is how long fixes are kept, counted back from Now by fix
+	// time. The background retention run removes older fixes with
+	// DeleteFixesBefore. Zero or negative means DefaultRetention (30 days).
+	Retention time.Duration
+	// RetentionInterval is how often the background retention run
+	// repeats while the store is open. The first run starts right after
+	// Open. Zero means DefaultRetentionInterval (1 hour); negative
+	// disables the background run, so fixes stay until DeleteFixesBefore
+	// is called.
+	RetentionInterval time.Duration
 }
 
 // Store is the PostgreSQL store. Create it with New and call Open before
@@ -112,6 +126,12 @@ func New(cfg Config) *Store {
 	if cfg.MaxFuture <= 0 {
 		cfg.MaxFuture = protocol.DefaultMaxFuture
 	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.RetentionInterval == 0 {
+		cfg.RetentionInterval = DefaultRetentionInterval
+	}
 	return &Store{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "store"),
@@ -121,8 +141,8 @@ func New(cfg Config) *Store {
 
 // Open connects the pool, applies pending migrations unless SkipMigrate is
 // set, creates the fixes partitions from yesterday to PartitionDaysAhead
-// days ahead, and starts the background partition run. It fails with
-// store.ErrUnavailable when the database cannot be reached.
+// days ahead, and starts the background partition and retention runs. It
+// fails with store.ErrUnavailable when the database cannot be reached.
 func (s *Store) Open(ctx context.Context) error {
 	if s.cfg.URL == "" {
 		return errors.New("open postgres store: URL is empty")
@@ -148,13 +168,18 @@ func (s *Store) Open(ctx context.Context) error {
 		return fmt.Errorf("open postgres store: %w", ErrNotOpen)
 	}
 	s.pool = pool
+	loopCtx, stop := context.WithCancel(context.Background())
+	s.stop = stop
 	if s.cfg.PartitionInterval > 0 {
-		loopCtx, stop := context.WithCancel(context.Background())
-		s.stop = stop
 		s.wg.Add(1)
 		go s.maintain(loopCtx)
 	}
-	s.log.Info("store opened", "max_conns", s.cfg.MaxConns, "migrated", !s.cfg.SkipMigrate)
+	if s.cfg.RetentionInterval > 0 {
+		s.wg.Add(1)
+		go s.retain(loopCtx)
+	}
+	s.log.Info("store opened", "max_conns", s.cfg.MaxConns, "migrated", !s.cfg.SkipMigrate,
+		"retention", s.cfg.Retention, "retention_interval", s.cfg.RetentionInterval)
 	return nil
 }
 
@@ -194,8 +219,9 @@ func (s *Store) connect(ctx context.Context) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// Close stops the background partition run, waits for it and closes the
-// pool, after in-flight queries return. It is safe to call more than once.
+// Close stops the background partition and retention runs, waits for
+// them and closes the pool, after in-flight queries return. It is safe to
+// call more than once.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {

@@ -30,7 +30,8 @@ func TestMain(m *testing.M) {
 const testMaxConns = 4
 
 // openStore opens a store on a fresh database unless cfg names one, and
-// closes it when the test ends.
+// closes it when the test ends. The background retention run is off
+// unless cfg sets RetentionInterval.
 func openStore(t testing.TB, cfg Config) *Store {
 	t.Helper()
 	if cfg.URL == "" {
@@ -38,6 +39,9 @@ func openStore(t testing.TB, cfg Config) *Store {
 	}
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = testMaxConns
+	}
+	if cfg.RetentionInterval == 0 {
+		cfg.RetentionInterval = -1
 	}
 	if cfg.Now == nil {
 		cfg.Now = storetest.NewClock(storetest.Epoch).Now
@@ -60,9 +64,14 @@ func testContext(t testing.TB) context.Context {
 	return ctx
 }
 
+// TestStore_Conformance runs the suite with each test on its own
+// database. Reopening opens a new Store on the same database URL.
 func TestStore_Conformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, now func() time.Time) store.Store {
-		return openStore(t, Config{Now: now})
+	storetest.Run(t, func(t *testing.T, now func() time.Time) func() store.Store {
+		url := pgtest.NewDatabase(t)
+		return func() store.Store {
+			return openStore(t, Config{URL: url, Now: now})
+		}
 	})
 }
 
