@@ -98,6 +98,11 @@ func (r *Record) Validate() error {
 			if err := ValidateSOSID(r.SOS.ID); err != nil {
 				return fmt.Errorf("record %d: %w", r.Seq, err)
 			}
+			if r.SOS.HasLocation {
+				if err := checkPosition(r.SOS.Lat, r.SOS.Lon); err != nil {
+					return fmt.Errorf("record %d: sos position: %w", r.Seq, err)
+				}
+			}
 		}
 	case KindSOSCancel:
 		ok = ok && r.Cancel != nil

@@ -6,6 +6,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/xpress-ops/tower/protocol"
@@ -187,3 +189,54 @@ type IncidentFilter struct {
 // RepeatWindow is how long after an incident opens a new SOS from the same
 // vehicle, with another SOS id, attaches to it as a repeat press.
 const RepeatWindow = 2 * time.Minute
+
+// MaxIncidentNote caps an incident's note, which repeat presses extend.
+const MaxIncidentNote = 4000
+
+// ApplyRepeatPress folds a repeat press into an incident, the same way in
+// every store: presses goes up, a position fills in a missing one, and a
+// new note is appended. It returns the event detail that describes the
+// press, so its kind, position and note stay on the audit trail.
+func ApplyRepeatPress(inc *Incident, s *protocol.SOS, detail string) string {
+	inc.Presses++
+	if !inc.HasLocation && s.HasLocation {
+		inc.HasLocation, inc.Lat, inc.Lon = true, s.Lat, s.Lon
+	}
+	inc.Note = AppendNote(inc.Note, s.Note)
+	return detail + ": " + DescribeSOS(s)
+}
+
+// AppendNote adds note to an incident note unless it is empty or already
+// there, keeping the result within MaxIncidentNote bytes.
+func AppendNote(current, note string) string {
+	note = strings.TrimSpace(note)
+	if note == "" || strings.Contains(current, note) {
+		return current
+	}
+	if current != "" {
+		note = current + "\n" + note
+	}
+	if len(note) > MaxIncidentNote {
+		note = strings.ToValidUTF8(note[:MaxIncidentNote], "")
+	}
+	return note
+}
+
+// DescribeSOS returns a one-line description of an SOS press for an
+// incident event: kind, position or why there is none, and note.
+func DescribeSOS(s *protocol.SOS) string {
+	kind := s.Kind
+	if kind == "" {
+		kind = protocol.SOSPanic
+	}
+	out := "kind " + string(kind)
+	if s.HasLocation {
+		out += fmt.Sprintf(" at %.5f, %.5f", s.Lat, s.Lon)
+	} else if s.LocationError != "" {
+		out += " without position (" + s.LocationError + ")"
+	}
+	if note := strings.TrimSpace(s.Note); note != "" {
+		out += ": " + note
+	}
+	return out
+}

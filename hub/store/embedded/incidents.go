@@ -89,7 +89,7 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 	if err != nil {
 		return change, false, err
 	}
-	inc.Presses++
+	detail = store.ApplyRepeatPress(&inc, r.SOS, detail)
 	inc.UpdatedAt = now
 	if err := saveIncident(bk, inc); err != nil {
 		return change, false, fmt.Errorf("count press on incident %d: %w", id, err)

@@ -100,13 +100,25 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 		detail = fmt.Sprintf("SOS %s pressed within %s of the incident's first SOS", sos.ID, store.RepeatWindow)
 	}
 
+	// The rule lives in store.ApplyRepeatPress, shared with the embedded
+	// store: read the incident, apply it, write the changed columns back.
+	inc, err := scanIncident(tx.QueryRow(ctx, `SELECT `+incidentColumns+` FROM incidents WHERE id = $1`, id))
+	if err != nil {
+		return change, false, fmt.Errorf("read incident %d: %w", id, err)
+	}
+	detail = store.ApplyRepeatPress(&inc, sos, detail)
+	var lat, lon *float64
+	if inc.HasLocation {
+		lat, lon = &inc.Lat, &inc.Lon
+	}
 	change.Incident, err = scanIncident(tx.QueryRow(ctx, `
-		UPDATE incidents SET presses = presses + 1, updated_at = $2 WHERE id = $1
-		RETURNING `+incidentColumns, id, now))
+		UPDATE incidents SET presses = $2, updated_at = $3, has_location = $4, lat = $5, lon = $6, note = $7
+		WHERE id = $1
+		RETURNING `+incidentColumns, id, inc.Presses, now, inc.HasLocation, lat, lon, cleanText(inc.Note)))
 	if err != nil {
 		return change, false, fmt.Errorf("count press on incident %d: %w", id, err)
 	}
-	change.Event, err = addEvent(ctx, tx, id, store.EventRepeatPress, actor, detail, now)
+	change.Event, err = addEvent(ctx, tx, id, store.EventRepeatPress, actor, cleanText(detail), now)
 	return change, err == nil, err
 }
 

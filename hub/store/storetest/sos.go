@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ var sosCases = []testCase{
 	{"SameSOSIDAttaches", testSameSOSIDAttaches},
 	{"SameSOSIDTwiceInOneBatch", testSameSOSIDInOneBatch},
 	{"NewSOSIDWithinWindowAttaches", testNewSOSWithinWindow},
+	{"RepeatPressKeepsItsDetails", testRepeatPressKeepsDetails},
 	{"NewSOSIDAtWindowEdgesAttaches", testNewSOSAtWindowEdges},
 	{"NewSOSIDAfterWindowOpensIncident", testNewSOSAfterWindow},
 	{"NewSOSIDAttachesToNewestIncident", testNewSOSAttachesToNewest},
@@ -387,5 +389,52 @@ func testCancelUnknown(t *testing.T, f Factory) {
 	}
 	if got := mustCursor(t, s, Spool, protocol.LaneSOS); got != 4 {
 		t.Errorf("SOS cursor = %d, want 4", got)
+	}
+}
+
+// A repeat press may carry what the first one lacked: a position, another
+// kind, a note. None of it may be lost.
+func testRepeatPressKeepsDetails(t *testing.T, f Factory) {
+	s := newStore(t, f, NewClock(Epoch).Now)
+	firstRec := SOSRecord(1, "veh-1", "rep-1", Epoch.Add(-time.Minute))
+	firstRec.SOS.HasLocation, firstRec.SOS.Lat, firstRec.SOS.Lon = false, 0, 0
+	firstRec.SOS.LocationError, firstRec.SOS.Note = "no position sent", ""
+	first := mustCommit(t, s, NewBatch(firstRec))
+
+	secondRec := SOSRecord(2, "veh-1", "rep-2", Epoch.Add(-30*time.Second))
+	secondRec.SOS.Kind, secondRec.SOS.Lat, secondRec.SOS.Lon = protocol.SOSMedical, 14.55, 121.02
+	secondRec.SOS.Note = "driver unconscious, white van plate ABC123"
+	second := mustCommit(t, s, NewBatch(secondRec))
+
+	inc := second.Incidents[0].Incident
+	if inc.ID != first.Incidents[0].Incident.ID {
+		t.Fatalf("second press opened incident %d, want it attached to %d", inc.ID, first.Incidents[0].Incident.ID)
+	}
+	if !inc.HasLocation || inc.Lat != 14.55 || inc.Lon != 121.02 {
+		t.Errorf("incident position = %v (%v, %v), want the second press's (14.55, 121.02)", inc.HasLocation, inc.Lat, inc.Lon)
+	}
+	if !strings.Contains(inc.Note, "ABC123") {
+		t.Errorf("incident note = %q, want the second press's note", inc.Note)
+	}
+	detail := second.Incidents[0].Event.Detail
+	for _, want := range []string{"rep-2", "medical", "14.55000", "ABC123"} {
+		if !strings.Contains(detail, want) {
+			t.Errorf("repeat press event detail %q does not contain %q", detail, want)
+		}
+	}
+
+	// A third press elsewhere keeps the first known position.
+	thirdRec := SOSRecord(3, "veh-1", "rep-2", Epoch)
+	thirdRec.SOS.Lat, thirdRec.SOS.Lon = 14.60, 121.10
+	third := mustCommit(t, s, NewBatch(thirdRec))
+	if got := third.Incidents[0].Incident; got.Lat != 14.55 || got.Lon != 121.02 {
+		t.Errorf("position after a third press = (%v, %v), want the first known (14.55, 121.02)", got.Lat, got.Lon)
+	}
+	stored, _, err := s.Incident(context.Background(), inc.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stored.Note, "ABC123") || stored.Lat != 14.55 {
+		t.Errorf("stored incident = %+v, want the note and position kept", stored)
 	}
 }
