@@ -15,12 +15,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,7 +78,18 @@ type Config struct {
 	// broker.AllowAllVehicles, the development default.
 	VehicleAuthenticator broker.VehicleAuthenticator
 
-	// SpoolMaxFileBytes caps the spool file; see spool.Config.MaxFileBytes. Zero means no cap.
+	// SpoolMaxBytes caps the records waiting in the spool, in bytes of
+	// encoded records; the oldest GPS fixes are evicted to stay under it.
+	// See spool.Config.MaxBytes. Zero means spool.DefaultMaxBytes (2 GiB);
+	// a negative value means no cap.
+	SpoolMaxBytes int64
+	// SpoolSOSReserveBytes is the part of SpoolMaxBytes only SOS records
+	// may use; see spool.Config.SOSReserveBytes. Zero means
+	// spool.DefaultSOSReserveBytes (8 MiB, or a quarter of SpoolMaxBytes
+	// when that is smaller); a negative value means no reserve.
+	SpoolSOSReserveBytes int64
+	// SpoolMaxFileBytes is a hard limit on the spool file's size, handled
+	// like a full disk; see spool.Config.MaxFileBytes. Zero means no limit.
 	SpoolMaxFileBytes int
 	// SpoolCommitInterval is the group-commit wait; see spool.Config.CommitInterval. Zero means no wait.
 	SpoolCommitInterval time.Duration
@@ -92,6 +105,11 @@ type Config struct {
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the uplink's reconnect backoff; see uplink.Config.
 	MinBackoff, MaxBackoff time.Duration
+	// UplinkMaxInflightBatches is the GPS batches in flight at once; see uplink.Config.
+	UplinkMaxInflightBatches int
+	// KeepAlive, PingTimeout and ConnectTimeout bound how soon a dead or
+	// unreachable hub link is noticed; see uplink.Config.
+	KeepAlive, PingTimeout, ConnectTimeout time.Duration
 	// ShutdownTimeout bounds the HTTP server's graceful shutdown in Close.
 	// Zero means DefaultShutdownTimeout (10 s).
 	ShutdownTimeout time.Duration
@@ -185,13 +203,15 @@ func New(cfg Config) (*Agent, error) {
 
 	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer}
 	a.spool = spool.New(spool.Config{
-		Path:           filepath.Join(cfg.DataDir, SpoolFile),
-		Logger:         logger,
-		Registerer:     cfg.Registerer,
-		CommitInterval: cfg.SpoolCommitInterval,
-		MaxBatch:       cfg.SpoolMaxBatch,
-		MaxFileBytes:   cfg.SpoolMaxFileBytes,
-		Now:            cfg.Now,
+		Path:            filepath.Join(cfg.DataDir, SpoolFile),
+		Logger:          logger,
+		Registerer:      cfg.Registerer,
+		CommitInterval:  cfg.SpoolCommitInterval,
+		MaxBatch:        cfg.SpoolMaxBatch,
+		MaxBytes:        cfg.SpoolMaxBytes,
+		SOSReserveBytes: cfg.SpoolSOSReserveBytes,
+		MaxFileBytes:    cfg.SpoolMaxFileBytes,
+		Now:             cfg.Now,
 	})
 	a.broker = broker.New(broker.Config{
 		Addr:          cfg.MQTTAddr,
@@ -217,7 +237,12 @@ func New(cfg Config) (*Agent, error) {
 		MaxBatchBytes:   cfg.UplinkMaxBatchBytes,
 		AckTimeout:      cfg.AckTimeout,
 		MinBackoff:      cfg.MinBackoff,
-		MaxBackoff:      cfg.MaxBackoff,
+
+		MaxInflightBatches: cfg.UplinkMaxInflightBatches,
+		KeepAlive:          cfg.KeepAlive,
+		PingTimeout:        cfg.PingTimeout,
+		ConnectTimeout:     cfg.ConnectTimeout,
+		MaxBackoff:         cfg.MaxBackoff,
 	})
 	return a, nil
 }
@@ -244,6 +269,10 @@ func (a *Agent) open(ctx context.Context) error {
 		return err
 	}
 	a.spoolOpen.Store(true)
+	// The spool's lock is held, so no other agent races this check.
+	if err := claimDataDir(a.cfg.DataDir, a.cfg.ID); err != nil {
+		return errors.Join(err, a.Close())
+	}
 
 	if err := a.broker.Open(); err != nil {
 		return errors.Join(err, a.Close())
@@ -329,4 +358,35 @@ func (a *Agent) Close() error {
 		a.log.Info("agent stopped", "error", a.closeErr)
 	})
 	return a.closeErr
+}
+
+// AgentIDFile names the file in the data directory that records which
+// agent the spool belongs to.
+const AgentIDFile = "agent-id"
+
+// claimDataDir records id as the owner of dataDir, or fails when another
+// agent owns it: the spool holds that agent's records, and sending them
+// under another id would relabel them at the hub.
+func claimDataDir(dataDir, id string) error {
+	path := filepath.Join(dataDir, AgentIDFile)
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if owner := strings.TrimSpace(string(data)); owner != id {
+			return fmt.Errorf("data dir %s belongs to agent %q, not %q: its spool holds that agent's records; start with --id %s or use another --data-dir",
+				dataDir, owner, id, owner)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("record agent id: %w", err)
+	}
+	_, err = f.WriteString(id + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,5 +308,34 @@ func TestConfig_Validate(t *testing.T) {
 		if _, err := agent.New(c); err == nil {
 			t.Errorf("%s: New accepted an invalid config", name)
 		}
+	}
+}
+
+func TestAgent_RefusesDataDirOfAnotherAgent(t *testing.T) {
+	dir := t.TempDir()
+	first := openAgent(t, testConfig(t, unusedHubURL(t), dir))
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := testConfig(t, unusedHubURL(t), dir)
+	cfg.ID = "another-agent"
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Open(context.Background())
+	if err == nil {
+		a.Close()
+		t.Fatal("an agent with another id opened the data dir of agent-test")
+	}
+	if !strings.Contains(err.Error(), `belongs to agent "agent-test"`) {
+		t.Errorf("error %q does not name the owning agent", err)
+	}
+
+	// The owner itself may still open it.
+	again := openAgent(t, testConfig(t, unusedHubURL(t), dir))
+	if err := again.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

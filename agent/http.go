@@ -27,7 +27,8 @@ func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 // readiness is the body of /readyz.
 type readiness struct {
 	Ready bool `json:"ready"`
-	// Spool is "open" or "closed".
+	// Spool is "open", "full" (open, but an SOS could not be stored for
+	// lack of space; see spool.Usage.Full) or "closed".
 	Spool string `json:"spool"`
 	// Broker is "listening" or "stopped".
 	Broker string `json:"broker"`
@@ -37,6 +38,20 @@ type readiness struct {
 	Region  string                       `json:"region"`
 	SpoolID string                       `json:"spool_id,omitempty"`
 	Lanes   map[protocol.Lane]laneReport `json:"lanes,omitempty"`
+	// SpoolSpace reports the spool's size cap and usage; absent when the spool is closed.
+	SpoolSpace *spaceReport `json:"spool_space,omitempty"`
+}
+
+// spaceReport is the spool's space in /readyz, from spool.Usage.
+type spaceReport struct {
+	Full bool `json:"full"`
+	// FullReason is "max_bytes" or "disk", see spool.Usage.FullReason.
+	FullReason      string    `json:"full_reason,omitempty"`
+	FullSince       time.Time `json:"full_since,omitzero"`
+	LiveBytes       int64     `json:"live_bytes"`
+	MaxBytes        int64     `json:"max_bytes"`
+	SOSReserveBytes int64     `json:"sos_reserve_bytes"`
+	FileBytes       int64     `json:"file_bytes"`
 }
 
 type laneReport struct {
@@ -46,10 +61,14 @@ type laneReport struct {
 	Rejected         int     `json:"rejected"`
 }
 
-// handleReadyz responds 200 when the spool is open and the broker
-// listens, so vehicles can be served. A hub outage does not make the
-// agent unready, because the agent must keep accepting vehicles while
-// the WAN is down. The body reports the uplink state for operators.
+// handleReadyz responds 200 when the spool is open and not full and the
+// broker listens, so vehicles can be served. A full spool (an SOS could
+// not be stored for lack of space) makes the agent unready: it cannot keep
+// its main promise, a load balancer should send vehicles to another agent,
+// and the failing probe alerts operators. It turns ready again once space
+// is freed. A hub outage does not make the agent unready, because the agent
+// must keep accepting vehicles while the WAN is down. The body reports the
+// uplink state and the spool's space for operators.
 func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	r := readiness{
 		Spool:  "closed",
@@ -71,11 +90,19 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 			}
 			r.Lanes[lane] = rep
 		}
+		u := a.spool.Usage()
+		r.SpoolSpace = &spaceReport{
+			Full: u.Full, FullReason: u.FullReason, FullSince: u.FullSince,
+			LiveBytes: u.LiveBytes, MaxBytes: u.MaxBytes, SOSReserveBytes: u.SOSReserveBytes, FileBytes: u.FileBytes,
+		}
+		if u.Full {
+			r.Spool = "full"
+		}
 	}
 	if brokerUp {
 		r.Broker = "listening"
 	}
-	r.Ready = spoolOpen && brokerUp
+	r.Ready = spoolOpen && brokerUp && r.Spool != "full"
 
 	code := http.StatusOK
 	if !r.Ready {

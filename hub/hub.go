@@ -173,6 +173,9 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		Gatherer:       h.cfg.Gatherer,
 		Agents:         h.agentStates,
 		AllowedOrigins: h.cfg.AllowedOrigins,
+		// An operator's action reaches the dashboards as the same event a
+		// committed batch publishes for a changed incident.
+		OnIncidentChange: func(c store.IncidentChange) { h.publish(events.TypeIncidentUpdated, c) },
 	})
 	ln, err := net.Listen("tcp", h.cfg.HTTPAddr)
 	if err != nil {

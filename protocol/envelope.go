@@ -135,8 +135,14 @@ type Batch struct {
 	Region  string `json:"region"`
 	// SpoolID identifies the agent's spool file. A new spool restarts
 	// sequence numbers at 1, so the hub keys its cursor by spool too.
-	SpoolID string   `json:"spool"`
-	Lane    Lane     `json:"lane"`
+	SpoolID string `json:"spool"`
+	Lane    Lane   `json:"lane"`
+	// Prev is the last sequence number of the batch the agent sent before
+	// this one in the same lane and connection while that batch was still
+	// unacknowledged, or 0 when nothing of the lane was outstanding. The
+	// hub refuses a batch whose Prev is past its cursor: the batch before
+	// it failed, and committing this one would skip that batch's records.
+	Prev    uint64   `json:"prev,omitempty"`
 	Records []Record `json:"records"`
 	// SentAt is the agent's clock when it sent the batch.
 	SentAt time.Time `json:"sent_at"`
@@ -203,6 +209,9 @@ func (b *Batch) Validate() error {
 			return fmt.Errorf("%w: seq %d after %d", ErrInvalidBatch, r.Seq, prev)
 		}
 		prev = r.Seq
+	}
+	if b.Prev >= b.First() {
+		return fmt.Errorf("%w: prev %d is not before the first record %d", ErrInvalidBatch, b.Prev, b.First())
 	}
 	return nil
 }

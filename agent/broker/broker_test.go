@@ -142,7 +142,6 @@ func badMessages() []badMessage {
 		{"oversized payload", fixTopic, bytes.Repeat([]byte(" "), protocol.MaxPayloadBytes+1), "too_large", 0x99},
 		{"unknown topic kind", protocol.VehiclePrefix + vehicle + "/telemetry", []byte(`{}`), "unknown_topic", 0x90},
 		{"sos state topic", protocol.SOSStateTopic(vehicle, "sos-1"), []byte(`{"state":"resolved"}`), "read_only_topic", 0x87},
-		{"SOS that is not an object", sosTopic, []byte(`[1,2]`), "malformed", 0x99},
 		{"status without online", statusTopic, []byte(`{}`), "missing_field", 0x99},
 	}
 }
@@ -229,6 +228,30 @@ func TestBroker_RejectsInvalidMessagesMQTT5(t *testing.T) {
 
 	checkValidFixesStored(t, tb, len(cases))
 	checkRejectsCountedAndLogged(t, tb, cases)
+}
+
+// A damaged SOS is still a button press: it is stored, not rejected, and
+// counted as repaired.
+func TestBroker_KeepsDamagedSOS(t *testing.T) {
+	tb := startBroker(t, nil)
+	c := connectPaho(t, tb.broker.Addr(), vehicle)
+	sosTopic := protocol.VehicleTopicFor(vehicle, protocol.TopicSOS)
+	publishPaho(t, c, sosTopic, []byte(`[1,2]`))
+	publishPaho(t, c, sosTopic, []byte(`{"id":"wrong-types","lat":"14.6","lon":121,"kind":5}`))
+
+	recs := readLane(t, tb.spool, protocol.LaneSOS)
+	if len(recs) != 2 {
+		t.Fatalf("sos lane holds %d records, want both damaged SOS", len(recs))
+	}
+	if recs[0].SOS.PayloadError == "" || !recs[0].SOS.IDAssigned {
+		t.Errorf("SOS from a non-object payload = %+v, want an assigned id and a payload error", recs[0].SOS)
+	}
+	if recs[1].SOS.ID != "wrong-types" || recs[1].SOS.HasLocation || recs[1].SOS.Kind != protocol.SOSOther {
+		t.Errorf("SOS with mistyped fields = %+v, want id kept, no location, kind other", recs[1].SOS)
+	}
+	if got := counterValue(t, tb.reg, "xpress_agent_rejects_total", "reason", "sos_payload_repaired"); got != 2 {
+		t.Errorf("xpress_agent_rejects_total{reason=\"sos_payload_repaired\"} = %v, want 2", got)
+	}
 }
 
 func TestBroker_PubackReasonStringNamesTheProblem(t *testing.T) {

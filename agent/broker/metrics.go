@@ -11,10 +11,12 @@ import (
 
 // metrics are the broker's Prometheus metrics.
 type metrics struct {
-	accepted     *prometheus.CounterVec
-	rejects      *prometheus.CounterVec
-	storeSeconds prometheus.Histogram
-	connected    prometheus.Collector
+	accepted *prometheus.CounterVec
+	rejects  *prometheus.CounterVec
+	// sosStoreFailures counts SOS-lane messages the spool did not store.
+	sosStoreFailures *prometheus.CounterVec
+	storeSeconds     prometheus.Histogram
+	connected        prometheus.Collector
 }
 
 func newMetrics() *metrics {
@@ -27,6 +29,10 @@ func newMetrics() *metrics {
 			Name: "xpress_agent_rejects_total",
 			Help: "Vehicle connections, subscriptions and messages rejected, by reason.",
 		}, []string{"reason"}),
+		sosStoreFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_store_failures_total",
+			Help: "SOS and SOS cancel messages the spool did not store (no PUBACK, or an MQTT 5 error code), by reason: spool_full or spool_error.",
+		}, []string{"reason"}),
 		storeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "xpress_agent_publish_store_seconds",
 			Help:    "Time from receiving a vehicle message to its spool commit, which the PUBACK waits for.",
@@ -36,14 +42,17 @@ func newMetrics() *metrics {
 	for _, kind := range []protocol.RecordKind{protocol.KindFix, protocol.KindSOS, protocol.KindSOSCancel, protocol.KindStatus} {
 		m.accepted.WithLabelValues(string(kind))
 	}
-	for _, reason := range []string{reasonAuth, reasonACL, reasonSpool, reasonPacketSize, "malformed", "out_of_range"} {
+	for _, reason := range []string{reasonAuth, reasonACL, reasonSpool, reasonSpoolFull, reasonPacketSize, "malformed", "out_of_range"} {
 		m.rejects.WithLabelValues(reason)
+	}
+	for _, reason := range []string{reasonSpool, reasonSpoolFull} {
+		m.sosStoreFailures.WithLabelValues(reason)
 	}
 	return m
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.accepted, m.rejects, m.storeSeconds, m.connected}
+	return []prometheus.Collector{m.accepted, m.rejects, m.sosStoreFailures, m.storeSeconds, m.connected}
 }
 
 // register registers every collector, or none. The connected-vehicles

@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/xpress-ops/tower/agent/spool"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -24,8 +25,12 @@ const (
 	reasonClientID     = "client_id_in_use"
 	reasonReadOnly     = "read_only_topic"
 	reasonSpool        = "spool_error"
+	reasonSpoolFull    = "spool_full"
 	reasonPacketSize   = "packet_too_large"
 	reasonWill         = "will_invalid"
+	// reasonSOSRepaired counts SOS messages kept although parts of their
+	// payload were damaged and dropped; the SOS itself is stored.
+	reasonSOSRepaired = "sos_payload_repaired"
 )
 
 // maxReasonString bounds the MQTT 5 reason string sent back to a vehicle.
@@ -67,12 +72,18 @@ func (h *hook) Provides(b byte) bool {
 //     packets.CodeSuccessIgnore, so the message is acknowledged and
 //     discarded: a poison message must not be redelivered forever. (A
 //     plain error would let mochi acknowledge and forward it.)
-//   - spool failure: MQTT 5 with QoS > 0 gets PUBACK 0x80 (unspecified
-//     error); everyone else gets packets.ErrRejectPacket, which sends no
-//     PUBACK at all, so the vehicle keeps the message and resends it.
+//   - spool full (spool.ErrFull: no room even after evicting GPS, or the
+//     disk is full): MQTT 5 with QoS > 0 gets PUBACK 0x97 (quota
+//     exceeded); everyone else gets packets.ErrRejectPacket, as below.
+//   - other spool failure: MQTT 5 with QoS > 0 gets PUBACK 0x80
+//     (unspecified error); everyone else gets packets.ErrRejectPacket,
+//     which sends no PUBACK at all, so the vehicle keeps the message and
+//     resends it.
 //
 // Every rejection is counted in xpress_agent_rejects_total and logged with
-// the vehicle id.
+// the vehicle id. An SOS or SOS cancel the spool could not store is also
+// counted in xpress_agent_sos_store_failures_total and logged at Error
+// level with its SOS id.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	start := time.Now()
 	vehicle := vehicleOf(cl)
@@ -99,23 +110,52 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.AppendTimeout)
 	defer cancel()
 	if err := h.cfg.Spool.Append(ctx, recs); err != nil {
-		h.metrics.rejects.WithLabelValues(reasonSpool).Inc()
-		h.log.Error("vehicle message NOT stored: spool write failed; no PUBACK sent",
-			recordAttrs(vehicle, pk, recs, slog.Any("error", err))...)
-		if withCode {
-			return pk, packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "message not stored: spool write failed"}
-		}
-		return pk, packets.ErrRejectPacket
+		return pk, h.storeFailed(vehicle, pk, recs, withCode, err)
 	}
 
 	h.metrics.accepted.WithLabelValues(string(recs[0].Kind)).Inc()
 	h.metrics.storeSeconds.Observe(time.Since(start).Seconds())
 	if recs[0].Kind == protocol.KindSOS {
 		s := recs[0].SOS
-		h.log.Info("SOS stored", "vehicle", vehicle, "sos", s.ID, "seq", recs[0].Seq,
-			"id_assigned", s.IDAssigned, "has_location", s.HasLocation)
+		level := slog.LevelInfo
+		if s.PayloadError != "" {
+			// The SOS is kept, but the device sends damaged messages.
+			level = slog.LevelWarn
+			h.metrics.rejects.WithLabelValues(reasonSOSRepaired).Inc()
+		}
+		h.log.Log(context.Background(), level, "SOS stored", "vehicle", vehicle, "sos", s.ID, "seq", recs[0].Seq,
+			"id_assigned", s.IDAssigned, "has_location", s.HasLocation, "location_error", s.LocationError,
+			"time_error", s.TimeError, "payload_error", s.PayloadError)
 	}
 	return pk, nil
+}
+
+// storeFailed counts and logs a publish the spool did not store and
+// returns the error that makes mochi handle it as OnPublish documents.
+func (h *hook) storeFailed(vehicle string, pk packets.Packet, recs []protocol.Record, withCode bool, err error) error {
+	reason, code := reasonSpool, packets.ErrUnspecifiedError.Code
+	if errors.Is(err, spool.ErrFull) {
+		reason, code = reasonSpoolFull, packets.ErrQuotaExceeded.Code
+	}
+	h.metrics.rejects.WithLabelValues(reason).Inc()
+
+	sosLane := recs[0].Kind.Lane() == protocol.LaneSOS
+	attrs := recordAttrs(vehicle, pk, recs, "reason", reason, slog.Any("error", err))
+	switch {
+	case sosLane:
+		h.metrics.sosStoreFailures.WithLabelValues(reason).Inc()
+		h.log.Error("SOS NOT STORED: spool write failed; no PUBACK sent, the vehicle must resend", attrs...)
+	case reason == reasonSpoolFull:
+		// The spool logs refused GPS and status records, rate-limited.
+		h.log.Debug("vehicle message not stored: spool full", attrs...)
+	default:
+		h.log.Error("vehicle message NOT stored: spool write failed; no PUBACK sent", attrs...)
+	}
+
+	if withCode {
+		return packets.Code{Code: code, Reason: "message not stored: " + reason}
+	}
+	return packets.ErrRejectPacket
 }
 
 // reject counts and logs a rejected publish and returns the error that
@@ -227,8 +267,13 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.AppendTimeout)
 	defer cancel()
 	if err := h.cfg.Spool.Append(ctx, recs); err != nil {
-		h.metrics.rejects.WithLabelValues(reasonSpool).Inc()
-		h.log.Error("vehicle will message NOT stored: spool write failed", recordAttrs(vehicle, pk, recs, slog.Any("error", err))...)
+		reason := reasonSpool
+		if errors.Is(err, spool.ErrFull) {
+			reason = reasonSpoolFull
+		}
+		h.metrics.rejects.WithLabelValues(reason).Inc()
+		h.log.Error("vehicle will message NOT stored: spool write failed",
+			recordAttrs(vehicle, pk, recs, "reason", reason, slog.Any("error", err))...)
 		return
 	}
 	h.metrics.accepted.WithLabelValues(string(recs[0].Kind)).Inc()

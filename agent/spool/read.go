@@ -45,6 +45,9 @@ func (s *Spool) ReadRejected(lane protocol.Lane, afterSeq uint64, max int, maxBy
 }
 
 func (s *Spool) read(bucket func(*bolt.Tx) *bolt.Bucket, afterSeq uint64, max, maxBytes int) ([]protocol.Record, error) {
+	// A compaction replaces s.db and Close closes it, both under dbMu.
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	if !s.running.Load() {
 		return nil, ErrClosed
 	}

@@ -20,7 +20,39 @@
 // other request already waiting (group commit). It applies them all in
 // one bbolt transaction and commits it, and bbolt's Commit writes and
 // fsyncs the file. Only then does each caller return. A failed commit
-// fails every request of its group.
+// fails every request of its group, except for the disk-full case below.
+//
+// # Disk policy
+//
+// Config.MaxBytes caps the live data: the encoded records waiting in the
+// three lanes (the sum of LaneStats.Bytes). When an append would exceed
+// the cap, the writer deletes the oldest GPS records, and once the GPS
+// lane is empty the oldest status records, in the same transaction as
+// the append, so the group still costs one fsync. Records of the SOS lane
+// (SOS and SOS cancels) are never evicted. GPS and status appends must leave Config.SOSReserveBytes free;
+// only SOS-lane appends may use that reserve. An append that does not fit
+// even after evicting every GPS and status record fails with ErrFull,
+// and only that append: the rest of its group is committed.
+//
+// When the file cannot grow (the disk or a quota is full, or the file
+// reached Config.MaxFileBytes), a commit fails. The writer then caps the
+// live data where it stood (the disk limit, see Usage.DiskLimitBytes),
+// evicts old GPS and status records in a transaction of their own to free
+// pages inside the file, and retries the group. From then on the disk
+// limit works like MaxBytes, with its own SOS reserve, so new records
+// reuse the pages of evicted ones and the file stops growing. The writer
+// lifts the disk limit after a compaction or after five minutes. If the
+// disk is still full, the next failed commit sets it again. An append
+// that still finds no room fails with ErrNoSpace.
+//
+// A bbolt file never shrinks when records are deleted. After a drain,
+// when the file is much larger than the data it holds, the writer copies
+// the data into a new file (bbolt.Compact), fsyncs it, renames it over the
+// old one and fsyncs the directory. Appends wait for the writer in the
+// meantime, so none is acknowledged from the old file after the switch.
+// A crash leaves either the old or the new file complete under Path; a
+// leftover Path+".compact" is deleted at Open. Open also compacts a file
+// that qualifies, such as one drained just before a crash.
 package spool
 
 import (
@@ -29,7 +61,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +81,22 @@ const (
 	DefaultTimeout = time.Second
 	// DefaultMaxBatch is the most records one group commit collects.
 	DefaultMaxBatch = 4096
+	// DefaultMaxBytes is the default cap on live data. As an estimate, a
+	// fix record is about 250 bytes, so 2 GiB holds about 8.5 million
+	// fixes: 1000 vehicles sending one fix every 5 s for about 12 hours.
+	DefaultMaxBytes = 2 << 30
+	// DefaultSOSReserveBytes is the default space kept for SOS records.
+	// As an estimate, an SOS record is about 250 bytes without a note and
+	// at most about 1.3 KiB with a 1000-byte note, so 8 MiB holds between
+	// about 6,500 and 33,000 SOS records.
+	DefaultSOSReserveBytes = 8 << 20
+	// DefaultCompactMinFileBytes is the smallest file that is compacted.
+	DefaultCompactMinFileBytes = 64 << 20
+	// DefaultCompactRatio is how many times larger than its data a file
+	// must be before it is compacted.
+	DefaultCompactRatio = 4
+	// DefaultCompactMaxCopyBytes is the most data a compaction copies.
+	DefaultCompactMaxCopyBytes = 32 << 20
 )
 
 // formatVersion is the layout described in the package comment.
@@ -68,8 +118,13 @@ var (
 	ErrClosed = errors.New("spool is not open")
 	// ErrUnknownLane means a lane outside protocol.Lanes.
 	ErrUnknownLane = errors.New("unknown lane")
-	// ErrFull means the file reached Config.MaxFileBytes or the disk is full.
+	// ErrFull means records were not stored for lack of space: they do not
+	// fit under Config.MaxBytes even after evicting every GPS and status
+	// record, or the disk is full (ErrNoSpace, which matches ErrFull too).
 	ErrFull = errors.New("spool is full")
+	// ErrNoSpace means the file could not grow: the disk or a quota is
+	// full, or the file reached Config.MaxFileBytes.
+	ErrNoSpace = fmt.Errorf("%w: no space left for the spool file", ErrFull)
 	// ErrCorrupt means the file does not have the layout this package writes.
 	ErrCorrupt = errors.New("spool file is corrupt or of an unknown format")
 )
@@ -96,14 +151,48 @@ type Config struct {
 	// Append with more records is still committed whole, alone. Zero
 	// means DefaultMaxBatch (4096).
 	MaxBatch int
-	// MaxFileBytes caps the size of the bbolt file in bytes; an append
-	// that would grow the file past it fails with ErrFull. bbolt grows the
-	// file in steps (doubling up to 1 GiB), so the cap is reached one step
-	// early. Zero means no cap beyond the disk's free space.
-	//
-	// TODO: evict the oldest GPS records under this cap and keep room for
-	// SOS, so a full spool never rejects an SOS while it holds GPS.
+	// MaxBytes caps the live data in bytes: the encoded records waiting
+	// in the sos, status and gps lanes, as counted by LaneStats.Bytes.
+	// Keys, bbolt page overhead, free pages, the rejected records and the
+	// meta bucket are not counted, so the file is larger than this. When
+	// an append would exceed the cap, the oldest GPS records are evicted,
+	// then the oldest status records; SOS records never are. Size it well
+	// below the free space of the file system, because of the overhead.
+	// Zero means DefaultMaxBytes (2 GiB); a negative value means no cap,
+	// so only a full disk limits the spool (see the package comment).
+	MaxBytes int64
+	// SOSReserveBytes is the part of MaxBytes that only SOS-lane records
+	// (SOS and SOS cancels) may use: an append holding any GPS or status
+	// record must leave this much of MaxBytes free. It must be less than
+	// MaxBytes. Under the limit set when the disk fills, the reserve is this
+	// or a quarter of that limit, whichever is smaller. Zero means
+	// DefaultSOSReserveBytes (8 MiB), or a quarter of MaxBytes when that
+	// is smaller; a negative value means no reserve.
+	SOSReserveBytes int64
+	// MaxFileBytes is a hard limit on the size of the bbolt file in bytes,
+	// like a disk quota: a commit that would grow the file past it fails as
+	// on a full disk, with ErrNoSpace. bbolt grows the file in steps
+	// (doubling up to 16 MiB, then 16 MiB at a time), so the limit is
+	// reached up to one step early. It should be well above MaxBytes
+	// because of the overhead MaxBytes does not count. Zero means no limit
+	// beyond the disk's free space.
 	MaxFileBytes int
+	// CompactMinFileBytes is the file size in bytes below which the file
+	// is never compacted. A negative value disables compaction. Zero means
+	// DefaultCompactMinFileBytes (64 MiB).
+	CompactMinFileBytes int64
+	// CompactRatio is how many times larger than its data the file must be
+	// to be compacted. The data is what a compaction copies: the bbolt
+	// pages in use (records, keys, page headers, rejected records, meta),
+	// that is the file's used pages minus its free pages. Zero means
+	// DefaultCompactRatio (4); values below 1 are invalid.
+	CompactRatio float64
+	// CompactMaxCopyBytes is the most data in bytes a compaction copies,
+	// measured like CompactRatio's data. Appends wait while the file is
+	// copied, so this bounds the pause: compaction runs after a drain, not
+	// under a backlog. Zero means DefaultCompactMaxCopyBytes (32 MiB); a
+	// negative value means no bound.
+	CompactMaxCopyBytes int64
 	// Now is the clock behind the oldest-record age metric. Nil means time.Now.
 	Now func() time.Time
 }
@@ -123,6 +212,31 @@ type LaneStats struct {
 	Rejected int
 }
 
+// Usage describes the spool's space.
+type Usage struct {
+	// LiveBytes is the encoded size of the records waiting in the lanes,
+	// the quantity Config.MaxBytes caps (the sum of LaneStats.Bytes).
+	LiveBytes int64
+	// MaxBytes is Config.MaxBytes, or 0 without a cap.
+	MaxBytes int64
+	// SOSReserveBytes is Config.SOSReserveBytes, the reserve for SOS-lane records.
+	SOSReserveBytes int64
+	// DiskLimitBytes is the cap on live data the writer set when the file
+	// could not grow, or 0 when none is in force.
+	DiskLimitBytes int64
+	// FileBytes is the size of the bbolt file, 0 when it cannot be read.
+	FileBytes int64
+	// Full is set when an SOS-lane append failed for lack of space and no
+	// space was freed since: no later commit stored an SOS-lane record or
+	// deleted records (DeleteThrough, RejectThrough).
+	Full bool
+	// FullReason is "max_bytes" (the cap and its reserve are used up by
+	// SOS records) or "disk" (the file could not grow); empty unless Full.
+	FullReason string
+	// FullSince is when Full was set, by Config.Now; zero unless Full.
+	FullSince time.Time
+}
+
 // Spool is a durable, lane-ordered record queue in one bbolt file. Its
 // methods are safe for concurrent use once Open returned.
 type Spool struct {
@@ -130,6 +244,9 @@ type Spool struct {
 	log     *slog.Logger
 	metrics *metrics
 
+	// db is replaced by a compaction on the writer goroutine, under dbMu.
+	// The writer uses it without the lock; readers hold dbMu.RLock.
+	dbMu     sync.RWMutex
 	db       *bolt.DB
 	spoolID  string
 	requests chan *request
@@ -142,6 +259,17 @@ type Spool struct {
 	// Open before it starts); statsMu guards reads from other goroutines.
 	statsMu sync.RWMutex
 	lanes   map[protocol.Lane]*LaneStats
+	full    fullState
+
+	// pressure logs evictions and refused appends, rate-limited; compactAfter
+	// delays the next compaction after one failed; diskLimitSince is when
+	// diskLimit was set. Writer-owned.
+	pressure       pressureLog
+	compactAfter   time.Time
+	diskLimitSince time.Time
+	// diskLimit is the live-data cap set when the file could not grow, 0
+	// when none. The writer sets it; Usage reads it.
+	diskLimit atomic.Int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -164,6 +292,32 @@ func New(cfg Config) *Spool {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
 	}
+
+	switch {
+	case cfg.MaxBytes == 0:
+		cfg.MaxBytes = DefaultMaxBytes
+	case cfg.MaxBytes < 0:
+		cfg.MaxBytes = 0
+	}
+	switch {
+	case cfg.SOSReserveBytes < 0:
+		cfg.SOSReserveBytes = 0
+	case cfg.SOSReserveBytes == 0 && cfg.MaxBytes > 0:
+		cfg.SOSReserveBytes = min(DefaultSOSReserveBytes, cfg.MaxBytes/4)
+	case cfg.SOSReserveBytes == 0:
+		cfg.SOSReserveBytes = DefaultSOSReserveBytes
+	}
+
+	if cfg.CompactMinFileBytes == 0 {
+		cfg.CompactMinFileBytes = DefaultCompactMinFileBytes
+	}
+	if cfg.CompactRatio == 0 {
+		cfg.CompactRatio = DefaultCompactRatio
+	}
+	if cfg.CompactMaxCopyBytes == 0 {
+		cfg.CompactMaxCopyBytes = DefaultCompactMaxCopyBytes
+	}
+
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -175,6 +329,7 @@ func New(cfg Config) *Spool {
 		stopped:  make(chan struct{}),
 		notify:   make(chan struct{}, 1),
 		lanes:    make(map[protocol.Lane]*LaneStats, len(protocol.Lanes)),
+		pressure: newPressureLog(),
 	}
 	for _, lane := range protocol.Lanes {
 		s.lanes[lane] = &LaneStats{NextSeq: 1}
@@ -185,11 +340,13 @@ func New(cfg Config) *Spool {
 
 // Open opens or creates the file, checks its layout, loads lane
 // statistics and starts the writer. It fails with ErrLocked when another
-// holder keeps the file lock for longer than Config.Timeout. A spool
-// opens once: after Close, make a new one with New.
+// holder keeps the file lock for longer than Config.Timeout. It deletes
+// a leftover compaction file and compacts the spool file if it qualifies
+// (see Config.CompactRatio); a failed compaction is logged, not returned.
+// A spool opens once: after Close, make a new one with New.
 func (s *Spool) Open() error {
-	if s.cfg.Path == "" {
-		return errors.New("open spool: Config.Path is empty")
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("open spool: %w", err)
 	}
 	select {
 	case <-s.quit:
@@ -197,19 +354,13 @@ func (s *Spool) Open() error {
 	default:
 	}
 
-	db, err := bolt.Open(s.cfg.Path, 0o600, &bolt.Options{
-		Timeout:      s.cfg.Timeout,
-		FreelistType: bolt.FreelistMapType,
-		MaxSize:      s.cfg.MaxFileBytes,
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return fmt.Errorf("open spool %s: %w (waited %s for the file lock; is another agent running with this data dir?)",
-			s.cfg.Path, ErrLocked, s.cfg.Timeout)
-	}
+	db, err := s.openFile()
 	if err != nil {
-		return fmt.Errorf("open spool %s: %w", s.cfg.Path, err)
+		return err
 	}
-
+	if err := s.removeStaleCompactFile(); err != nil {
+		return errors.Join(fmt.Errorf("open spool %s: %w", s.cfg.Path, err), db.Close())
+	}
 	if err := db.Update(s.initLayout); err != nil {
 		return errors.Join(fmt.Errorf("initialise spool %s: %w", s.cfg.Path, err), db.Close())
 	}
@@ -221,6 +372,7 @@ func (s *Spool) Open() error {
 	}
 
 	s.db = db
+	s.maybeCompact("open")
 	s.running.Store(true)
 	go s.run()
 
@@ -228,8 +380,92 @@ func (s *Spool) Open() error {
 	s.log.Info("spool opened", "path", s.cfg.Path, "spool", s.spoolID,
 		"sos_records", st[protocol.LaneSOS].Records,
 		"status_records", st[protocol.LaneStatus].Records,
-		"gps_records", st[protocol.LaneGPS].Records)
+		"gps_records", st[protocol.LaneGPS].Records,
+		"live_bytes", s.liveBytes(), "max_bytes", s.cfg.MaxBytes, "sos_reserve_bytes", s.cfg.SOSReserveBytes)
 	return nil
+}
+
+// validate checks the configuration after New filled the defaults.
+func (s *Spool) validate() error {
+	var errs []error
+	if s.cfg.Path == "" {
+		errs = append(errs, errors.New("Config.Path is empty"))
+	}
+	if s.cfg.MaxBytes > 0 && s.cfg.SOSReserveBytes >= s.cfg.MaxBytes {
+		errs = append(errs, fmt.Errorf("Config.SOSReserveBytes (%d) must be less than Config.MaxBytes (%d)",
+			s.cfg.SOSReserveBytes, s.cfg.MaxBytes))
+	}
+	if s.cfg.CompactRatio < 1 {
+		errs = append(errs, fmt.Errorf("Config.CompactRatio is %v, want at least 1", s.cfg.CompactRatio))
+	}
+	return errors.Join(errs...)
+}
+
+// boltOptions returns the options every bbolt file of the spool is opened with.
+func (s *Spool) boltOptions() *bolt.Options {
+	return &bolt.Options{
+		Timeout:      s.cfg.Timeout,
+		FreelistType: bolt.FreelistMapType,
+		MaxSize:      s.cfg.MaxFileBytes,
+	}
+}
+
+// openFile opens the bbolt file and takes its lock. Another process may
+// compact the file while this one waits for the lock of the old file,
+// which would leave this process with a deleted file. So openFile checks
+// that Path still names the file it locked, and tries once more if not.
+func (s *Spool) openFile() (*bolt.DB, error) {
+	for attempt := 1; ; attempt++ {
+		var opened *os.File
+		opts := s.boltOptions()
+		opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			opened = f
+			return f, err
+		}
+		db, err := bolt.Open(s.cfg.Path, 0o600, opts)
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("open spool %s: %w (waited %s for the file lock; is another agent running with this data dir?)",
+				s.cfg.Path, ErrLocked, s.cfg.Timeout)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open spool %s: %w", s.cfg.Path, err)
+		}
+
+		same, err := namesFile(s.cfg.Path, opened)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("open spool %s: %w", s.cfg.Path, err), db.Close())
+		}
+		if same {
+			return db, nil
+		}
+		if err := db.Close(); err != nil {
+			return nil, fmt.Errorf("open spool %s: close the replaced file: %w", s.cfg.Path, err)
+		}
+		if attempt == 2 {
+			return nil, fmt.Errorf("open spool %s: %w (the file was replaced twice while this process waited for its lock)",
+				s.cfg.Path, ErrLocked)
+		}
+	}
+}
+
+// namesFile reports whether path names the open file f.
+func namesFile(path string, f *os.File) (bool, error) {
+	if f == nil {
+		return false, errors.New("bbolt did not open the file through Options.OpenFile")
+	}
+	opened, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	named, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(opened, named), nil
 }
 
 // initLayout creates missing buckets and the spool id, and checks the
@@ -325,6 +561,41 @@ func (s *Spool) Stats() map[protocol.Lane]LaneStats {
 	return out
 }
 
+// Usage returns a snapshot of the spool's space. It reads the file size
+// from the file system.
+func (s *Spool) Usage() Usage {
+	s.statsMu.RLock()
+	u := Usage{
+		LiveBytes:       s.liveBytesLocked(),
+		MaxBytes:        s.cfg.MaxBytes,
+		SOSReserveBytes: s.cfg.SOSReserveBytes,
+		DiskLimitBytes:  s.diskLimit.Load(),
+		Full:            s.full.reason != "",
+		FullReason:      s.full.reason,
+		FullSince:       s.full.since,
+	}
+	s.statsMu.RUnlock()
+	if size, err := fileSize(s.cfg.Path); err == nil {
+		u.FileBytes = size
+	}
+	return u
+}
+
+// liveBytes returns the encoded size of the records in every lane.
+func (s *Spool) liveBytes() int64 {
+	s.statsMu.RLock()
+	defer s.statsMu.RUnlock()
+	return s.liveBytesLocked()
+}
+
+func (s *Spool) liveBytesLocked() int64 {
+	var n int64
+	for _, st := range s.lanes {
+		n += st.Bytes
+	}
+	return n
+}
+
 // Notify returns a channel that receives a value after a commit that
 // appended records. It has a buffer of one, so a slow receiver gets one
 // value for many commits. It is meant for one receiver (the uplink).
@@ -341,8 +612,12 @@ func (s *Spool) Close() error {
 		}
 		<-s.stopped
 		s.running.Store(false)
+		s.pressure.flush(s.log)
 		s.metrics.unregister(s.cfg.Registerer)
-		if err := s.db.Close(); err != nil {
+		s.dbMu.Lock()
+		err := s.db.Close()
+		s.dbMu.Unlock()
+		if err != nil {
 			s.closeErr = fmt.Errorf("close spool %s: %w", s.cfg.Path, err)
 		}
 		s.log.Info("spool closed", "path", s.cfg.Path, "spool", s.spoolID)

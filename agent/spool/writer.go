@@ -6,11 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"syscall"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -30,6 +29,10 @@ type request struct {
 	op opKind
 	// records are the encoded records of an append.
 	records []encodedRecord
+	// bytes is the encoded size of records. sosOnly is set when every
+	// record goes to the SOS lane, so the append may use the SOS reserve.
+	bytes   int64
+	sosOnly bool
 	// lane and through name the records a delete or reject removes.
 	lane    protocol.Lane
 	through uint64
@@ -52,6 +55,19 @@ type result struct {
 	removed int
 }
 
+// lanes names the lanes of an append's records, for error messages.
+func (r *request) lanes() string {
+	seen := map[protocol.Lane]bool{}
+	var names []string
+	for _, rec := range r.records {
+		if !seen[rec.lane] {
+			seen[rec.lane] = true
+			names = append(names, string(rec.lane))
+		}
+	}
+	return strings.Join(names, "+")
+}
+
 // size is the number of records a request adds to a group.
 func (r *request) size() int {
 	if r.op == opAppend {
@@ -65,6 +81,11 @@ func (r *request) size() int {
 // recs, and returns only after the transaction holding them is committed
 // and fsynced. Records of one call are committed together or not at all.
 //
+// Append fails with an error matching ErrFull when the records do not fit
+// under Config.MaxBytes even after evicting GPS and status records. On a
+// full disk the error matches ErrNoSpace too. The package comment has the
+// details.
+//
 // If ctx ends first, Append returns ctx.Err(); the records may then have
 // been stored anyway, because a request the writer took is not withdrawn.
 // Append is safe for concurrent use; concurrent calls share commits.
@@ -73,6 +94,7 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 		return nil
 	}
 	encoded := make([]encodedRecord, len(recs))
+	req := &request{op: opAppend, records: encoded, sosOnly: true}
 	for i := range recs {
 		rec := recs[i]
 		switch rec.Kind {
@@ -87,9 +109,11 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 			return fmt.Errorf("encode record %d of %d: %w", i+1, len(recs), err)
 		}
 		encoded[i] = encodedRecord{lane: rec.Kind.Lane(), receivedAt: rec.ReceivedAt, value: value}
+		req.bytes += int64(len(value))
+		req.sosOnly = req.sosOnly && encoded[i].lane == protocol.LaneSOS
 	}
 
-	res, err := s.submit(ctx, &request{op: opAppend, records: encoded})
+	res, err := s.submit(ctx, req)
 	if err != nil {
 		return fmt.Errorf("append %d records: %w", len(recs), err)
 	}
@@ -218,38 +242,103 @@ type laneState struct {
 	// and Oldest must be read again before commit.
 	firstChanged bool
 	appended     int
+	// evicted and evictedBytes count the records evicted for space, and
+	// evictedOldest is the receive time of the first of them.
+	evicted       int
+	evictedBytes  int64
+	evictedOldest time.Time
 }
 
-// commit applies group in one transaction, commits it and sends every
-// request of the group its result.
-func (s *Spool) commit(group []*request) {
+// groupCommit is the outcome of a committed group.
+type groupCommit struct {
+	states  map[protocol.Lane]*laneState
+	results []result
+	// refused are the appends that did not fit (their results hold
+	// ErrFull), and refusedReason names the cap each one hit.
+	refused       []*request
+	refusedReason []string
+	// sosStored and removed are set when the group stored SOS-lane records
+	// or deleted records on request (DeleteThrough, RejectThrough).
+	sosStored, removed bool
+}
+
+// snapshotStates copies the lane statistics for a transaction to change.
+func (s *Spool) snapshotStates() map[protocol.Lane]*laneState {
 	states := make(map[protocol.Lane]*laneState, len(protocol.Lanes))
 	s.statsMu.RLock()
 	for lane, st := range s.lanes {
 		states[lane] = &laneState{LaneStats: *st}
 	}
 	s.statsMu.RUnlock()
+	return states
+}
 
-	results := make([]result, len(group))
-	err := s.apply(group, states, results)
-	if err != nil {
-		s.metrics.commitErrors.Inc()
-		s.log.Error("spool group commit failed; every write of the group fails",
-			"requests", len(group), "error", err)
-		for _, req := range group {
-			req.done <- result{err: err}
-		}
-		return
-	}
-
+// storeStates publishes the statistics of a committed transaction.
+func (s *Spool) storeStates(states map[protocol.Lane]*laneState) {
 	s.statsMu.Lock()
 	for lane, st := range states {
 		*s.lanes[lane] = st.LaneStats
 	}
 	s.statsMu.Unlock()
+}
+
+// commit applies group in one transaction, commits it and sends every
+// request of the group its result. When the file cannot grow, it sets the
+// disk limit, evicts old records in a separate commit and retries the
+// group; see the package comment.
+func (s *Spool) commit(group []*request) {
+	s.maybeLiftDiskLimit()
+	for attempt := 0; ; attempt++ {
+		gc, err := s.apply(group)
+		if err == nil {
+			s.finish(group, gc)
+			return
+		}
+		s.metrics.commitErrors.Inc()
+		if !isNoSpace(err) {
+			s.log.Error("spool group commit failed; every write of the group fails",
+				"requests", len(group), "error", err)
+			failAll(group, err)
+			return
+		}
+
+		err = fmt.Errorf("%w: %w", ErrNoSpace, err)
+		s.log.Error("spool group commit failed: the file cannot grow", "requests", len(group),
+			"attempt", attempt+1, "error", err)
+		if attempt == maxReliefAttempts {
+			s.failNoSpace(group, err)
+			return
+		}
+		if rerr := s.relieve(attempt); rerr != nil {
+			s.log.Error("disk full: could not free space in the spool file", "error", rerr)
+			s.failNoSpace(group, errors.Join(err, rerr))
+			return
+		}
+	}
+}
+
+// failNoSpace fails requests that could not be stored on a full disk.
+func (s *Spool) failNoSpace(group []*request, err error) {
+	for _, req := range group {
+		if req.op == opAppend {
+			s.refuse(req, fullDisk)
+		}
+		req.done <- result{err: err}
+	}
+}
+
+func failAll(group []*request, err error) {
+	for _, req := range group {
+		req.done <- result{err: err}
+	}
+}
+
+// finish publishes a committed group's statistics, metrics and results.
+func (s *Spool) finish(group []*request, gc *groupCommit) {
+	s.storeStates(gc.states)
 
 	appended := 0
-	for lane, st := range states {
+	for lane, st := range gc.states {
 		if st.appended > 0 {
 			s.metrics.appended.WithLabelValues(string(lane)).Add(float64(st.appended))
 			appended += st.appended
@@ -258,6 +347,13 @@ func (s *Spool) commit(group []*request) {
 	s.metrics.commits.Inc()
 	s.metrics.groupRequests.Observe(float64(len(group)))
 	s.metrics.groupRecords.Observe(float64(appended))
+	s.countEvictions(gc.states)
+	if gc.sosStored || gc.removed {
+		s.clearFull()
+	}
+	for i, req := range gc.refused {
+		s.refuse(req, gc.refusedReason[i])
+	}
 
 	// Notify first, so a caller that returns from Append finds the signal set.
 	if appended > 0 {
@@ -267,31 +363,53 @@ func (s *Spool) commit(group []*request) {
 		}
 	}
 	for i, req := range group {
-		req.done <- results[i]
+		req.done <- gc.results[i]
+	}
+
+	if gc.removed {
+		s.maybeCompact("drain")
 	}
 }
 
-// apply runs the group's writes in one read-write transaction and commits
-// it. It fills results and states only for a successful commit.
-func (s *Spool) apply(group []*request, states map[protocol.Lane]*laneState, results []result) error {
+// apply runs the group's writes in one read-write transaction and
+// commits it. An append that does not fit fails alone, with ErrFull in
+// its result; any other error fails the whole group and is returned.
+func (s *Spool) apply(group []*request) (*groupCommit, error) {
+	gc := &groupCommit{states: s.snapshotStates(), results: make([]result, len(group))}
+	states := gc.states
 	tx, err := s.db.Begin(true)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
 	for i, req := range group {
 		var err error
 		switch req.op {
 		case opAppend:
-			results[i].seqs, err = appendRecords(tx, req.records, states)
+			if err = s.makeRoom(tx, req, states); errors.Is(err, ErrFull) {
+				reason := fullMaxBytes
+				if errors.Is(err, ErrNoSpace) {
+					reason = fullDisk
+				}
+				gc.results[i].err = err
+				gc.refused = append(gc.refused, req)
+				gc.refusedReason = append(gc.refusedReason, reason)
+				continue
+			}
+			if err == nil {
+				gc.results[i].seqs, err = appendRecords(tx, req.records, states)
+				gc.sosStored = gc.sosStored || req.sosOnly
+			}
 		case opDelete:
-			results[i].removed, err = removeThrough(tx, req.lane, req.through, states[req.lane], false)
+			gc.results[i].removed, err = removeThrough(tx, req.lane, req.through, states[req.lane], false)
+			gc.removed = gc.removed || gc.results[i].removed > 0
 		case opReject:
-			results[i].removed, err = removeThrough(tx, req.lane, req.through, states[req.lane], true)
+			gc.results[i].removed, err = removeThrough(tx, req.lane, req.through, states[req.lane], true)
+			gc.removed = gc.removed || gc.results[i].removed > 0
 		case opFlush:
 		}
 		if err != nil {
 			_ = tx.Rollback()
-			return err
+			return nil, err
 		}
 	}
 
@@ -300,29 +418,46 @@ func (s *Spool) apply(group []*request, states map[protocol.Lane]*laneState, res
 		if st.appended > 0 {
 			if err := meta.Put(nextSeqKey(lane), seqKey(st.NextSeq)); err != nil {
 				_ = tx.Rollback()
-				return fmt.Errorf("store next sequence number of lane %s: %w", lane, err)
+				return nil, fmt.Errorf("store next sequence number of lane %s: %w", lane, err)
 			}
 		}
-		if st.firstChanged {
-			oldest, err := firstReceivedAt(tx.Bucket([]byte(lane)))
-			if err != nil {
-				_ = tx.Rollback()
-				return fmt.Errorf("lane %s: %w", lane, err)
-			}
-			st.Oldest = oldest
-		}
+	}
+	if err := refreshOldest(tx, states); err != nil {
+		_ = tx.Rollback()
+		return nil, err
 	}
 
 	// bbolt's Commit writes the dirty pages and fsyncs the file (NoSync is false).
 	start := time.Now()
 	if err := tx.Commit(); err != nil {
-		if errors.Is(err, bolterrors.ErrMaxSizeReached) || errors.Is(err, syscall.ENOSPC) {
-			return fmt.Errorf("commit: %w: %w", ErrFull, err)
-		}
-		return fmt.Errorf("commit: %w", err)
+		return nil, fmt.Errorf("commit: %w", err)
 	}
 	s.metrics.fsyncSeconds.Observe(time.Since(start).Seconds())
+	return gc, nil
+}
+
+// refreshOldest reads Oldest again for the lanes whose first record changed.
+func refreshOldest(tx *bolt.Tx, states map[protocol.Lane]*laneState) error {
+	for lane, st := range states {
+		if !st.firstChanged {
+			continue
+		}
+		oldest, err := firstReceivedAt(tx.Bucket([]byte(lane)))
+		if err != nil {
+			return fmt.Errorf("lane %s: %w", lane, err)
+		}
+		st.Oldest = oldest
+	}
 	return nil
+}
+
+// laneBucket returns the lane's bucket, set to fill pages completely: keys
+// only grow, so a split page never gets more records, and bbolt's default
+// of half-full pages would double the file.
+func laneBucket(tx *bolt.Tx, lane protocol.Lane) *bolt.Bucket {
+	b := tx.Bucket([]byte(lane))
+	b.FillPercent = 1.0
+	return b
 }
 
 func appendRecords(tx *bolt.Tx, records []encodedRecord, states map[protocol.Lane]*laneState) ([]uint64, error) {
@@ -330,7 +465,7 @@ func appendRecords(tx *bolt.Tx, records []encodedRecord, states map[protocol.Lan
 	for i, rec := range records {
 		st := states[rec.lane]
 		seq := st.NextSeq
-		if err := tx.Bucket([]byte(rec.lane)).Put(seqKey(seq), rec.value); err != nil {
+		if err := laneBucket(tx, rec.lane).Put(seqKey(seq), rec.value); err != nil {
 			return nil, fmt.Errorf("store %s record %d: %w", rec.lane, seq, err)
 		}
 		if st.Records == 0 {
@@ -348,10 +483,11 @@ func appendRecords(tx *bolt.Tx, records []encodedRecord, states map[protocol.Lan
 // removeThrough deletes the lane's records up to and including through,
 // copying them to the rejected bucket first when reject is set.
 func removeThrough(tx *bolt.Tx, lane protocol.Lane, through uint64, st *laneState, reject bool) (int, error) {
-	b := tx.Bucket([]byte(lane))
+	b := laneBucket(tx, lane)
 	var target *bolt.Bucket
 	if reject {
 		target = tx.Bucket(bucketRejected).Bucket([]byte(lane))
+		target.FillPercent = 1.0
 	}
 
 	// Collect first: deleting while a cursor walks the bucket can skip keys.
@@ -392,11 +528,18 @@ func firstReceivedAt(b *bolt.Bucket) (time.Time, error) {
 	if k == nil {
 		return time.Time{}, nil
 	}
+	return receivedAt(k, v)
+}
+
+// receivedAt decodes the receive time of the record stored as k, v.
+func receivedAt(k, v []byte) (time.Time, error) {
 	var head struct {
 		ReceivedAt time.Time `json:"received_at"`
 	}
 	if err := json.Unmarshal(v, &head); err != nil {
-		return time.Time{}, fmt.Errorf("%w: decode record %d: %v", ErrCorrupt, binary.BigEndian.Uint64(k), err)
+		return time.Time{}, fmt.Errorf("%w: decode record %d: %v", ErrCorrupt, seqOf(k), err)
 	}
 	return head.ReceivedAt.UTC(), nil
 }
+
+func seqOf(k []byte) uint64 { return binary.BigEndian.Uint64(k) }

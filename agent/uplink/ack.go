@@ -1,43 +1,42 @@
 package uplink
 
 import (
+	"log/slog"
+	"time"
+
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// ackResult is the outcome of one Ack.
-type ackResult struct {
-	// progressed is set when the Ack acknowledged new records or moved a
-	// rejected batch to the rejected bucket.
-	progressed bool
-	// done is set when the uplink stops waiting for the in-flight batch.
-	done bool
-	// retry is set when the hub rejected the in-flight batch transiently.
-	// retryAttempt counts such rejections in a row, from 0.
-	retry        bool
-	retryAttempt int
-}
-
-// applyAck applies one Ack from the hub. inflight is the batch waiting
-// for it, or nil. An Ack is ignored when it names another agent or spool
-// (a stale spool id) or acknowledges nothing new. Otherwise records
-// through Ack.Through are deleted from the spool, but never past the
-// highest sequence number sent. An error Ack for the in-flight batch's
-// lane either moves the batch to the spool's rejected bucket (Permanent,
-// except in the SOS lane) or requests a retry after backoff.
-func (u *Uplink) applyAck(ack protocol.Ack, inflight *protocol.Batch) ackResult {
-	var res ackResult
+// handleAck applies one Ack from the hub.
+//
+// An Ack is ignored when it names another agent or spool (a stale spool
+// id). Otherwise the records through Ack.Through are deleted from the
+// spool, but never past the highest sequence number sent, and every
+// batch of the lane that the Ack covers is settled: one Ack may settle
+// several batches. An Ack that carries an error belongs to the lane's
+// oldest batch still in flight, because the hub acknowledges a
+// connection's batches in order. A permanent error moves that batch to the spool's rejected
+// bucket, except in the SOS lane. Any other error makes the lane resend
+// from its oldest unacknowledged record after a backoff.
+func (s *session) handleAck(ack protocol.Ack) {
+	u := s.u
 	log := u.log.With("lane", ack.Lane, "through", ack.Through)
 	if ack.AgentID != u.cfg.AgentID || ack.SpoolID != u.cfg.Spool.SpoolID() {
 		u.metrics.acksIgnored.WithLabelValues("other_spool").Inc()
 		log.Warn("ack for another agent or spool ignored", "ack_agent", ack.AgentID, "ack_spool", ack.SpoolID,
 			"spool", u.cfg.Spool.SpoolID())
-		return res
+		return
+	}
+	ls := s.lane(ack.Lane)
+	if ls == nil {
+		u.metrics.acksIgnored.WithLabelValues("invalid").Inc()
+		log.Warn("ack for an unknown lane ignored")
+		return
 	}
 
-	lane := ack.Lane
 	through := ack.Through
 	u.ackedMu.Lock()
-	acked, sent := u.acked[lane], u.sent[lane]
+	acked, sent := u.acked[ack.Lane], u.sent[ack.Lane]
 	u.ackedMu.Unlock()
 	if through > sent {
 		log.Warn("ack beyond the records sent; deleting only what was sent", "sent", sent)
@@ -48,62 +47,136 @@ func (u *Uplink) applyAck(ack protocol.Ack, inflight *protocol.Batch) ackResult 
 		// The hub has the records, so this process never sends them again,
 		// even if the delete fails. A later delete or a restart cleans them
 		// up, and the hub skips the duplicates a restart sends.
-		u.setAcked(lane, through)
-		if err := u.cfg.Spool.DeleteThrough(lane, through); err != nil {
+		s.checkSkipped(ls, acked, through, log)
+		u.setAcked(ack.Lane, through)
+		if err := u.cfg.Spool.DeleteThrough(ack.Lane, through); err != nil {
 			log.Error("delete acknowledged records from the spool failed", "error", err)
 		}
 		acked = through
-		res.progressed = true
-		u.transientErrors = 0
+		s.progressed = true
+		if !ls.retrying {
+			u.transientErrors = 0
+		}
 	} else if ack.Error == "" {
 		u.metrics.acksIgnored.WithLabelValues("stale").Inc()
 		log.Debug("ack acknowledges nothing new; ignored", "acked", acked)
 	}
 
-	if inflight == nil || inflight.Lane != lane {
-		return res
+	settled := s.settleThrough(ls, acked)
+	if ack.Error != "" && s.failOldest(ls, ack, log) {
+		settled = true
 	}
-	if ack.Error == "" {
-		res.done = acked >= inflight.Last()
-		if res.done {
-			u.transientErrors = 0
+	if settled {
+		s.headSince = time.Now()
+	}
+	u.metrics.inflight.WithLabelValues(string(ls.lane)).Set(float64(len(ls.flights)))
+}
+
+// settleThrough removes the lane's batches in flight that end at or
+// before acked, recording their round trip and adjusting the GPS batch
+// size. It reports whether it removed any.
+func (s *session) settleThrough(ls *laneState, acked uint64) bool {
+	u := s.u
+	n := 0
+	for n < len(ls.flights) && ls.flights[n].last <= acked {
+		f := ls.flights[n]
+		rtt := time.Since(f.sentAt)
+		u.metrics.roundTrip.WithLabelValues(string(ls.lane)).Observe(rtt.Seconds())
+		if ls.lane == protocol.LaneGPS {
+			u.sizer.acknowledged(f.full, rtt, u.cfg.AckTimeout)
+			u.metrics.batchTarget.Set(float64(u.sizer.target))
 		}
-		return res
+		n++
 	}
+	ls.flights = ls.flights[n:]
+	return n > 0
+}
 
-	batchLog := log.With("first", inflight.First(), "last", inflight.Last(), "hub_error", ack.Error)
-	if !ack.Permanent {
-		u.metrics.batchErrors.WithLabelValues("transient").Inc()
-		res.retry, res.retryAttempt = true, u.transientErrors
-		u.transientErrors++
-		batchLog.Warn("hub rejected batch transiently; retrying after backoff", "attempt", res.retryAttempt+1)
-		return res
+// failOldest applies an error Ack to the lane's oldest batch in flight
+// and reports whether there was one.
+func (s *session) failOldest(ls *laneState, ack protocol.Ack, log *slog.Logger) bool {
+	u := s.u
+	if len(ls.flights) == 0 {
+		u.metrics.acksIgnored.WithLabelValues("stale").Inc()
+		log.Warn("error ack from hub with no batch of its lane in flight; ignored", "hub_error", ack.Error)
+		return false
 	}
+	f := ls.flights[0]
+	ls.flights = ls.flights[1:]
+	batchLog := log.With("first", f.first, "last", f.last, "hub_error", ack.Error)
 
-	u.metrics.batchErrors.WithLabelValues("permanent").Inc()
-	if lane == protocol.LaneSOS {
+	kind := "transient"
+	if ack.Permanent {
+		kind = "permanent"
+	}
+	u.metrics.batchErrors.WithLabelValues(kind).Inc()
+
+	switch {
+	case ls.retrying:
+		// An earlier batch of the lane failed; this one is resent with it.
+		batchLog.Warn("hub rejected a batch behind a failed one; resending both after backoff", "permanent", ack.Permanent)
+		if ls.failed.records > 0 {
+			ls.failed.last = f.last
+			ls.failed.records += f.records
+		}
+		return true
+	case ack.Permanent && ls.lane == protocol.LaneSOS:
 		// An SOS is never set aside: keep the batch at the head of its lane
 		// and retry with backoff until an operator fixes the hub or agent.
-		res.retry, res.retryAttempt = true, u.transientErrors
-		u.transientErrors++
 		batchLog.Error("hub rejected SOS batch permanently; keeping it in the spool and retrying, check the hub's logs",
-			"attempt", res.retryAttempt+1)
-		return res
-	}
-	moved, err := u.cfg.Spool.RejectThrough(lane, inflight.Last())
-	if err != nil {
+			"attempt", u.transientErrors+1)
+	case ack.Permanent:
+		moved, err := u.cfg.Spool.RejectThrough(ls.lane, f.last)
+		if err == nil {
+			u.metrics.rejectedRecords.WithLabelValues(string(ls.lane)).Add(float64(moved))
+			u.setAcked(ls.lane, max(u.ackedThrough(ls.lane), f.last))
+			batchLog.Error("hub rejected batch permanently; records moved to the spool's rejected bucket for inspection",
+				"records", moved)
+			s.progressed = true
+			u.transientErrors = 0
+			return true
+		}
 		// Retrying keeps the batch in the lane; the hub will reject it
 		// again and the move is tried again.
 		batchLog.Error("hub rejected batch permanently, and moving it to the rejected bucket failed; retrying", "error", err)
-		res.retry, res.retryAttempt = true, u.transientErrors
-		u.transientErrors++
-		return res
+	default:
+		batchLog.Warn("hub rejected batch transiently; retrying after backoff", "attempt", u.transientErrors+1)
 	}
-	u.metrics.rejectedRecords.WithLabelValues(string(lane)).Add(float64(moved))
-	u.setAcked(lane, max(acked, inflight.Last()))
-	batchLog.Error("hub rejected batch permanently; records moved to the spool's rejected bucket for inspection",
-		"records", moved)
-	res.progressed, res.done = true, true
-	u.transientErrors = 0
-	return res
+
+	ls.retrying = true
+	ls.retryAt = time.Now().Add(u.backoff(u.transientErrors))
+	ls.failed = f
+	u.transientErrors++
+	return true
+}
+
+// checkSkipped detects an Ack that moves the lane's acknowledged sequence
+// number from acked to through across the batch the hub failed, before
+// the uplink resent it. That happens when the hub commits a batch
+// pipelined behind a failed one, with a gap: the hub then never stores
+// the failed batch's records, and they are counted and logged here. An
+// Ack that ends exactly at the failed batch means the hub committed it
+// after all, for example on an earlier connection.
+func (s *session) checkSkipped(ls *laneState, acked, through uint64, log *slog.Logger) {
+	if !ls.retrying || ls.failed.first <= acked || through < ls.failed.first {
+		return
+	}
+	f := ls.failed
+	ls.failed = flight{}
+	if through <= f.last {
+		return
+	}
+	s.u.metrics.hubSkipped.WithLabelValues(string(ls.lane)).Add(float64(f.records))
+	log.Error("hub committed later records over a batch it had failed; the failed batch's records are lost at the hub",
+		"first", f.first, "last", f.last, "records", f.records)
+}
+
+// lane returns the session state of a lane, or nil for an unknown lane.
+func (s *session) lane(lane protocol.Lane) *laneState {
+	for _, ls := range s.lanes {
+		if ls.lane == lane {
+			return ls
+		}
+	}
+	return nil
 }

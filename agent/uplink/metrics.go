@@ -19,6 +19,13 @@ type metrics struct {
 	acksIgnored     *prometheus.CounterVec
 	batchErrors     *prometheus.CounterVec
 	rejectedRecords *prometheus.CounterVec
+	inflight        *prometheus.GaugeVec
+	batchRecords    *prometheus.HistogramVec
+	batchBytes      prometheus.Histogram
+	batchTarget     prometheus.Gauge
+	reconnects      prometheus.Counter
+	linkDead        *prometheus.CounterVec
+	hubSkipped      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -54,7 +61,7 @@ func newMetrics() *metrics {
 		}, []string{"lane"}),
 		ackTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_ack_timeouts_total",
-			Help: "Batches the hub did not acknowledge in time; each one restarts the connection.",
+			Help: "Times the oldest batch in flight got no Ack in time; each one restarts the connection.",
 		}),
 		acksIgnored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_acks_ignored_total",
@@ -68,6 +75,39 @@ func newMetrics() *metrics {
 			Name: "xpress_agent_uplink_rejected_records_total",
 			Help: "Records moved to the spool's rejected bucket after the hub rejected them permanently, by lane.",
 		}, []string{"lane"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_inflight_batches",
+			Help: "Batches published to the hub and not yet settled by an Ack, by lane.",
+		}, []string{"lane"}),
+		batchRecords: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "xpress_agent_uplink_batch_records",
+			Help:    "Records per batch published to the hub, by lane.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}, []string{"lane"}),
+		batchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xpress_agent_uplink_batch_bytes",
+			Help:    "Encoded size of batches published to the hub.",
+			Buckets: prometheus.ExponentialBuckets(256, 4, 9),
+		}),
+		batchTarget: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_gps_batch_target_records",
+			Help: "Record count the uplink currently aims for in a GPS batch; it grows on fast Acks and halves on slow ones.",
+		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_uplink_reconnects_total",
+			Help: "Connections to the hub established after an earlier one since the agent started.",
+		}),
+		linkDead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_uplink_link_dead_total",
+			Help: "Connections to the hub found dead, by cause (ack_timeout, keepalive, tcp_error).",
+		}, []string{"cause"}),
+		hubSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_uplink_hub_skipped_records_total",
+			Help: "Records the hub never stored because it failed their batch and then committed a later batch of the lane, by lane.",
+		}, []string{"lane"}),
+	}
+	for _, cause := range []string{causeAckTimeout, causeKeepAlive, causeTCPError} {
+		m.linkDead.WithLabelValues(cause)
 	}
 	for _, lane := range protocol.Lanes {
 		l := string(lane)
@@ -76,13 +116,17 @@ func newMetrics() *metrics {
 		m.recordsSent.WithLabelValues(l)
 		m.rejectedRecords.WithLabelValues(l)
 		m.roundTrip.WithLabelValues(l)
+		m.inflight.WithLabelValues(l)
+		m.batchRecords.WithLabelValues(l)
+		m.hubSkipped.WithLabelValues(l)
 	}
 	return m
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.ackedSeq, m.batchesSent,
-		m.recordsSent, m.roundTrip, m.ackTimeouts, m.acksIgnored, m.batchErrors, m.rejectedRecords}
+		m.recordsSent, m.roundTrip, m.ackTimeouts, m.acksIgnored, m.batchErrors, m.rejectedRecords, m.inflight,
+		m.batchRecords, m.batchBytes, m.batchTarget, m.reconnects, m.linkDead, m.hubSkipped}
 }
 
 // register registers every collector, or none.

@@ -13,13 +13,26 @@ import (
 // errStopped ends a session because Close was called.
 var errStopped = errors.New("uplink stopped")
 
-// ackBuffer is how many Acks may wait for the session loop. The loop has
-// one batch in flight, so a handful is plenty; an Ack dropped on overflow
-// only costs a resend after AckTimeout.
-const ackBuffer = 64
+// ackBuffer is how many Acks may wait for the session loop. At most
+// MaxInflightBatchesLimit+2 batches are in flight and the hub sends one
+// Ack per batch, so the buffer only overflows when the hub sends Acks for
+// batches that were never sent. An Ack dropped on overflow costs a resend after
+// AckTimeout.
+const ackBuffer = 256
 
 // logEveryAttempts limits the repeated warnings while the hub is unreachable.
 const logEveryAttempts = 10
+
+// Causes of a dead link, as metric labels.
+const (
+	causeAckTimeout = "ack_timeout"
+	causeKeepAlive  = "keepalive"
+	causeTCPError   = "tcp_error"
+)
+
+// pingTimeoutText is the text of the error paho v1.5.1 reports when no
+// PINGRESP came back in time (ping.go). paho exports no sentinel for it.
+const pingTimeoutText = "pingresp not received, disconnecting"
 
 // run connects, drains and reconnects until Close.
 func (u *Uplink) run() {
@@ -79,30 +92,25 @@ func (u *Uplink) session() (progressed bool, err error) {
 		u.metrics.connectFailures.Inc()
 		return false, err
 	}
+	if u.connectedBefore {
+		u.metrics.reconnects.Inc()
+	}
+	u.connectedBefore = true
 	u.setState(StateConnected)
 	u.metrics.connected.Set(1)
 	u.log.Info("uplink connected to hub", "hub", u.cfg.HubURL)
+
+	s := newSession(u, c)
 	defer func() {
 		u.setState(StateDisconnected)
 		u.metrics.connected.Set(0)
+		for _, lane := range protocol.Lanes {
+			u.metrics.inflight.WithLabelValues(string(lane)).Set(0)
+		}
 		c.client.Disconnect(250)
 	}()
-
-	for {
-		batch, err := u.nextBatch(c.up)
-		if err != nil {
-			return progressed, err
-		}
-		if batch == nil {
-			if err := u.idle(c, &progressed); err != nil {
-				return progressed, err
-			}
-			continue
-		}
-		if err := u.deliver(c, batch, &progressed); err != nil {
-			return progressed, err
-		}
-	}
+	err = s.run()
+	return s.progressed, err
 }
 
 // connect opens a clean MQTT session as the agent and subscribes to its Ack topic.
@@ -127,7 +135,7 @@ func (u *Uplink) connect() (*conn, error) {
 		SetConnectTimeout(u.cfg.ConnectTimeout).
 		SetWriteTimeout(u.cfg.ConnectTimeout).
 		SetKeepAlive(u.cfg.KeepAlive).
-		SetPingTimeout(u.cfg.KeepAlive / 2).
+		SetPingTimeout(u.cfg.PingTimeout).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
 			case c.lost <- err:
@@ -183,134 +191,13 @@ func (u *Uplink) receiveAck(c *conn, payload []byte) {
 	}
 }
 
-// nextBatch reads the next batch to send: from the first lane in
-// protocol.Lanes order (SOS, status, GPS) that has unacknowledged
-// records. Because it starts from the SOS lane every time, an SOS that
-// arrives during a GPS backlog goes out before the next GPS batch. It
-// returns nil when every lane is drained.
-func (u *Uplink) nextBatch(up time.Time) (*protocol.Batch, error) {
-	for _, lane := range protocol.Lanes {
-		recs, err := u.cfg.Spool.Read(lane, u.ackedThrough(lane), u.cfg.MaxBatchRecords, u.cfg.MaxBatchBytes)
-		if err != nil {
-			return nil, fmt.Errorf("read spool: %w", err)
-		}
-		if len(recs) == 0 {
-			continue
-		}
-		for i := range recs {
-			// Queued while the link was down: catch-up data.
-			recs[i].Historical = recs[i].ReceivedAt.Before(up)
-		}
-		return &protocol.Batch{
-			AgentID: u.cfg.AgentID,
-			Region:  u.cfg.Region,
-			SpoolID: u.cfg.Spool.SpoolID(),
-			Lane:    lane,
-			Records: recs,
-			SentAt:  u.cfg.Now().UTC(),
-		}, nil
+// linkLost counts a connection paho reported lost, by cause, and returns
+// the error that ends the session.
+func (u *Uplink) linkLost(err error) error {
+	cause := causeTCPError
+	if err != nil && err.Error() == pingTimeoutText {
+		cause = causeKeepAlive
 	}
-	return nil, nil
-}
-
-// idle waits for new records, handling stray Acks, until the spool
-// signals an append, the link fails or Close.
-func (u *Uplink) idle(c *conn, progressed *bool) error {
-	for {
-		select {
-		case <-u.cfg.Spool.Notify():
-			return nil
-		case ack := <-c.acks:
-			if u.applyAck(ack, nil).progressed {
-				*progressed = true
-			}
-		case err := <-c.lost:
-			return fmt.Errorf("%w: %v", ErrConnectionLost, err)
-		case <-u.stop:
-			return errStopped
-		}
-	}
-}
-
-// deliver publishes one batch and waits for its Ack. It returns nil once
-// the hub acknowledged the batch or rejected it permanently (the records
-// moved to the rejected bucket). It also returns nil when the hub
-// rejected it transiently and the retry backoff passed. The caller then
-// reads the next batch, which may hold the same records again. deliver
-// returns an error when the link must be re-established.
-//
-// TODO: one batch is in flight at a time; a window of several batches
-// would use a long round trip better.
-func (u *Uplink) deliver(c *conn, batch *protocol.Batch, progressed *bool) error {
-	payload, err := protocol.EncodeBatch(batch)
-	if err != nil {
-		return err
-	}
-	lane := string(batch.Lane)
-	u.noteSent(batch.Lane, batch.Last())
-	u.metrics.batchesSent.WithLabelValues(lane).Inc()
-	u.metrics.recordsSent.WithLabelValues(lane).Add(float64(len(batch.Records)))
-	start := time.Now()
-
-	tok := c.client.Publish(protocol.BatchTopic(u.cfg.AgentID), 1, false, payload)
-	published := tok.Done()
-	timer := time.NewTimer(u.cfg.AckTimeout)
-	defer timer.Stop()
-	for {
-		select {
-		case <-published:
-			// A PUBACK only means the hub's broker has the batch. The
-			// records stay in the spool until the Ack.
-			published = nil
-			if err := tok.Error(); err != nil {
-				return fmt.Errorf("publish %s batch %d-%d: %w", lane, batch.First(), batch.Last(), err)
-			}
-		case ack := <-c.acks:
-			res := u.applyAck(ack, batch)
-			if res.progressed {
-				*progressed = true
-			}
-			switch {
-			case res.done:
-				u.metrics.roundTrip.WithLabelValues(lane).Observe(time.Since(start).Seconds())
-				return nil
-			case res.retry:
-				return u.waitRetry(c, progressed, res.retryAttempt)
-			}
-		case <-timer.C:
-			u.metrics.ackTimeouts.Inc()
-			return fmt.Errorf("%w: %s batch %d-%d, waited %s", ErrAckTimeout, lane, batch.First(), batch.Last(), u.cfg.AckTimeout)
-		case err := <-c.lost:
-			return fmt.Errorf("%w: %v", ErrConnectionLost, err)
-		case <-u.stop:
-			return errStopped
-		}
-	}
-}
-
-// waitRetry waits the backoff after a transient hub error, still handling
-// Acks and watching the link.
-func (u *Uplink) waitRetry(c *conn, progressed *bool, attempt int) error {
-	t := time.NewTimer(u.backoff(attempt))
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			return nil
-		case ack := <-c.acks:
-			if u.applyAck(ack, nil).progressed {
-				*progressed = true
-			}
-		case err := <-c.lost:
-			return fmt.Errorf("%w: %v", ErrConnectionLost, err)
-		case <-u.stop:
-			return errStopped
-		}
-	}
-}
-
-func (u *Uplink) noteSent(lane protocol.Lane, seq uint64) {
-	u.ackedMu.Lock()
-	defer u.ackedMu.Unlock()
-	u.sent[lane] = max(u.sent[lane], seq)
+	u.metrics.linkDead.WithLabelValues(cause).Inc()
+	return fmt.Errorf("%w (%s): %v", ErrConnectionLost, cause, err)
 }

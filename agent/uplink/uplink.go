@@ -1,14 +1,3 @@
-// Package uplink forwards the agent's spool to the hub over MQTT
-// (paho.mqtt.golang), lane by lane, SOS first.
-//
-// Records leave the spool only when the hub's application-level
-// protocol.Ack states they are committed, never when paho completes a
-// publish token: paho can complete a token without error when the
-// connection dropped before the PUBACK. The spool, not paho, holds the
-// data, so the uplink uses a clean session and resends from the oldest
-// unacknowledged record after every reconnect. paho's own reconnect is
-// off; the uplink reconnects itself with exponential backoff and full
-// jitter.
 package uplink
 
 import (
@@ -28,15 +17,20 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultHubURL          = "tcp://localhost:1884"
-	DefaultMaxBatchRecords = 1000
-	DefaultMaxBatchBytes   = 1 << 20
-	DefaultAckTimeout      = 10 * time.Second
-	DefaultConnectTimeout  = 10 * time.Second
-	DefaultKeepAlive       = 30 * time.Second
-	DefaultMinBackoff      = 100 * time.Millisecond
-	DefaultMaxBackoff      = 30 * time.Second
+	DefaultHubURL             = "tcp://localhost:1884"
+	DefaultMaxBatchRecords    = 1000
+	DefaultMaxBatchBytes      = 1 << 20
+	DefaultMaxInflightBatches = 4
+	DefaultAckTimeout         = 10 * time.Second
+	DefaultConnectTimeout     = 10 * time.Second
+	DefaultKeepAlive          = 30 * time.Second
+	DefaultPingTimeout        = 10 * time.Second
+	DefaultMinBackoff         = 100 * time.Millisecond
+	DefaultMaxBackoff         = 30 * time.Second
 )
+
+// MaxInflightBatchesLimit is the largest accepted Config.MaxInflightBatches.
+const MaxInflightBatchesLimit = 64
 
 // Errors of the uplink.
 var (
@@ -78,7 +72,8 @@ type Config struct {
 	// Now is the agent clock: records received before the current
 	// connection came up are sent with Historical set. Nil means time.Now.
 	Now func() time.Time
-	// MaxBatchRecords caps the records in one batch. Zero means
+	// MaxBatchRecords caps the records in one batch. GPS batches adapt
+	// below it (see the package doc, Batch sizing). Zero means
 	// DefaultMaxBatchRecords (1000); at most protocol.MaxBatchRecords.
 	MaxBatchRecords int
 	// MaxBatchBytes caps the spool-encoded size of one batch's records, in
@@ -86,16 +81,32 @@ type Config struct {
 	// DefaultMaxBatchBytes (1 MiB). The wire batch is slightly larger, so
 	// keep this well under protocol.MaxBatchBytes.
 	MaxBatchBytes int
-	// AckTimeout is how long the uplink waits for the hub's Ack of a batch
-	// before it treats the link as dead, reconnects and resends. Zero
-	// means DefaultAckTimeout (10 s).
+	// MaxInflightBatches is how many GPS batches may wait for the hub's
+	// Ack at once; 1 means stop-and-wait. The SOS and status lanes each
+	// have one batch in flight besides these (see the package doc). Zero
+	// means DefaultMaxInflightBatches (4); at most MaxInflightBatchesLimit.
+	MaxInflightBatches int
+	// AckTimeout is how long the oldest outstanding batch may wait for
+	// the hub's Ack, counted from when it was sent or from the previous
+	// Ack that settled a batch, whichever is later. On expiry the uplink
+	// treats the link as dead, reconnects and resends. Zero means
+	// DefaultAckTimeout (10 s).
 	AckTimeout time.Duration
 	// ConnectTimeout bounds one connection attempt, including the wait for
-	// CONNACK and SUBACK. Close may wait this long for an attempt in
-	// progress. Zero means DefaultConnectTimeout (10 s).
+	// CONNACK and SUBACK, and is paho's write timeout: how long a publish
+	// may wait to be written before the connection counts as dead. Close
+	// may wait this long for an attempt or a write in progress. Zero means
+	// DefaultConnectTimeout (10 s).
 	ConnectTimeout time.Duration
-	// KeepAlive is the MQTT keep-alive interval. Zero means DefaultKeepAlive (30 s).
+	// KeepAlive is the MQTT keep-alive interval. MQTT counts it in whole
+	// seconds, so New rounds a fraction of a second up. The hub's broker
+	// (mochi-mqtt v2.7.9) drops a client silent for KeepAlive + KeepAlive/2
+	// in whole seconds, which leaves paho no time to ping at 1 s: use 2 s
+	// or more. Zero means DefaultKeepAlive (30 s).
 	KeepAlive time.Duration
+	// PingTimeout is how long paho waits for the hub's PINGRESP before it
+	// drops the connection. Zero means DefaultPingTimeout (10 s).
+	PingTimeout time.Duration
 	// MinBackoff is the backoff ceiling of the first retry; each failed
 	// attempt doubles it up to MaxBackoff. Zero means DefaultMinBackoff (100 ms).
 	MinBackoff time.Duration
@@ -128,6 +139,13 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBatchBytes < 0 || c.MaxBatchBytes > protocol.MaxBatchBytes/2 {
 		errs = append(errs, fmt.Errorf("MaxBatchBytes %d is not in [0, %d]", c.MaxBatchBytes, protocol.MaxBatchBytes/2))
+	}
+	if c.MaxInflightBatches < 0 || c.MaxInflightBatches > MaxInflightBatchesLimit {
+		errs = append(errs, fmt.Errorf("MaxInflightBatches %d is not in [0, %d]", c.MaxInflightBatches, MaxInflightBatchesLimit))
+	}
+	if c.AckTimeout < 0 || c.ConnectTimeout < 0 || c.KeepAlive < 0 || c.PingTimeout < 0 {
+		errs = append(errs, fmt.Errorf("durations must not be negative: AckTimeout %s, ConnectTimeout %s, KeepAlive %s, PingTimeout %s",
+			c.AckTimeout, c.ConnectTimeout, c.KeepAlive, c.PingTimeout))
 	}
 	if c.MinBackoff < 0 || c.MaxBackoff < 0 || (c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff) {
 		errs = append(errs, fmt.Errorf("backoff bounds %s..%s are invalid", c.MinBackoff, c.MaxBackoff))
@@ -168,9 +186,15 @@ type Uplink struct {
 	// Ack never deletes past it.
 	sent map[protocol.Lane]uint64
 
-	// transientErrors counts the hub's transient rejections in a row; only
-	// the run goroutine uses it.
+	// Only the run goroutine uses the fields below.
+
+	// transientErrors counts the hub's transient rejections in a row.
 	transientErrors int
+	// sizer sets the record count of GPS batches; it outlives sessions.
+	sizer batchSizer
+	// connectedBefore is set once a connection came up, so later ones
+	// count as reconnects.
+	connectedBefore bool
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -200,14 +224,23 @@ func New(cfg Config) *Uplink {
 	if cfg.MaxBatchBytes == 0 {
 		cfg.MaxBatchBytes = DefaultMaxBatchBytes
 	}
-	if cfg.AckTimeout <= 0 {
+	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = DefaultAckTimeout
 	}
-	if cfg.ConnectTimeout <= 0 {
+	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
-	if cfg.KeepAlive <= 0 {
+	if cfg.MaxInflightBatches == 0 {
+		cfg.MaxInflightBatches = DefaultMaxInflightBatches
+	}
+	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if r := cfg.KeepAlive % time.Second; cfg.KeepAlive > 0 && r != 0 {
+		cfg.KeepAlive += time.Second - r
+	}
+	if cfg.PingTimeout == 0 {
+		cfg.PingTimeout = DefaultPingTimeout
 	}
 
 	if cfg.MinBackoff == 0 {
@@ -220,15 +253,18 @@ func New(cfg Config) *Uplink {
 		cfg.Rand = rand.Float64
 	}
 
-	return &Uplink{
+	u := &Uplink{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "uplink", "agent", cfg.AgentID),
 		metrics: newMetrics(),
+		sizer:   newBatchSizer(cfg.MaxBatchRecords),
 		acked:   make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		sent:    make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	u.metrics.batchTarget.Set(float64(u.sizer.target))
+	return u
 }
 
 // Open validates the config and starts the goroutine that connects to the

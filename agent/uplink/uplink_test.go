@@ -130,6 +130,8 @@ func batchShape(batches []protocol.Batch) string {
 	return strings.Join(parts, " ")
 }
 
+// metricValue returns the value of the first sample of a counter, gauge
+// or histogram (its sample count) whose labels include labels.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
@@ -147,7 +149,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map
 					continue metric
 				}
 			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return 0
@@ -210,7 +212,8 @@ func TestUplink_SOSJumpsGPSBacklog(t *testing.T) {
 		}
 		return []protocol.Ack{h.Commit(b)}
 	})
-	startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.MaxBatchRecords = 2 })
+	// Stop-and-wait: the SOS must take the place of the second GPS batch.
+	startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.MaxBatchRecords = 2; c.MaxInflightBatches = 1 })
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
 
@@ -447,6 +450,20 @@ func TestUplink_MetricsLintClean(t *testing.T) {
 	if got := metricValue(t, reg, "xpress_agent_uplink_acked_seq", map[string]string{"lane": "gps"}); got != 1 {
 		t.Errorf("acked seq gauge for gps = %v, want 1", got)
 	}
+	registered := make(map[string]bool)
+	for _, f := range families {
+		registered[f.GetName()] = true
+	}
+	for _, name := range []string{
+		"xpress_agent_uplink_inflight_batches", "xpress_agent_uplink_batch_records", "xpress_agent_uplink_batch_bytes",
+		"xpress_agent_uplink_gps_batch_target_records", "xpress_agent_uplink_reconnects_total",
+		"xpress_agent_uplink_link_dead_total", "xpress_agent_uplink_hub_skipped_records_total",
+		"xpress_agent_uplink_batch_round_trip_seconds",
+	} {
+		if !registered[name] {
+			t.Errorf("metric %s is not registered", name)
+		}
+	}
 }
 
 func TestConfig_Validate(t *testing.T) {
@@ -463,6 +480,11 @@ func TestConfig_Validate(t *testing.T) {
 		"batch too large":   func(c *uplink.Config) { c.MaxBatchRecords = protocol.MaxBatchRecords + 1 },
 		"backoff inverted":  func(c *uplink.Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond },
 		"batch bytes large": func(c *uplink.Config) { c.MaxBatchBytes = protocol.MaxBatchBytes },
+		"window too large":  func(c *uplink.Config) { c.MaxInflightBatches = uplink.MaxInflightBatchesLimit + 1 },
+		"negative window":   func(c *uplink.Config) { c.MaxInflightBatches = -1 },
+		"negative timeout":  func(c *uplink.Config) { c.AckTimeout = -time.Second },
+		"negative ping":     func(c *uplink.Config) { c.PingTimeout = -time.Second },
+		"negative keep":     func(c *uplink.Config) { c.KeepAlive = -time.Second },
 	} {
 		c := valid
 		mutate(&c)

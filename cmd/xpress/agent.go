@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"time"
 
 	"github.com/xpress-ops/tower/agent"
 )
@@ -15,6 +16,15 @@ type agentFlags struct {
 	hubURL   string
 	dataDir  string
 	httpAddr string
+
+	spoolMaxBytes        int64
+	spoolSOSReserveBytes int64
+
+	ackTimeout     time.Duration
+	keepAlive      time.Duration
+	pingTimeout    time.Duration
+	connectTimeout time.Duration
+	maxInflight    int
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -24,6 +34,13 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hubURL, "hub-url", "tcp://localhost:1884", "MQTT URL of the hub's agent listener")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-agent-data", "directory of the agent's spool")
 	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz and /readyz")
+	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, "cap on records waiting in the spool, in bytes; past it the oldest GPS fixes are evicted (0: 2 GiB, negative: no cap)")
+	fs.DurationVar(&f.ackTimeout, "uplink-ack-timeout", 0, "how long to wait for the hub's acknowledgement of a batch before reconnecting (0: 10s)")
+	fs.DurationVar(&f.keepAlive, "uplink-keepalive", 0, "MQTT keep-alive towards the hub; with --uplink-ping-timeout it bounds how soon a silent link is noticed (0: 30s)")
+	fs.DurationVar(&f.pingTimeout, "uplink-ping-timeout", 0, "how long to wait for the hub's answer to a keep-alive ping (0: 10s)")
+	fs.DurationVar(&f.connectTimeout, "uplink-connect-timeout", 0, "how long one connection attempt to the hub may take (0: 10s)")
+	fs.IntVar(&f.maxInflight, "uplink-max-inflight", 0, "GPS batches sent before the first is acknowledged, to keep a slow WAN busy (0: 4)")
+	fs.Int64Var(&f.spoolSOSReserveBytes, "spool-sos-reserve-bytes", 0, "part of the spool cap that only SOS may use, in bytes (0: 8 MiB or a quarter of the cap)")
 }
 
 func (f *agentFlags) config() agent.Config {
@@ -34,6 +51,15 @@ func (f *agentFlags) config() agent.Config {
 		HubURL:   f.hubURL,
 		DataDir:  f.dataDir,
 		HTTPAddr: f.httpAddr,
+
+		SpoolMaxBytes:        f.spoolMaxBytes,
+		SpoolSOSReserveBytes: f.spoolSOSReserveBytes,
+
+		AckTimeout:               f.ackTimeout,
+		KeepAlive:                f.keepAlive,
+		PingTimeout:              f.pingTimeout,
+		ConnectTimeout:           f.connectTimeout,
+		UplinkMaxInflightBatches: f.maxInflight,
 	}
 }
 

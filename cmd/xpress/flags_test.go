@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func testEnv(vars map[string]string) env {
@@ -91,13 +93,66 @@ func TestRun_Version(t *testing.T) {
 	}
 }
 
-func TestRun_HubWithoutDatabase(t *testing.T) {
+func TestRun_HubRefusesRedis(t *testing.T) {
 	var out bytes.Buffer
-	code := run(context.Background(), []string{"hub", "--http-addr", "127.0.0.1:0", "--agent-mqtt-addr", "127.0.0.1:0"}, &out, &out, func(string) string { return "" })
+	args := []string{"hub", "--http-addr", "127.0.0.1:0", "--agent-mqtt-addr", "127.0.0.1:0",
+		"--data-dir", t.TempDir(), "--redis-url", "redis://127.0.0.1:6379"}
+	code := run(context.Background(), args, &out, &out, func(string) string { return "" })
 	if code != 1 {
 		t.Errorf("exit code = %d, want 1", code)
 	}
-	if !strings.Contains(out.String(), "XPRESS_DATABASE_URL") {
-		t.Errorf("output %q does not say how to set the database", out.String())
+	if !strings.Contains(out.String(), "--redis-url") {
+		t.Errorf("output %q does not name the flag to change", out.String())
 	}
+}
+
+// Without a database URL the hub runs on the embedded store in --data-dir
+// and stops when its context ends.
+func TestRun_HubWithEmbeddedStore(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var out syncBuffer
+	go func() {
+		done <- run(ctx, []string{"hub", "--http-addr", "127.0.0.1:0", "--agent-mqtt-addr", "127.0.0.1:0", "--data-dir", dir},
+			&out, &out, func(string) string { return "" })
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "hub.db")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no embedded store file in %s after 30 s; output:\n%s", dir, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code = %d, want 0; output:\n%s", code, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("hub did not stop within 30 s of its context ending")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -3,7 +3,9 @@
 //
 // It prints one JSON snapshot of the page per line: "loaded" once the REST
 // state is shown and the stream is live, then one per phase that the Go
-// test names on stdin, once the texts it lists are on the page.
+// test names on stdin. For each phase it first takes the phase's steps
+// (fill a field, click an element), then waits until the texts the phase
+// lists are on the page.
 // The Go test makes every assertion; this script only reports what it sees.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -30,6 +32,7 @@ try {
       cells: [...tr.cells].map((td) => td.textContent),
     }));
     const alert = document.getElementById('alert');
+    const notice = document.getElementById('notice');
     return {
       phase,
       conn: document.getElementById('conn').textContent,
@@ -37,6 +40,11 @@ try {
       title: document.title,
       alert: alert.hidden ? '' : alert.textContent,
       incidents: rows('#incidents tbody tr'),
+      closed: rows('#closed tbody tr'),
+      events: rows('#detail-events tbody tr'),
+      dialogs: [...document.querySelectorAll('dialog[open] h2')].map((h) => h.textContent),
+      notice: notice.hidden ? '' : notice.textContent,
+      operator: document.getElementById('operator').value,
       vehicles: rows('#vehicles tbody tr'),
       agents: [...document.querySelectorAll('#agents li')].map((li) => li.textContent),
       plot: document.getElementById('plot-bounds').textContent,
@@ -50,10 +58,16 @@ try {
   await page.screenshot({ path: `${shots}/loaded.png`, fullPage: true });
   console.log(JSON.stringify({ ...loaded, errors }));
 
-  // Each stdin line names a phase and the texts that must then be on the
-  // page, such as {"phase": "live", "texts": ["DISCONNECTED"]}.
+  // Each stdin line names a phase, the steps to take and the texts that
+  // must then be on the page, such as {"phase": "live", "texts":
+  // ["DISCONNECTED"]} or {"phase": "ack", "steps": [{"fill": ["#operator",
+  // "Maria"]}, {"click": "button[data-action=acknowledge]"}], "texts": [...]}.
   for await (const line of lines) {
-    const { phase, texts } = JSON.parse(line);
+    const { phase, texts, steps } = JSON.parse(line);
+    for (const step of steps || []) {
+      if (step.fill) await page.fill(step.fill[0], step.fill[1]);
+      if (step.click) await page.click(step.click);
+    }
     await page.waitForFunction((texts) => texts.every((t) => document.body.innerText.includes(t)), texts);
     const snap = await snapshot(phase);
     await page.screenshot({ path: `${shots}/${phase}.png`, fullPage: true });

@@ -19,7 +19,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,29 +32,109 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// memStore is an in-memory api.Store holding fixed data.
+// memStore is an in-memory api.Store. Its lifecycle methods apply the
+// rules every store shares (store.ValidateAction, store.ApplyAction).
 type memStore struct {
+	mu        sync.Mutex
 	positions []store.Position
 	incidents []store.Incident
+	events    map[int64][]store.IncidentEvent
 }
 
 func (m *memStore) LatestPositions(context.Context) ([]store.Position, error) {
-	return m.positions, nil
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.positions), nil
 }
 
 func (m *memStore) Fixes(context.Context, string, time.Time, time.Time, int) ([]store.StoredFix, error) {
 	return nil, nil
 }
 
-func (m *memStore) Incidents(context.Context, store.IncidentFilter) ([]store.Incident, error) {
-	return m.incidents, nil
+// Incidents returns the incidents in one of f.States, newest opened first.
+func (m *memStore) Incidents(_ context.Context, f store.IncidentFilter) ([]store.Incident, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []store.Incident
+	for _, inc := range m.incidents {
+		if len(f.States) == 0 || slices.Contains(f.States, inc.State) {
+			out = append(out, inc)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Incident) int { return b.OpenedAt.Compare(a.OpenedAt) })
+	return out, nil
 }
 
-func (m *memStore) Incident(context.Context, int64) (store.Incident, []store.IncidentEvent, error) {
+func (m *memStore) Incident(_ context.Context, id int64) (store.Incident, []store.IncidentEvent, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, inc := range m.incidents {
+		if inc.ID == id {
+			return inc, slices.Clone(m.events[id]), nil
+		}
+	}
 	return store.Incident{}, nil, store.ErrNotFound
 }
 
 func (m *memStore) Ping(context.Context) error { return nil }
+
+func (m *memStore) AcknowledgeIncident(_ context.Context, id int64, actor string) (store.IncidentChange, error) {
+	return m.act(store.ActionAcknowledge, id, actor, "")
+}
+
+func (m *memStore) AssignIncident(_ context.Context, id int64, actor, assignee string) (store.IncidentChange, error) {
+	return m.act(store.ActionAssign, id, actor, assignee)
+}
+
+func (m *memStore) DispatchIncident(_ context.Context, id int64, actor, detail string) (store.IncidentChange, error) {
+	return m.act(store.ActionDispatch, id, actor, detail)
+}
+
+func (m *memStore) AddIncidentNote(_ context.Context, id int64, actor, text string) (store.IncidentChange, error) {
+	return m.act(store.ActionNote, id, actor, text)
+}
+
+func (m *memStore) ResolveIncident(_ context.Context, id int64, actor, resolution string) (store.IncidentChange, error) {
+	return m.act(store.ActionResolve, id, actor, resolution)
+}
+
+func (m *memStore) CancelIncident(_ context.Context, id int64, actor, reason string) (store.IncidentChange, error) {
+	return m.act(store.ActionCancel, id, actor, reason)
+}
+
+func (m *memStore) act(a store.Action, id int64, actor, text string) (store.IncidentChange, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	text, err := store.ValidateAction(a, actor, text)
+	if err != nil {
+		return store.IncidentChange{}, err
+	}
+	for i := range m.incidents {
+		if m.incidents[i].ID != id {
+			continue
+		}
+		next := m.incidents[i]
+		ev, err := store.ApplyAction(&next, a, actor, text, time.Now().UTC().Truncate(time.Microsecond))
+		if err != nil {
+			return store.IncidentChange{}, err
+		}
+		m.incidents[i] = next
+		ev.ID = int64(len(m.events[id]) + 1)
+		m.events[id] = append(m.events[id], ev)
+		return store.IncidentChange{Incident: next, Event: ev}, nil
+	}
+	return store.IncidentChange{}, store.ErrNotFound
+}
+
+// add stores inc with an opened event.
+func (m *memStore) add(inc store.Incident) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.incidents = append(m.incidents, inc)
+	m.events[inc.ID] = append(m.events[inc.ID], store.IncidentEvent{
+		ID: 1, IncidentID: inc.ID, Type: store.EventOpened, Actor: "vehicle:" + inc.VehicleID, At: inc.OpenedAt,
+	})
+}
 
 // snapshot is what check.mjs reports about the page.
 type snapshot struct {
@@ -61,7 +143,12 @@ type snapshot struct {
 	Seq       string   `json:"seq"`
 	Title     string   `json:"title"`
 	Alert     string   `json:"alert"`
+	Notice    string   `json:"notice"`
+	Operator  string   `json:"operator"`
+	Dialogs   []string `json:"dialogs"`
 	Incidents []row    `json:"incidents"`
+	Closed    []row    `json:"closed"`
+	Events    []row    `json:"events"`
 	Vehicles  []row    `json:"vehicles"`
 	Agents    []string `json:"agents"`
 	Plot      string   `json:"plot"`
@@ -74,6 +161,13 @@ type row struct {
 }
 
 func (r row) text() string { return strings.Join(r.Cells, " | ") }
+
+// step is one thing check.mjs does before a snapshot: fill a field
+// ([selector, value]) or click an element.
+type step struct {
+	Fill  []string `json:"fill,omitempty"`
+	Click string   `json:"click,omitempty"`
+}
 
 // manila formats t as the dashboard shows Asia/Manila times (UTC+8, no DST).
 func manila(t time.Time) string {
@@ -95,23 +189,30 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	fixTime := now.Add(-30 * time.Second)
 	pressed := now.Add(-90 * time.Second)
 	st := &memStore{
+		events: map[int64][]store.IncidentEvent{},
 		positions: []store.Position{
 			{VehicleID: "MNL-0001", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: fixTime, Online: ptr(true),
 				Fix: protocol.Fix{Time: fixTime, Lat: 14.5995, Lon: 120.9842, SpeedKmh: ptr(32.5)}},
 			{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: fixTime,
 				Fix: protocol.Fix{Time: fixTime, Lat: 14.5547, Lon: 121.0244}},
 		},
-		incidents: []store.Incident{{
-			ID: 41, SOSID: "sos-41", VehicleID: "MNL-0001", AgentID: "agent-ncr", Region: "NCR",
-			Kind: protocol.SOSMedical, State: store.StateAcknowledged, HasLocation: true, Lat: 14.5995, Lon: 120.9842,
-			PressedAt: pressed, ReceivedAt: pressed, OpenedAt: pressed, UpdatedAt: pressed, Presses: 1,
-		}},
 	}
+	st.add(store.Incident{
+		ID: 41, SOSID: "sos-41", VehicleID: "MNL-0001", AgentID: "agent-ncr", Region: "NCR",
+		Kind: protocol.SOSMedical, State: store.StateAcknowledged, HasLocation: true, Lat: 14.5995, Lon: 120.9842,
+		PressedAt: pressed, ReceivedAt: pressed, OpenedAt: pressed, UpdatedAt: pressed, Presses: 1,
+	})
 	bus := events.NewBus(events.Config{})
 	newServer := func() *api.Server {
 		return api.New(api.Config{
 			Store: st,
 			Bus:   bus,
+			// As the hub does: an operator's action reaches every dashboard.
+			OnIncidentChange: func(c store.IncidentChange) {
+				if _, err := bus.Publish(events.TypeIncidentUpdated, c); err != nil {
+					t.Errorf("publish: %v", err)
+				}
+			},
 			Agents: func() []api.AgentState {
 				return []api.AgentState{{ID: "agent-cebu", Region: "Cebu", Connected: true, Since: now.Add(-time.Hour)}}
 			},
@@ -153,11 +254,14 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	}
 	lines := bufio.NewScanner(stdout)
 	lines.Buffer(make([]byte, 1<<20), 1<<20)
-	// next asks check.mjs for a snapshot once texts are on the page.
-	next := func(phase string, texts ...string) snapshot {
+	// restarting is set once the test replaces the API server.
+	restarting := false
+	// next requests a snapshot from check.mjs once it has taken the steps
+	// and the texts are on the page.
+	next := func(phase string, steps []step, texts ...string) snapshot {
 		t.Helper()
 		if phase != "loaded" {
-			req, err := json.Marshal(map[string]any{"phase": phase, "texts": texts})
+			req, err := json.Marshal(map[string]any{"phase": phase, "steps": steps, "texts": texts})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -177,13 +281,18 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 			t.Fatalf("snapshot phase %q, want %q", s.Phase, phase)
 		}
 		for _, e := range s.Errors {
+			// While the API server is replaced, a reconnect may reach the
+			// closed one, which rejects the handshake; the page retries.
+			if restarting && strings.Contains(e, "WebSocket connection to") {
+				continue
+			}
 			t.Errorf("browser reported: %s", e)
 		}
 		return s
 	}
 
 	// The REST state is shown and the stream is live.
-	loaded := next("loaded")
+	loaded := next("loaded", nil)
 	if loaded.Conn != "Live" {
 		t.Errorf("connection label = %q, want Live", loaded.Conn)
 	}
@@ -219,6 +328,7 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	st.add(opened)
 	publish(events.TypeIncidentOpened, store.IncidentChange{Incident: opened, Opened: true})
 	newFix := now.Add(-time.Second)
 	publish(events.TypeFix, store.StoredFix{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: newFix,
@@ -228,7 +338,7 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		Fix: protocol.Fix{Time: fixTime.Add(-time.Hour), Lat: 10.3157, Lon: 123.8854}})
 	publish(events.TypeVehicleStatus, store.VehicleStatus{VehicleID: "MNL-0002", AgentID: "agent-ncr", Online: true, ReceivedAt: now})
 	publish(events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: false, Since: now})
-	live := next("live", "DISCONNECTED", "14.56000", "seq 5")
+	live := next("live", nil, "DISCONNECTED", "14.56000", "seq 5")
 	if len(live.Incidents) != 2 {
 		t.Fatalf("incident rows = %d, want 2", len(live.Incidents))
 	}
@@ -257,26 +367,99 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	if live.Seq != "seq 5" {
 		t.Errorf("seq label = %q, want seq 5", live.Seq)
 	}
+	if !strings.Contains(top.ClassName, "cancel-requested") || !strings.Contains(top.text(), "Confirm driver cancel…") {
+		t.Errorf("incident 42 row %s (class %q), want the driver's cancel request marked and a confirm button", top.text(), top.ClassName)
+	}
+	for _, label := range []string{"Acknowledge", "Assign to me", "Dispatch…", "Add note…", "Resolve…", "Details"} {
+		if !strings.Contains(top.Cells[12], label) {
+			t.Errorf("open incident actions %q lack %q", top.Cells[12], label)
+		}
+	}
+	if acked := live.Incidents[1].Cells[12]; strings.Contains(acked, "Acknowledge") || !strings.Contains(acked, "Cancel as false alarm…") {
+		t.Errorf("acknowledged incident actions = %q, want no Acknowledge and a plain cancel", acked)
+	}
+
+	// An operator acknowledges incident 42 from its row.
+	ack := next("acknowledged", []step{
+		{Fill: []string{"#operator", "Maria Santos"}},
+		{Click: `#incidents button[data-action="acknowledge"][data-id="42"]`},
+	}, "Incident 42 acknowledged.")
+	if ack.Operator != "Maria Santos" {
+		t.Errorf("operator field = %q, want Maria Santos", ack.Operator)
+	}
+	if len(ack.Incidents) != 2 || ack.Incidents[0].Cells[1] != "ACKNOWLEDGED" {
+		t.Errorf("incident rows after acknowledging = %+v, want 42 acknowledged", ack.Incidents)
+	}
+	if ack.Alert != "" {
+		t.Errorf("alert banner = %q with no open incident, want hidden", ack.Alert)
+	}
+
+	// The driver's cancel is confirmed only through a dialog that warns
+	// about coercion and requires a reason.
+	confirm := next("confirm-cancel", []step{
+		{Click: `#incidents button[data-action="cancel"][data-id="42"]`},
+	}, "Confirm the driver's cancel request", "a driver can be forced to cancel")
+	if len(confirm.Dialogs) != 1 || confirm.Dialogs[0] != "Confirm the driver's cancel request" {
+		t.Errorf("open dialogs = %q, want the cancel confirmation", confirm.Dialogs)
+	}
+	cancelled := next("cancelled", []step{
+		{Fill: []string{"#action-text", "Called the driver on a known number: safe, pressed by mistake."}},
+		{Click: "#action-submit"},
+	}, "cancelled as a false alarm")
+	if len(cancelled.Dialogs) != 0 {
+		t.Errorf("open dialogs after confirming = %q, want none", cancelled.Dialogs)
+	}
+	if len(cancelled.Incidents) != 1 || cancelled.Incidents[0].Cells[0] != "41" {
+		t.Errorf("active incidents after the cancel = %+v, want only 41", cancelled.Incidents)
+	}
+	if len(cancelled.Closed) != 1 || cancelled.Closed[0].Cells[0] != "42" || cancelled.Closed[0].Cells[1] != "CANCELLED" || cancelled.Closed[0].Cells[6] != "requested" {
+		t.Errorf("closed incidents = %+v, want 42 cancelled after a driver's request", cancelled.Closed)
+	}
+
+	// The audit trail shows who did what.
+	detail := next("details", []step{
+		{Click: `#closed button[data-action="details"][data-id="42"]`},
+	}, "Audit trail", "Cancelled as false alarm", "pressed by mistake")
+	wantEvents := []struct{ label, actor string }{
+		{"SOS opened", "vehicle:MNL-0002"},
+		{"Acknowledged", "operator:Maria Santos"},
+		{"Cancelled as false alarm", "operator:Maria Santos"},
+	}
+	if len(detail.Events) != len(wantEvents) {
+		t.Fatalf("audit trail rows = %+v, want %d", detail.Events, len(wantEvents))
+	}
+	for i, want := range wantEvents {
+		if got := detail.Events[i].Cells; got[1] != want.label || got[2] != want.actor {
+			t.Errorf("audit trail row %d = %s, want %s by %s", i, detail.Events[i].text(), want.label, want.actor)
+		}
+	}
 
 	// The hub restarts: the page loses its stream, and events published
 	// meanwhile reach it by resuming after seq 5. A reload of the REST state
 	// instead would put MNL-0002 back at its stored position.
+	restarting = true
 	if err := current.Load().Close(); err != nil {
 		t.Fatal(err)
 	}
-	down := next("disconnected", "Disconnected: retry", "resuming after seq 5")
-	if !strings.Contains(down.Conn, "resuming after seq 5") {
-		t.Errorf("connection label = %q, want a retry that resumes after seq 5", down.Conn)
+	down := next("disconnected", []step{{Click: "#detail-close"}}, "Disconnected: retry", "resuming after seq 7")
+	if !strings.Contains(down.Conn, "resuming after seq 7") {
+		t.Errorf("connection label = %q, want a retry that resumes after seq 7", down.Conn)
 	}
-	resolved := opened
-	resolved.State, resolved.UpdatedAt = store.StateResolved, now.Add(time.Second)
-	publish(events.TypeIncidentUpdated, store.IncidentChange{Incident: resolved})
+	if len(down.Dialogs) != 0 {
+		t.Errorf("open dialogs = %q, want none after closing the details", down.Dialogs)
+	}
+	dispatched, _, err := st.Incident(ctx, 41)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dispatched.State, dispatched.UpdatedAt = store.StateDispatched, time.Now().UTC().Add(time.Minute)
+	publish(events.TypeIncidentUpdated, store.IncidentChange{Incident: dispatched})
 	publish(events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: true, Since: now.Add(time.Second)})
 	current.Store(newServer())
 
-	resumed := next("resumed", "Live", "seq 7", "connected")
-	if len(resumed.Incidents) != 1 || resumed.Incidents[0].Cells[0] != "41" {
-		t.Errorf("incidents after resume = %+v, want only 41 (42 resolved)", resumed.Incidents)
+	resumed := next("resumed", nil, "Live", "seq 9", "connected")
+	if len(resumed.Incidents) != 1 || resumed.Incidents[0].Cells[0] != "41" || resumed.Incidents[0].Cells[1] != "DISPATCHED" {
+		t.Errorf("incidents after resume = %+v, want only 41, dispatched while the page was disconnected", resumed.Incidents)
 	}
 	if resumed.Alert != "" {
 		t.Errorf("alert banner = %q after the open incident resolved, want hidden", resumed.Alert)

@@ -1,5 +1,7 @@
 // Operators' dashboard: active SOS incidents, vehicle positions and agent
-// connections, kept live from the hub's event stream.
+// connections, kept live from the hub's event stream, and the incident
+// actions (acknowledge, assign, dispatch, note, resolve, cancel) that
+// operators take on an SOS.
 //
 // Start-up order: open the WebSocket first, and on its "hello" frame load
 // the REST state while queueing stream events, then apply the queue. So no
@@ -11,6 +13,15 @@
 
 (function () {
   const ACTIVE_STATES = ['open', 'acknowledged', 'dispatched'];
+  const CLOSED_STATES = ['resolved', 'cancelled'];
+  // How many resolved or cancelled incidents the "Recently closed" list keeps.
+  const CLOSED_LIMIT = 20;
+  const NOTICE_MS = 6000;
+  const OPERATOR_KEY = 'xpress.operator';
+  // Browsers send header values as Latin-1 bytes and the hub requires
+  // UTF-8, so the name sent in X-Xpress-Operator is limited to printable
+  // ASCII here: 1 to 64 characters, no space at either end.
+  const OPERATOR_PATTERN = /^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$/;
   const STALE_AFTER_MS = 5 * 60 * 1000;
   const MAX_FUTURE_MS = 5 * 60 * 1000;
   const BACKOFF_MIN_MS = 500;
@@ -22,6 +33,7 @@
     vehicles: new Map(), // vehicle_id → position (store.Position JSON)
     statuses: new Map(), // vehicle_id → online, for vehicles without a fix yet
     incidents: new Map(), // incident id → incident (active states only)
+    closed: new Map(), // incident id → incident (resolved or cancelled, the newest CLOSED_LIMIT)
     agents: new Map(), // agent_id → agent state
     lastSeq: null, // seq of the last event applied or announced, null before the first hello
     loading: false,
@@ -33,6 +45,8 @@
   const conn = { ws: null, attempt: 0, timer: null, retryAt: 0 };
   let sound = null; // AudioContext once the operator enables sound
   const dirty = { incidents: false, vehicles: false, agents: false, plot: false };
+  // The open action dialog ({action, id}) and the incident shown in the detail dialog.
+  const dialog = { pending: null, detailId: null };
 
   const el = (id) => document.getElementById(id);
 
@@ -119,20 +133,42 @@
     if (!inc || inc.id === undefined) {
       return;
     }
-    const old = state.incidents.get(inc.id);
+    const old = state.incidents.get(inc.id) || state.closed.get(inc.id);
     if (old && time(old.updated_at) > time(inc.updated_at)) {
       return;
     }
     if (ACTIVE_STATES.includes(inc.state)) {
       state.incidents.set(inc.id, inc);
+      state.closed.delete(inc.id);
       if (opened && inc.state === 'open' && !state.alerted.has(inc.id)) {
         state.alerted.add(inc.id);
         announce(inc);
       }
     } else {
       state.incidents.delete(inc.id);
+      if (CLOSED_STATES.includes(inc.state)) {
+        state.closed.set(inc.id, inc);
+        trimClosed();
+      }
     }
-    dirty.incidents = dirty.plot = dirty.vehicles = true;
+    dirty.incidents = dirty.closed = dirty.plot = dirty.vehicles = true;
+    if (dialog.detailId === inc.id) {
+      loadDetail(inc.id);
+    }
+  }
+
+  function closedAt(inc) {
+    return inc.resolved_at || inc.cancelled_at || inc.updated_at;
+  }
+
+  function sortedClosed() {
+    return [...state.closed.values()].sort((a, b) => time(closedAt(b)) - time(closedAt(a)) || b.id - a.id);
+  }
+
+  function trimClosed() {
+    for (const inc of sortedClosed().slice(CLOSED_LIMIT)) {
+      state.closed.delete(inc.id);
+    }
   }
 
   function applyAgent(agent) {
@@ -188,15 +224,18 @@
     let delay = BACKOFF_MIN_MS;
     for (;;) {
       try {
-        const [vehicles, incidents, agents] = await Promise.all([
+        const [vehicles, incidents, closed, agents] = await Promise.all([
           getJSON('/api/v1/vehicles'),
           getJSON('/api/v1/incidents?state=' + ACTIVE_STATES.join(',') + '&limit=1000'),
+          getJSON('/api/v1/incidents?state=' + CLOSED_STATES.join(',') + '&limit=' + CLOSED_LIMIT),
           getJSON('/api/v1/agents'),
         ]);
         state.vehicles.clear();
         state.incidents.clear();
+        state.closed.clear();
         state.agents.clear();
         for (const v of vehicles.vehicles || []) applyPosition(v);
+        for (const inc of closed.incidents || []) applyIncident(inc, false);
         for (const inc of incidents.incidents || []) {
           // Incidents already open at load time are shown, not announced.
           state.alerted.add(inc.id);
@@ -215,7 +254,7 @@
     state.queue = [];
     state.loading = false;
     for (const ev of queued) applyEvent(ev);
-    dirty.incidents = dirty.vehicles = dirty.agents = dirty.plot = true;
+    dirty.incidents = dirty.closed = dirty.vehicles = dirty.agents = dirty.plot = true;
     if (state.reloadRequested) {
       state.reloadRequested = false;
       loadState();
@@ -375,6 +414,13 @@
     return td;
   }
 
+  function badge(parent, inc) {
+    const span = document.createElement('span');
+    span.className = `badge badge-${inc.state}`;
+    span.textContent = inc.state.toUpperCase();
+    parent.appendChild(span);
+  }
+
   function sortedIncidents() {
     return [...state.incidents.values()].sort((a, b) => time(b.opened_at) - time(a.opened_at) || b.id - a.id);
   }
@@ -387,15 +433,11 @@
     const fresh = dirty.newIds || new Set();
     for (const inc of list) {
       const tr = document.createElement('tr');
-      tr.className = `state-${inc.state}` + (fresh.has(inc.id) ? ' new' : '');
+      tr.className = `state-${inc.state}` + (fresh.has(inc.id) ? ' new' : '') + (inc.cancel_requested ? ' cancel-requested' : '');
       // Waiting time counts from when the agent received the SOS, not from the hub's commit, which an outage delays.
       tr.dataset.opened = inc.received_at || inc.opened_at;
       cell(tr, String(inc.id));
-      const st = cell(tr, '');
-      const badge = document.createElement('span');
-      badge.className = `badge badge-${inc.state}`;
-      badge.textContent = inc.state.toUpperCase();
-      st.appendChild(badge);
+      badge(cell(tr, ''), inc);
       cell(tr, inc.vehicle_id);
       cell(tr, inc.kind);
       cell(tr, formatManila(inc.pressed_at));
@@ -405,6 +447,8 @@
       cell(tr, inc.cancel_requested ? 'YES – confirm with driver' : 'no', inc.cancel_requested ? 'cancel-yes' : '');
       cell(tr, inc.region || '–');
       cell(tr, inc.note || '', 'note');
+      cell(tr, inc.assigned_to || '–');
+      cell(tr, '', 'actions').appendChild(actionButtons(inc));
       rows.appendChild(tr);
     }
     body.replaceChildren(rows);
@@ -426,6 +470,30 @@
       banner.hidden = true;
       document.title = 'Xpress Ops Tower';
     }
+  }
+
+  function renderClosed() {
+    const list = sortedClosed();
+    const table = el('closed');
+    const rows = document.createDocumentFragment();
+    for (const inc of list) {
+      const tr = document.createElement('tr');
+      tr.className = `state-${inc.state}`;
+      cell(tr, String(inc.id));
+      badge(cell(tr, ''), inc);
+      cell(tr, inc.vehicle_id);
+      cell(tr, inc.kind);
+      cell(tr, formatManila(inc.pressed_at));
+      cell(tr, formatManila(closedAt(inc)));
+      cell(tr, inc.cancel_requested ? 'requested' : '–');
+      cell(tr, inc.assigned_to || '–');
+      cell(tr, '', 'actions').appendChild(actionButtons(inc));
+      rows.appendChild(tr);
+    }
+    table.tBodies[0].replaceChildren(rows);
+    table.hidden = list.length === 0;
+    el('closed-empty').hidden = list.length > 0;
+    el('closed-count').textContent = String(list.length);
   }
 
   const vehicleRows = new Map(); // vehicle_id → tr
@@ -579,10 +647,11 @@
 
   function render() {
     if (dirty.incidents) renderIncidents();
+    if (dirty.closed) renderClosed();
     if (dirty.vehicles) renderVehicles();
     if (dirty.agents) renderAgents();
     if (dirty.plot) renderPlot();
-    dirty.incidents = dirty.vehicles = dirty.agents = dirty.plot = false;
+    dirty.incidents = dirty.closed = dirty.vehicles = dirty.agents = dirty.plot = false;
   }
 
   function tick() {
@@ -595,8 +664,391 @@
     updateReconnectLabel();
   }
 
+  // ---- Operator name ----
+
+  function operatorName() {
+    return el('operator').value.trim();
+  }
+
+  function operatorValid(name) {
+    return OPERATOR_PATTERN.test(name);
+  }
+
+  function operatorHelp(text) {
+    const help = el('operator-help');
+    help.textContent = text;
+    help.hidden = !text;
+    el('operator').classList.toggle('missing', !!text);
+  }
+
+  function setupOperator() {
+    const input = el('operator');
+    try {
+      input.value = localStorage.getItem(OPERATOR_KEY) || '';
+    } catch (e) {
+      // Storage may be disabled; the name then lasts for this page only.
+    }
+    input.addEventListener('input', () => {
+      const name = operatorName();
+      if (operatorValid(name)) {
+        operatorHelp('');
+        try {
+          localStorage.setItem(OPERATOR_KEY, name);
+        } catch (e) {
+          // See above.
+        }
+      }
+      // "Assign to me" depends on the name.
+      dirty.incidents = dirty.closed = true;
+    });
+    input.addEventListener('change', () => {
+      const name = operatorName();
+      operatorHelp(name === '' || operatorValid(name) ? '' : 'Use 1–64 plain letters, digits, spaces or punctuation (no accents).');
+    });
+  }
+
+  // requireOperator returns the operator's name, or null after asking for it.
+  function requireOperator() {
+    const name = operatorName();
+    if (operatorValid(name)) {
+      return name;
+    }
+    operatorHelp(name === ''
+      ? 'Enter your name first: every action is recorded with it.'
+      : 'Use 1–64 plain letters, digits, spaces or punctuation (no accents).');
+    el('operator').focus();
+    return null;
+  }
+
+  // ---- Incident actions ----
+
+  // Dialog actions: the route, its JSON field and the dialog's texts.
+  const DIALOG_ACTIONS = {
+    dispatch: {
+      path: 'dispatch', field: 'detail', title: 'Dispatch responders',
+      label: 'What was dispatched (unit, from where, expected arrival)', submit: 'Record dispatch',
+      done: 'dispatch recorded',
+    },
+    note: { path: 'notes', field: 'text', title: 'Add a note', label: 'Note', submit: 'Add note', done: 'note added' },
+    resolve: {
+      path: 'resolve', field: 'resolution', title: 'Resolve incident',
+      label: 'Resolution (what happened, how it ended)', submit: 'Resolve', done: 'resolved',
+    },
+    cancel: {
+      path: 'cancel', field: 'reason', title: 'Cancel as false alarm',
+      label: 'Why this is a false alarm', submit: 'Cancel as false alarm', danger: true,
+      done: 'cancelled as a false alarm',
+    },
+  };
+
+  // A driver may be forced to cancel, so a cancel request alone never closes an SOS.
+  const CANCEL_WARNING = 'The driver asked to cancel this SOS, but a driver can be forced to cancel. '
+    + 'Speak to the driver directly and make sure they are safe before you confirm, '
+    + 'and write down how you confirmed it.';
+
+  function findIncident(id) {
+    return state.incidents.get(id) || state.closed.get(id) || null;
+  }
+
+  // actionList returns the buttons an incident in its state offers.
+  function actionList(inc) {
+    const active = ACTIVE_STATES.includes(inc.state);
+    const list = [];
+    if (inc.state === 'open') {
+      list.push({ action: 'acknowledge', label: 'Acknowledge', className: 'primary' });
+    }
+    if (active && (!operatorName() || inc.assigned_to !== operatorName())) {
+      list.push({ action: 'assign', label: 'Assign to me' });
+    }
+    if (inc.state === 'open' || inc.state === 'acknowledged') {
+      list.push({ action: 'dispatch', label: 'Dispatch…' });
+    }
+    list.push({ action: 'note', label: 'Add note…' });
+    if (active) {
+      list.push({ action: 'resolve', label: 'Resolve…' });
+      list.push(inc.cancel_requested
+        ? { action: 'cancel', label: 'Confirm driver cancel…', className: 'danger' }
+        : { action: 'cancel', label: 'Cancel as false alarm…' });
+    }
+    list.push({ action: 'details', label: 'Details' });
+    return list;
+  }
+
+  function actionButtons(inc) {
+    const box = document.createElement('div');
+    box.className = 'row-actions';
+    for (const a of actionList(inc)) {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.textContent = a.label;
+      button.dataset.action = a.action;
+      button.dataset.id = String(inc.id);
+      if (a.className) {
+        button.className = a.className;
+      }
+      box.appendChild(button);
+    }
+    return box;
+  }
+
+  // postAction sends one action and applies the incident it returns. It
+  // throws an Error with the hub's message when the action fails.
+  async function postAction(id, path, body) {
+    const name = requireOperator();
+    if (!name) {
+      throw new Error('Enter your operator name at the top of the page first.');
+    }
+    const res = await fetch(`/api/v1/incidents/${id}/${path}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json', 'X-Xpress-Operator': name },
+      body: JSON.stringify(body),
+      cache: 'no-store',
+    });
+    let data = null;
+    try {
+      data = await res.json();
+    } catch (e) {
+      data = null;
+    }
+    if (!res.ok) {
+      if (res.status === 409) {
+        // Another operator acted first: show the incident as it is now.
+        refreshIncident(id);
+      }
+      throw new Error(data && data.error ? data.error : `${res.status} ${res.statusText}`);
+    }
+    applyIncident(data.incident, false);
+    // Show the result now rather than at the next render tick.
+    render();
+    return data;
+  }
+
+  async function refreshIncident(id) {
+    try {
+      const body = await getJSON(`/api/v1/incidents/${id}`);
+      applyIncident(body.incident, false);
+    } catch (err) {
+      showError(`Could not reload incident ${id} (${err.message}).`);
+    }
+  }
+
+  function showNotice(text) {
+    const node = el('notice');
+    node.textContent = text;
+    node.hidden = !text;
+    clearTimeout(showNotice.timer);
+    if (text) {
+      showNotice.timer = setTimeout(() => { node.hidden = true; }, NOTICE_MS);
+    }
+  }
+
+  async function runDirect(action, id, button) {
+    const path = action === 'acknowledge' ? 'acknowledge' : 'assign';
+    const body = action === 'acknowledge' ? {} : { assignee: operatorName() };
+    if (button) button.disabled = true;
+    try {
+      await postAction(id, path, body);
+      showNotice(action === 'acknowledge' ? `Incident ${id} acknowledged.` : `Incident ${id} assigned to you.`);
+      showError('');
+    } catch (err) {
+      showError(`Incident ${id}: ${err.message}`);
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+
+  function onActionClick(event) {
+    const button = event.target.closest('button[data-action]');
+    if (!button) {
+      return;
+    }
+    const id = Number(button.dataset.id);
+    const action = button.dataset.action;
+    if (action === 'details') {
+      openDetail(id);
+    } else if (action === 'acknowledge' || action === 'assign') {
+      runDirect(action, id, button);
+    } else if (DIALOG_ACTIONS[action]) {
+      openActionDialog(action, id);
+    }
+  }
+
+  function describe(inc) {
+    return `#${inc.id} · vehicle ${inc.vehicle_id} · ${inc.kind} · ${inc.state}`
+      + ` · pressed ${formatManila(inc.pressed_at)} Manila`;
+  }
+
+  function openActionDialog(action, id) {
+    if (!requireOperator()) {
+      showError('Enter your operator name at the top of the page first: every action is recorded with it.');
+      return;
+    }
+    const spec = DIALOG_ACTIONS[action];
+    const inc = findIncident(id);
+    const confirmDriver = action === 'cancel' && inc && inc.cancel_requested;
+    el('action-title').textContent = confirmDriver ? "Confirm the driver's cancel request" : spec.title;
+    el('action-summary').textContent = inc ? describe(inc) : `#${id}`;
+    const warning = el('action-warning');
+    warning.textContent = confirmDriver ? CANCEL_WARNING : '';
+    warning.hidden = !confirmDriver;
+    el('action-label').textContent = confirmDriver ? 'How you confirmed the driver is safe' : spec.label;
+    const text = el('action-text');
+    text.value = '';
+    const submit = el('action-submit');
+    submit.textContent = confirmDriver ? 'Confirm cancel' : spec.submit;
+    submit.className = spec.danger ? 'danger' : 'primary';
+    submit.disabled = false;
+    setDialogError('');
+    dialog.pending = { action, id };
+    el('action-dialog').showModal();
+    text.focus();
+  }
+
+  function setDialogError(text) {
+    const node = el('action-error');
+    node.textContent = text;
+    node.hidden = !text;
+  }
+
+  async function submitActionDialog(event) {
+    event.preventDefault();
+    const pending = dialog.pending;
+    if (!pending) {
+      return;
+    }
+    const spec = DIALOG_ACTIONS[pending.action];
+    const text = el('action-text').value.trim();
+    if (!text) {
+      setDialogError('This field is required: it goes into the audit trail.');
+      el('action-text').focus();
+      return;
+    }
+    const submit = el('action-submit');
+    submit.disabled = true;
+    try {
+      await postAction(pending.id, spec.path, { [spec.field]: text });
+      dialog.pending = null;
+      el('action-dialog').close();
+      showNotice(`Incident ${pending.id}: ${spec.done}.`);
+      showError('');
+    } catch (err) {
+      setDialogError(err.message);
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  // ---- Incident detail and audit trail ----
+
+  const EVENT_LABELS = {
+    opened: 'SOS opened',
+    repeat_press: 'Pressed again',
+    cancel_requested: 'Driver asked to cancel',
+    acknowledged: 'Acknowledged',
+    assigned: 'Assigned',
+    dispatched: 'Dispatched',
+    note: 'Note',
+    resolved: 'Resolved',
+    cancelled: 'Cancelled as false alarm',
+  };
+
+  function openDetail(id) {
+    dialog.detailId = id;
+    const inc = findIncident(id);
+    el('detail-title').textContent = `Incident #${id}`;
+    if (inc) {
+      renderDetail(inc, null);
+    }
+    const box = el('detail-dialog');
+    if (!box.open) {
+      box.showModal();
+    }
+    loadDetail(id);
+  }
+
+  async function loadDetail(id) {
+    try {
+      const body = await getJSON(`/api/v1/incidents/${id}`);
+      if (dialog.detailId === id) {
+        renderDetail(body.incident, body.events || []);
+      }
+    } catch (err) {
+      const node = el('detail-error');
+      node.textContent = `Could not load the audit trail (${err.message}).`;
+      node.hidden = false;
+    }
+  }
+
+  function renderDetail(inc, events) {
+    el('detail-title').textContent = `Incident #${inc.id}: vehicle ${inc.vehicle_id}, ${inc.kind}, ${inc.state}`;
+    const cancel = el('detail-cancel');
+    const pendingCancel = inc.cancel_requested && ACTIVE_STATES.includes(inc.state);
+    cancel.textContent = pendingCancel ? `DRIVER ASKED TO CANCEL. ${CANCEL_WARNING}` : '';
+    cancel.hidden = !pendingCancel;
+
+    const facts = [
+      ['State', inc.state],
+      ['Assigned to', inc.assigned_to || 'nobody'],
+      ['Region', inc.region || '–'],
+      ['Location', inc.has_location ? `${fixed(inc.lat, 5)}, ${fixed(inc.lon, 5)}` : 'no position'],
+      ['Presses', String(inc.presses || 1)],
+      ['Driver asked to cancel', inc.cancel_requested ? 'yes' : 'no'],
+      ['Driver note', inc.note || '–'],
+      ['Pressed', formatManila(inc.pressed_at)],
+      ['Received by agent', formatManila(inc.received_at)],
+      ['Opened at hub', formatManila(inc.opened_at)],
+      ['Acknowledged', formatManila(inc.acknowledged_at)],
+      ['Dispatched', formatManila(inc.dispatched_at)],
+      ['Resolved', formatManila(inc.resolved_at)],
+      ['Cancelled', formatManila(inc.cancelled_at)],
+    ];
+    const dl = document.createDocumentFragment();
+    for (const [name, value] of facts) {
+      const dt = document.createElement('dt');
+      dt.textContent = name;
+      const dd = document.createElement('dd');
+      dd.textContent = value;
+      dl.append(dt, dd);
+    }
+    el('detail-facts').replaceChildren(dl);
+    el('detail-actions').replaceChildren(actionButtons(inc));
+    // The detail dialog is already open, so Details only reloads it.
+    const details = el('detail-actions').querySelector('button[data-action="details"]');
+    if (details) {
+      details.textContent = 'Reload';
+    }
+
+    if (events === null) {
+      return;
+    }
+    el('detail-error').hidden = true;
+    const rows = document.createDocumentFragment();
+    for (const ev of events) {
+      const tr = document.createElement('tr');
+      tr.className = `event-${ev.type}`;
+      cell(tr, formatManila(ev.at));
+      cell(tr, EVENT_LABELS[ev.type] || ev.type);
+      cell(tr, ev.actor);
+      cell(tr, ev.detail || '', 'detail');
+      rows.appendChild(tr);
+    }
+    el('detail-events').tBodies[0].replaceChildren(rows);
+  }
+
+  function setupActions() {
+    // One listener serves every action button, including those rendered later.
+    document.addEventListener('click', onActionClick);
+    el('action-form').addEventListener('submit', submitActionDialog);
+    el('action-close').addEventListener('click', () => el('action-dialog').close());
+    el('action-dialog').addEventListener('close', () => { dialog.pending = null; });
+    el('detail-close').addEventListener('click', () => el('detail-dialog').close());
+    el('detail-dialog').addEventListener('close', () => { dialog.detailId = null; });
+  }
+
   document.addEventListener('DOMContentLoaded', () => {
     el('sound').addEventListener('click', toggleSound);
+    setupOperator();
+    setupActions();
     window.addEventListener('resize', () => { dirty.plot = true; });
     setInterval(render, RENDER_INTERVAL_MS);
     setInterval(tick, 1000);

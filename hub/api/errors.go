@@ -24,10 +24,25 @@ func badRequest(format string, args ...any) error {
 // errorStatus maps an error kind to a status code and the plain message
 // for the client. The detail goes only to the log.
 func errorStatus(err error) (int, string) {
-	var bad *badRequestError
+	var (
+		bad        *badRequestError
+		mediaType  *unsupportedMediaTypeError
+		tooLarge   *http.MaxBytesError
+		stateError *store.StateError
+	)
 	switch {
 	case errors.As(err, &bad):
 		return http.StatusBadRequest, bad.msg
+	case errors.As(err, &mediaType):
+		return http.StatusUnsupportedMediaType, mediaType.Error()
+	case errors.As(err, &tooLarge):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", tooLarge.Limit)
+	case errors.As(err, &stateError):
+		return http.StatusConflict, stateError.Error()
+	case errors.Is(err, store.ErrConflict):
+		return http.StatusConflict, "conflict with the current state; reload and try again"
+	case errors.Is(err, store.ErrInvalid):
+		return http.StatusBadRequest, "invalid request"
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound, "not found"
 	case errors.Is(err, store.ErrUnavailable):

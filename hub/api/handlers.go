@@ -25,6 +25,8 @@ const (
 	// DefaultIncidentLimit and MaxIncidentLimit bound the incidents of one list request.
 	DefaultIncidentLimit = 100
 	MaxIncidentLimit     = 1000
+	// MaxIncidentOffset bounds the offset of an incident list request.
+	MaxIncidentOffset = 100000
 	// maxRegionLength bounds the region filter, in bytes.
 	maxRegionLength = 64
 )
@@ -158,10 +160,9 @@ type incidentResponse struct {
 }
 
 func (s *Server) handleIncident(w http.ResponseWriter, r *http.Request) {
-	raw := r.PathValue("id")
-	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
-		s.writeError(w, r, badRequest("invalid incident id %q: use a positive integer", truncate(raw, 40)))
+	id, err := incidentID(r)
+	if err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
@@ -184,7 +185,9 @@ func (s *Server) handleUnknownAPI(w http.ResponseWriter, r *http.Request) {
 	s.writeError(w, r, errors.Join(store.ErrNotFound, errors.New("no API route "+r.URL.Path)))
 }
 
-// parseIncidentFilter reads state (comma-separated), region, vehicle and limit.
+// parseIncidentFilter reads state (comma-separated), region, vehicle,
+// assigned_to, since and until (RFC 3339, opening time in [since, until)),
+// offset and limit.
 func parseIncidentFilter(q url.Values) (store.IncidentFilter, error) {
 	var f store.IncidentFilter
 	for _, raw := range strings.Split(q.Get("state"), ",") {
@@ -210,12 +213,34 @@ func parseIncidentFilter(q url.Values) (store.IncidentFilter, error) {
 		}
 		f.VehicleID = v
 	}
+	if v := q.Get("assigned_to"); v != "" {
+		if err := store.ValidateOperatorName(v); err != nil {
+			return f, badRequest("invalid assigned_to %q: use an operator name of 1 to %d printable characters", truncate(v, 80), store.MaxOperatorName)
+		}
+		f.AssignedTo = v
+	}
 
-	limit, err := parseLimit(q, DefaultIncidentLimit, MaxIncidentLimit)
-	if err != nil {
+	var err error
+	if f.Since, _, err = parseTime(q, "since"); err != nil {
 		return f, err
 	}
-	f.Limit = limit
+	if f.Until, _, err = parseTime(q, "until"); err != nil {
+		return f, err
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		return f, badRequest("since %s is not before until %s", f.Since.Format(time.RFC3339), f.Until.Format(time.RFC3339))
+	}
+	if raw := q.Get("offset"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 0 || n > MaxIncidentOffset {
+			return f, badRequest("invalid offset %q: use an integer from 0 to %d", truncate(raw, 40), MaxIncidentOffset)
+		}
+		f.Offset = n
+	}
+
+	if f.Limit, err = parseLimit(q, DefaultIncidentLimit, MaxIncidentLimit); err != nil {
+		return f, err
+	}
 	return f, nil
 }
 

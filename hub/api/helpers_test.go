@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -50,6 +51,18 @@ type fakeStore struct {
 		limit    int
 	}
 	lastFilter store.IncidentFilter
+	// actions are the lifecycle calls that reached the store, in order.
+	actions []actionCall
+	// now stamps lifecycle changes.
+	now time.Time
+}
+
+// actionCall is one lifecycle call of the fake store.
+type actionCall struct {
+	action store.Action
+	id     int64
+	actor  string
+	text   string
 }
 
 var _ api.Store = (*fakeStore)(nil)
@@ -120,6 +133,80 @@ func (f *fakeStore) Incident(ctx context.Context, id int64) (store.Incident, []s
 	return store.Incident{}, nil, store.ErrNotFound
 }
 
+func (f *fakeStore) AcknowledgeIncident(ctx context.Context, id int64, actor string) (store.IncidentChange, error) {
+	return f.act(store.ActionAcknowledge, id, actor, "")
+}
+
+func (f *fakeStore) AssignIncident(ctx context.Context, id int64, actor, assignee string) (store.IncidentChange, error) {
+	return f.act(store.ActionAssign, id, actor, assignee)
+}
+
+func (f *fakeStore) DispatchIncident(ctx context.Context, id int64, actor, detail string) (store.IncidentChange, error) {
+	return f.act(store.ActionDispatch, id, actor, detail)
+}
+
+func (f *fakeStore) AddIncidentNote(ctx context.Context, id int64, actor, text string) (store.IncidentChange, error) {
+	return f.act(store.ActionNote, id, actor, text)
+}
+
+func (f *fakeStore) ResolveIncident(ctx context.Context, id int64, actor, resolution string) (store.IncidentChange, error) {
+	return f.act(store.ActionResolve, id, actor, resolution)
+}
+
+func (f *fakeStore) CancelIncident(ctx context.Context, id int64, actor, reason string) (store.IncidentChange, error) {
+	return f.act(store.ActionCancel, id, actor, reason)
+}
+
+// act applies a lifecycle call with the rules every store shares
+// (store.ValidateAction and store.ApplyAction) and records it.
+func (f *fakeStore) act(a store.Action, id int64, actor, text string) (store.IncidentChange, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.actions = append(f.actions, actionCall{action: a, id: id, actor: actor, text: text})
+	if f.err != nil {
+		return store.IncidentChange{}, f.err
+	}
+	text, err := store.ValidateAction(a, actor, text)
+	if err != nil {
+		return store.IncidentChange{}, err
+	}
+	for i := range f.incidents {
+		inc := &f.incidents[i]
+		if inc.ID != id {
+			continue
+		}
+		next := *inc
+		ev, err := store.ApplyAction(&next, a, actor, text, f.now)
+		if err != nil {
+			return store.IncidentChange{}, fmt.Errorf("%s incident %d: %w", a, id, err)
+		}
+		*inc = next
+		ev.ID = int64(len(f.events[id]) + 1)
+		f.events[id] = append(f.events[id], ev)
+		return store.IncidentChange{Incident: next, Event: ev}, nil
+	}
+	return store.IncidentChange{}, fmt.Errorf("%s incident %d: %w", a, id, store.ErrNotFound)
+}
+
+// actionCalls returns the lifecycle calls that reached the store.
+func (f *fakeStore) actionCalls() []actionCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.actions)
+}
+
+// incident returns the stored incident with id.
+func (f *fakeStore) incident(id int64) (store.Incident, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, inc := range f.incidents {
+		if inc.ID == id {
+			return inc, true
+		}
+	}
+	return store.Incident{}, false
+}
+
 func (f *fakeStore) Ping(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -176,7 +263,7 @@ func newTestServer(t *testing.T, busCfg events.Config, edit func(*api.Config)) *
 	reg := prometheus.NewRegistry()
 	busCfg.Registerer = reg
 	bus := events.NewBus(busCfg)
-	fs := &fakeStore{events: map[int64][]store.IncidentEvent{}}
+	fs := &fakeStore{events: map[int64][]store.IncidentEvent{}, now: testNow}
 	cfg := api.Config{
 		Store:      fs,
 		Bus:        bus,

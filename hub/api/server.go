@@ -34,13 +34,21 @@ const (
 	DefaultQueryTimeout = 10 * time.Second
 )
 
-// Store is the part of store.Store the API reads.
+// Store is the part of store.Store the API reads and the incident
+// lifecycle methods it calls for operators.
 type Store interface {
 	LatestPositions(ctx context.Context) ([]store.Position, error)
 	Fixes(ctx context.Context, vehicleID string, from, to time.Time, limit int) ([]store.StoredFix, error)
 	Incidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error)
 	Incident(ctx context.Context, id int64) (store.Incident, []store.IncidentEvent, error)
 	Ping(ctx context.Context) error
+
+	AcknowledgeIncident(ctx context.Context, id int64, actor string) (store.IncidentChange, error)
+	AssignIncident(ctx context.Context, id int64, actor, assignee string) (store.IncidentChange, error)
+	DispatchIncident(ctx context.Context, id int64, actor, detail string) (store.IncidentChange, error)
+	AddIncidentNote(ctx context.Context, id int64, actor, text string) (store.IncidentChange, error)
+	ResolveIncident(ctx context.Context, id int64, actor, resolution string) (store.IncidentChange, error)
+	CancelIncident(ctx context.Context, id int64, actor, reason string) (store.IncidentChange, error)
 }
 
 var _ Store = (store.Store)(nil)
@@ -106,6 +114,12 @@ type Config struct {
 	Dashboard http.Handler
 	// Now is the clock for default query times. Nil means time.Now.
 	Now func() time.Time
+	// OnIncidentChange is called with the result of each successful
+	// operator action on an incident, after the store committed it and
+	// before the response is written, on the request's goroutine, so it
+	// must not block. The hub publishes it as an incident.updated event.
+	// Nil means no call.
+	OnIncidentChange func(store.IncidentChange)
 }
 
 // Validate checks the fields New cannot repair: Store and Bus must be set
@@ -209,6 +223,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/vehicles/{id}/track", s.handleTrack)
 	mux.HandleFunc("GET /api/v1/incidents", s.handleIncidents)
 	mux.HandleFunc("GET /api/v1/incidents/{id}", s.handleIncident)
+	for _, route := range actionRoutes {
+		mux.HandleFunc("POST /api/v1/incidents/{id}/"+route.path, s.handleAction(route))
+	}
 	mux.HandleFunc("GET /api/v1/agents", s.handleAgents)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)

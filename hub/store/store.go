@@ -19,6 +19,16 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrUnavailable means the store cannot be reached; retrying later may succeed.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrPrevMissing means a batch's Prev is past the cursor: the batch
+	// before it was not committed, so this one must wait for its resend.
+	ErrPrevMissing = errors.New("previous batch not committed")
+	// ErrConflict means the request conflicts with the row's current state,
+	// such as resolving an incident that is already closed. Lifecycle
+	// methods return it as a *StateError that names the state.
+	ErrConflict = errors.New("conflict with the current state")
+	// ErrInvalid means an argument breaks a documented rule, such as an
+	// empty note. The message names the argument and the rule.
+	ErrInvalid = errors.New("invalid argument")
 )
 
 // Store is the hub's durable state. Implementations are safe for
@@ -27,7 +37,8 @@ type Store interface {
 	// CommitBatch stores every record of b whose sequence number is past the
 	// agent's cursor for (agent, spool, lane), and advances the cursor, in
 	// one transaction. A record at or below the cursor is skipped, so a
-	// resent batch writes nothing twice. It returns what changed.
+	// resent batch writes nothing twice. A batch whose Prev is past the
+	// cursor stores nothing and returns ErrPrevMissing. It returns what changed.
 	CommitBatch(ctx context.Context, b *protocol.Batch) (CommitResult, error)
 
 	// Cursor returns the last committed sequence number for an agent's lane,
@@ -47,6 +58,36 @@ type Store interface {
 
 	// Incident returns one incident with its events, or ErrNotFound.
 	Incident(ctx context.Context, id int64) (Incident, []IncidentEvent, error)
+
+	// The lifecycle methods below apply one operator action to an incident
+	// in one transaction: check the incident's state (see
+	// IncidentState.Allows), change the incident, set UpdatedAt and add one
+	// event by actor to the audit trail. Each returns the incident as
+	// changed and the event, with Opened false. Each fails with an error
+	// wrapping ErrNotFound for a missing incident, a *StateError (wrapping
+	// ErrConflict) when the state does not allow the action, and
+	// ErrInvalid when ValidateAction rejects actor or text. Text
+	// arguments are stored trimmed of surrounding white space.
+
+	// AcknowledgeIncident moves an open incident to acknowledged and sets
+	// AcknowledgedAt.
+	AcknowledgeIncident(ctx context.Context, id int64, actor string) (IncidentChange, error)
+	// AssignIncident sets AssignedTo of an active incident to assignee, an
+	// operator name (see ValidateOperatorName). The state stays.
+	AssignIncident(ctx context.Context, id int64, actor, assignee string) (IncidentChange, error)
+	// DispatchIncident moves an open or acknowledged incident to
+	// dispatched and sets DispatchedAt. detail says who was sent.
+	DispatchIncident(ctx context.Context, id int64, actor, detail string) (IncidentChange, error)
+	// AddIncidentNote adds a note event to an incident in any state. The
+	// state stays.
+	AddIncidentNote(ctx context.Context, id int64, actor, text string) (IncidentChange, error)
+	// ResolveIncident moves an active incident to resolved and sets
+	// ResolvedAt.
+	ResolveIncident(ctx context.Context, id int64, actor, resolution string) (IncidentChange, error)
+	// CancelIncident moves an active incident to cancelled, a false alarm,
+	// and sets CancelledAt. A driver's cancel request only sets
+	// CancelRequested, so this method is how an operator confirms it.
+	CancelIncident(ctx context.Context, id int64, actor, reason string) (IncidentChange, error)
 
 	// DeleteFixesBefore removes the fixes whose fix time is before before,
 	// for retention. It returns how many fixes it removed, or
@@ -125,6 +166,13 @@ const (
 	StateCancelled    IncidentState = "cancelled"
 )
 
+// Active reports whether an incident in state st still needs operators:
+// open, acknowledged or dispatched. Only active incidents take repeat
+// presses of new SOS ids.
+func (st IncidentState) Active() bool {
+	return st == StateOpen || st == StateAcknowledged || st == StateDispatched
+}
+
 // Incident is one emergency, opened by the first SOS with a given SOS id.
 type Incident struct {
 	ID        int64            `json:"id"`
@@ -150,6 +198,17 @@ type Incident struct {
 	CancelRequested bool `json:"cancel_requested"`
 	// Historical is true when the first SOS arrived as catch-up data after an outage.
 	Historical bool `json:"historical,omitempty"`
+	// AssignedTo is the operator name the incident is assigned to, empty
+	// when unassigned.
+	AssignedTo string `json:"assigned_to,omitempty"`
+	// AcknowledgedAt, DispatchedAt, ResolvedAt and CancelledAt are the hub
+	// times at which the incident entered each state, zero when it never
+	// did. An incident dispatched straight from open has no
+	// AcknowledgedAt.
+	AcknowledgedAt time.Time `json:"acknowledged_at,omitzero"`
+	DispatchedAt   time.Time `json:"dispatched_at,omitzero"`
+	ResolvedAt     time.Time `json:"resolved_at,omitzero"`
+	CancelledAt    time.Time `json:"cancelled_at,omitzero"`
 }
 
 // IncidentEvent is one entry of an incident's audit trail.
@@ -169,7 +228,18 @@ const (
 	EventCancelRequested = "cancel_requested"
 )
 
-// IncidentChange is an incident as it is after one record changed it.
+// Incident event types written by the lifecycle methods.
+const (
+	EventAcknowledged = "acknowledged"
+	EventAssigned     = "assigned"
+	EventDispatched   = "dispatched"
+	EventNote         = "note"
+	EventResolved     = "resolved"
+	EventCancelled    = "cancelled"
+)
+
+// IncidentChange is an incident as it is after one record or one operator
+// action changed it.
 type IncidentChange struct {
 	Incident Incident `json:"incident"`
 	// Opened is true when the record opened the incident.
@@ -182,6 +252,14 @@ type IncidentFilter struct {
 	States    []IncidentState
 	Region    string
 	VehicleID string
+	// AssignedTo selects the incidents assigned to this operator name.
+	AssignedTo string
+	// Since and Until select incidents opened (OpenedAt, the hub's time)
+	// in [Since, Until). A zero time leaves that end open.
+	Since, Until time.Time
+	// Offset skips that many matching incidents, newest first, to page
+	// through a long list. Zero or negative skips none.
+	Offset int
 	// Limit caps the result; zero means 100.
 	Limit int
 }

@@ -86,6 +86,11 @@ func (h *Hub) SetRespond(f func(h *Hub, b *protocol.Batch) []protocol.Ack) {
 func (h *Hub) Commit(b *protocol.Batch) protocol.Ack {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if b.Prev > h.cursor[b.Lane] {
+		// As the real hub: the batch before this one was not committed.
+		return protocol.Ack{AgentID: b.AgentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: h.cursor[b.Lane],
+			Error: "previous batch not committed"}
+	}
 	for _, r := range b.Records {
 		if r.Seq > h.cursor[b.Lane] {
 			h.committed[b.Lane] = append(h.committed[b.Lane], r)

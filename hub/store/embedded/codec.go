@@ -319,6 +319,13 @@ type incidentValue struct {
 	Presses         int       `json:"presses"`
 	CancelRequested bool      `json:"cancel_requested"`
 	Historical      bool      `json:"historical"`
+	AssignedTo      string    `json:"assigned_to,omitempty"`
+	// The lifecycle times are absent while zero, and in files written
+	// before the lifecycle existed.
+	AcknowledgedAt *int64 `json:"acknowledged_at_us,omitempty"`
+	DispatchedAt   *int64 `json:"dispatched_at_us,omitempty"`
+	ResolvedAt     *int64 `json:"resolved_at_us,omitempty"`
+	CancelledAt    *int64 `json:"cancelled_at_us,omitempty"`
 }
 
 func encodeIncident(inc store.Incident) ([]byte, error) {
@@ -329,6 +336,9 @@ func encodeIncident(inc store.Incident) ([]byte, error) {
 		PressedAt: micros(inc.PressedAt), ReceivedAt: micros(inc.ReceivedAt),
 		OpenedAt: micros(inc.OpenedAt), UpdatedAt: micros(inc.UpdatedAt),
 		Presses: inc.Presses, CancelRequested: inc.CancelRequested, Historical: inc.Historical,
+		AssignedTo:     inc.AssignedTo,
+		AcknowledgedAt: optionalMicros(inc.AcknowledgedAt), DispatchedAt: optionalMicros(inc.DispatchedAt),
+		ResolvedAt: optionalMicros(inc.ResolvedAt), CancelledAt: optionalMicros(inc.CancelledAt),
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -349,7 +359,28 @@ func decodeIncident(data []byte) (store.Incident, error) {
 		PressedAt: fromMicros(v.PressedAt), ReceivedAt: fromMicros(v.ReceivedAt),
 		OpenedAt: fromMicros(v.OpenedAt), UpdatedAt: fromMicros(v.UpdatedAt),
 		Presses: v.Presses, CancelRequested: v.CancelRequested, Historical: v.Historical,
+		AssignedTo:     v.AssignedTo,
+		AcknowledgedAt: fromOptionalMicros(v.AcknowledgedAt), DispatchedAt: fromOptionalMicros(v.DispatchedAt),
+		ResolvedAt: fromOptionalMicros(v.ResolvedAt), CancelledAt: fromOptionalMicros(v.CancelledAt),
 	}, nil
+}
+
+// optionalMicros returns t as microseconds since the Unix epoch, or nil
+// for the zero time.
+func optionalMicros(t time.Time) *int64 {
+	if t.IsZero() {
+		return nil
+	}
+	us := micros(t)
+	return &us
+}
+
+// fromOptionalMicros is the inverse of optionalMicros.
+func fromOptionalMicros(us *int64) time.Time {
+	if us == nil {
+		return time.Time{}
+	}
+	return fromMicros(*us)
 }
 
 // eventValue is the incident_events bucket's JSON value.

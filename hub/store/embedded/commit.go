@@ -99,6 +99,8 @@ func (s *Store) CommitBatch(ctx context.Context, b *protocol.Batch) (store.Commi
 
 	if err != nil {
 		switch {
+		case errors.Is(err, store.ErrPrevMissing):
+			s.metrics.commitErrors.WithLabelValues("prev_missing").Inc()
 		case errors.Is(err, store.ErrUnavailable):
 			s.metrics.commitErrors.WithLabelValues("unavailable").Inc()
 		case errors.Is(err, protocol.ErrInvalidBatch):
@@ -159,6 +161,9 @@ func (s *Store) commitTx(tx *bolt.Tx, b *protocol.Batch, fx *commitEffects) (sto
 		return store.CommitResult{}, fmt.Errorf("read cursor: %w", err)
 	}
 	fx.cursor = cursor
+	if b.Prev > cursor {
+		return store.CommitResult{Through: cursor}, fmt.Errorf("%w: prev %d, cursor %d", store.ErrPrevMissing, b.Prev, cursor)
+	}
 	res := store.CommitResult{Through: cursor}
 	first := len(b.Records)
 	for i := range b.Records {

@@ -100,10 +100,10 @@ func checkIncidents(tx *bolt.Tx) []error {
 			errs = append(errs, fmt.Errorf("incident %d has no incidents_by_opened entry", inc.ID))
 		}
 		hasActive := activeIdx.Get(activeKey(inc.VehicleID, inc.ReceivedAt, inc.ID)) != nil
-		if hasActive != active(inc.State) {
+		if hasActive != inc.State.Active() {
 			errs = append(errs, fmt.Errorf("incident %d in state %s: incidents_active entry %v", inc.ID, inc.State, hasActive))
 		}
-		if active(inc.State) {
+		if inc.State.Active() {
 			activeCount++
 		}
 		if v := sosIdx.Get(sosKey(inc.VehicleID, inc.SOSID)); v == nil || int64(binary.BigEndian.Uint64(v)) != inc.ID {

@@ -459,6 +459,26 @@ func TestStore_Metrics(t *testing.T) {
 		t.Errorf("commit histogram series = %d, want 1", n)
 	}
 
+	// Operator actions are counted by action and result.
+	incidents, err := s.Incidents(testContext(t), store.IncidentFilter{})
+	if err != nil || len(incidents) != 1 {
+		t.Fatalf("Incidents = %d, %v, want 1", len(incidents), err)
+	}
+	id := incidents[0].ID
+	if _, err := s.AcknowledgeIncident(testContext(t), id, storetest.Operator); err != nil {
+		t.Fatalf("acknowledge: %v", err)
+	}
+	s.AcknowledgeIncident(testContext(t), id, storetest.Operator)    //nolint:errcheck // counted as a conflict
+	s.AddIncidentNote(testContext(t), id, storetest.Operator, " ")   //nolint:errcheck // counted as invalid
+	s.ResolveIncident(testContext(t), id+1, storetest.Operator, "x") //nolint:errcheck // counted as not found
+	for _, c := range []struct{ action, result string }{
+		{"acknowledge", "ok"}, {"acknowledge", "conflict"}, {"note", "invalid"}, {"resolve", "not_found"},
+	} {
+		if got := testutil.ToFloat64(s.metrics.incidentActions.WithLabelValues(c.action, c.result)); got != 1 {
+			t.Errorf("incident actions (%s, %s) = %v, want 1", c.action, c.result, got)
+		}
+	}
+
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)

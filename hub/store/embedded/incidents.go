@@ -15,11 +15,6 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// active reports whether an incident in state st takes repeat presses.
-func active(st store.IncidentState) bool {
-	return st == store.StateOpen || st == store.StateAcknowledged || st == store.StateDispatched
-}
-
 // applySOS applies one SOS or SOS cancel record and returns the incident
 // it changed. An SOS is, in order of precedence:
 //
@@ -227,7 +222,7 @@ func saveIncident(bk *buckets, inc store.Incident) error {
 		return err
 	}
 	key := activeKey(inc.VehicleID, inc.ReceivedAt, inc.ID)
-	if active(inc.State) {
+	if inc.State.Active() {
 		return bk.incidentsActive.Put(key, nil)
 	}
 	return bk.incidentsActive.Delete(key)
@@ -251,20 +246,32 @@ func addEvent(bk *buckets, incidentID int64, typ, actor, detail string, at time.
 }
 
 // Incidents returns incidents matching f, newest opened first (by opening
-// time, then id), at most f.Limit of them or DefaultIncidentLimit when
-// that is zero or less. It walks the incidents_by_opened index newest
-// first, readPageSize entries per read transaction. An incident opened
-// during the walk may be missed, but it is newer than every one returned.
+// time, then id), after skipping f.Offset of them, at most f.Limit of
+// them or DefaultIncidentLimit when that is zero or less. It walks the
+// incidents_by_opened index newest first from f.Until down to f.Since,
+// readPageSize entries per read transaction. An incident opened during
+// the walk may be missed, but it is newer than every one returned.
 func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = DefaultIncidentLimit
 	}
+	skip := max(f.Offset, 0)
 	var (
-		out  []store.Incident
-		next []byte // the last key visited; the walk goes on below it
-		done bool
+		out []store.Incident
+		// next is the bound of the walk, which goes on below it: the
+		// last key visited, or at the start the first key at f.Until.
+		next []byte
+		// lowest is the smallest key of f.Since, nil without a lower bound.
+		lowest []byte
+		done   bool
 	)
+	if !f.Until.IsZero() {
+		next = openedKey(clampTime(storeTime(f.Until)), 0)
+	}
+	if !f.Since.IsZero() {
+		lowest = openedKey(clampTime(storeTime(f.Since)), 0)
+	}
 	for !done {
 		err := s.view(ctx, func(tx *bolt.Tx) error {
 			index, incidents := tx.Bucket(bucketIncidentsByOpened), tx.Bucket(bucketIncidents)
@@ -273,7 +280,7 @@ func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.
 			}
 			c := index.Cursor()
 			k := seekBefore(c, next)
-			for n := 0; k != nil; n++ {
+			for n := 0; k != nil && bytes.Compare(k, lowest) >= 0; n++ {
 				if len(out) == limit {
 					break
 				}
@@ -291,7 +298,11 @@ func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.
 				if err != nil {
 					return err
 				}
-				if matches(inc, f) {
+				switch {
+				case !matches(inc, f):
+				case skip > 0:
+					skip--
+				default:
 					out = append(out, inc)
 				}
 				next = bytes.Clone(k)
@@ -335,6 +346,9 @@ func matches(inc store.Incident, f store.IncidentFilter) bool {
 		return false
 	}
 	if f.Region != "" && inc.Region != f.Region {
+		return false
+	}
+	if f.AssignedTo != "" && inc.AssignedTo != f.AssignedTo {
 		return false
 	}
 	return f.VehicleID == "" || inc.VehicleID == f.VehicleID

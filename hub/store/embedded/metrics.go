@@ -15,6 +15,7 @@ type metrics struct {
 	duplicates       prometheus.Counter
 	incidentsOpened  prometheus.Counter
 	cancelsUnmatched prometheus.Counter
+	incidentActions  *prometheus.CounterVec
 	retentionDeleted prometheus.Counter
 	retentionErrors  prometheus.Counter
 }
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, path string) *metrics {
 			Name: "xpress_store_sos_cancels_unmatched_total",
 			Help: "SOS cancel requests whose SOS id matched no incident of the vehicle.",
 		})),
+		incidentActions: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_incident_actions_total",
+			Help: "Operator actions on incidents, by action and result (ok, conflict, invalid, not_found, error).",
+		}, []string{"action", "result"})),
 		retentionDeleted: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_store_retention_fixes_deleted_total",
 			Help: "Fixes deleted because they were older than the retention window.",

@@ -71,6 +71,8 @@ func (s *Store) CommitBatch(ctx context.Context, b *protocol.Batch) (store.Commi
 	if err != nil {
 		err = classify(err)
 		switch {
+		case errors.Is(err, store.ErrPrevMissing):
+			s.metrics.commitErrors.WithLabelValues("prev_missing").Inc()
 		case errors.Is(err, store.ErrUnavailable):
 			s.metrics.commitErrors.WithLabelValues("unavailable").Inc()
 		case invalidInput(err):
@@ -101,6 +103,9 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	cursor, err := lockCursor(ctx, tx, b.AgentID, spoolID, b.Lane, now)
 	if err != nil {
 		return store.CommitResult{}, err
+	}
+	if b.Prev > cursor {
+		return store.CommitResult{Through: cursor}, fmt.Errorf("%w: prev %d, cursor %d", store.ErrPrevMissing, b.Prev, cursor)
 	}
 	res := store.CommitResult{Through: cursor}
 	first := len(b.Records)

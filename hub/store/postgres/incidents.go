@@ -22,7 +22,8 @@ const lockClassSOS = 1
 var activeStates = []string{string(store.StateOpen), string(store.StateAcknowledged), string(store.StateDispatched)}
 
 const incidentColumns = `id, sos_id, vehicle_id, agent_id, region, kind, state, note, has_location,
-	lat, lon, pressed_at, received_at, opened_at, updated_at, presses, cancel_requested, historical`
+	lat, lon, pressed_at, received_at, opened_at, updated_at, presses, cancel_requested, historical,
+	assigned_to, acknowledged_at, dispatched_at, resolved_at, cancelled_at`
 
 // applySOS applies one SOS or SOS cancel record and returns the incident
 // it changed. An SOS is, in order of precedence:
@@ -201,14 +202,17 @@ func addEvent(ctx context.Context, tx pgx.Tx, incidentID int64, typ, actor, deta
 
 func scanIncident(row pgx.Row) (store.Incident, error) {
 	var (
-		inc             store.Incident
-		kind, state     string
-		lat, lon        *float64
-		pressed, recvd  time.Time
-		opened, updated time.Time
+		inc                      store.Incident
+		kind, state              string
+		lat, lon                 *float64
+		pressed, recvd           time.Time
+		opened, updated          time.Time
+		acknowledged, dispatched *time.Time
+		resolved, cancelled      *time.Time
 	)
 	err := row.Scan(&inc.ID, &inc.SOSID, &inc.VehicleID, &inc.AgentID, &inc.Region, &kind, &state, &inc.Note,
-		&inc.HasLocation, &lat, &lon, &pressed, &recvd, &opened, &updated, &inc.Presses, &inc.CancelRequested, &inc.Historical)
+		&inc.HasLocation, &lat, &lon, &pressed, &recvd, &opened, &updated, &inc.Presses, &inc.CancelRequested, &inc.Historical,
+		&inc.AssignedTo, &acknowledged, &dispatched, &resolved, &cancelled)
 	if err != nil {
 		return store.Incident{}, err
 	}
@@ -218,10 +222,29 @@ func scanIncident(row pgx.Row) (store.Incident, error) {
 	}
 	inc.PressedAt, inc.ReceivedAt = pressed.UTC(), recvd.UTC()
 	inc.OpenedAt, inc.UpdatedAt = opened.UTC(), updated.UTC()
+	inc.AcknowledgedAt, inc.DispatchedAt = optionalTime(acknowledged), optionalTime(dispatched)
+	inc.ResolvedAt, inc.CancelledAt = optionalTime(resolved), optionalTime(cancelled)
 	return inc, nil
 }
 
-// Incidents returns incidents matching f, newest opened first.
+// optionalTime returns *t in UTC, or the zero time for NULL.
+func optionalTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// nullTime returns nil for the zero time, which is stored as NULL.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// Incidents returns incidents matching f, newest opened first, after
+// skipping f.Offset of them.
 func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error) {
 	pool, err := s.getPool()
 	if err != nil {
@@ -246,17 +269,29 @@ func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.
 		args = append(args, f.VehicleID)
 		where = append(where, fmt.Sprintf("vehicle_id = $%d", len(args)))
 	}
+	if f.AssignedTo != "" {
+		args = append(args, f.AssignedTo)
+		where = append(where, fmt.Sprintf("assigned_to = $%d", len(args)))
+	}
+	if !f.Since.IsZero() {
+		args = append(args, pgTime(f.Since))
+		where = append(where, fmt.Sprintf("opened_at >= $%d", len(args)))
+	}
+	if !f.Until.IsZero() {
+		args = append(args, pgTime(f.Until))
+		where = append(where, fmt.Sprintf("opened_at < $%d", len(args)))
+	}
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	args = append(args, limit)
+	args = append(args, limit, max(f.Offset, 0))
 
 	query := "SELECT " + incidentColumns + " FROM incidents"
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	query += fmt.Sprintf(" ORDER BY opened_at DESC, id DESC LIMIT $%d", len(args))
+	query += fmt.Sprintf(" ORDER BY opened_at DESC, id DESC LIMIT $%d OFFSET $%d", len(args)-1, len(args))
 
 	rows, err := pool.Query(ctx, query, args...)
 	if err != nil {

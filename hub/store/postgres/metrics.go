@@ -15,6 +15,7 @@ type metrics struct {
 	duplicates       prometheus.Counter
 	incidentsOpened  prometheus.Counter
 	cancelsUnmatched prometheus.Counter
+	incidentActions  *prometheus.CounterVec
 	partitionErrors  prometheus.Counter
 
 	retentionDeleted  prometheus.Counter
@@ -56,6 +57,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "xpress_store_sos_cancels_unmatched_total",
 			Help: "SOS cancel requests whose SOS id matched no incident of the vehicle.",
 		})),
+		incidentActions: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_incident_actions_total",
+			Help: "Operator actions on incidents, by action and result (ok, conflict, invalid, not_found, error).",
+		}, []string{"action", "result"})),
 		partitionErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_store_partition_errors_total",
 			Help: "Failed runs of the fixes partition maintenance.",

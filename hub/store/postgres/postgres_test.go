@@ -200,29 +200,6 @@ func TestStore_ConcurrentEnsurePartitions(t *testing.T) {
 	}
 }
 
-func TestStore_NewSOSAfterResolveOpensIncident(t *testing.T) {
-	t.Parallel()
-	s := openStore(t, Config{})
-	first := commit(t, s, storetest.NewBatch(storetest.SOSRecord(1, "veh-1", "sos-1", storetest.Epoch.Add(-time.Minute))))
-	id := first.Incidents[0].Incident.ID
-	if _, err := s.Pool().Exec(testContext(t), `UPDATE incidents SET state = 'resolved' WHERE id = $1`, id); err != nil {
-		t.Fatalf("resolve incident: %v", err)
-	}
-
-	second := commit(t, s, storetest.NewBatch(storetest.SOSRecord(2, "veh-1", "sos-2", storetest.Epoch)))
-	if !second.Incidents[0].Opened || second.Incidents[0].Incident.ID == id {
-		t.Errorf("new SOS id within the window of a resolved incident: opened=%v incident=%d, want a new incident",
-			second.Incidents[0].Opened, second.Incidents[0].Incident.ID)
-	}
-
-	// A resent SOS id stays with its incident even when that incident is resolved.
-	again := commit(t, s, storetest.NewBatch(storetest.SOSRecord(3, "veh-1", "sos-1", storetest.Epoch)))
-	if again.Incidents[0].Incident.ID != id || again.Incidents[0].Opened {
-		t.Errorf("resent SOS id of a resolved incident went to incident %d (opened %v), want %d",
-			again.Incidents[0].Incident.ID, again.Incidents[0].Opened, id)
-	}
-}
-
 func TestStore_TextWithNULIsStored(t *testing.T) {
 	t.Parallel()
 	s := openStore(t, Config{})
@@ -368,6 +345,26 @@ func TestStore_Metrics(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(s.metrics.commitSeconds); n != 1 {
 		t.Errorf("commit histogram series = %d, want 1", n)
+	}
+
+	// Operator actions are counted by action and result.
+	incidents, err := s.Incidents(testContext(t), store.IncidentFilter{})
+	if err != nil || len(incidents) != 1 {
+		t.Fatalf("Incidents = %d, %v, want 1", len(incidents), err)
+	}
+	id := incidents[0].ID
+	if _, err := s.AcknowledgeIncident(testContext(t), id, storetest.Operator); err != nil {
+		t.Fatalf("acknowledge: %v", err)
+	}
+	s.AcknowledgeIncident(testContext(t), id, storetest.Operator)    //nolint:errcheck // counted as a conflict
+	s.AddIncidentNote(testContext(t), id, storetest.Operator, " ")   //nolint:errcheck // counted as invalid
+	s.ResolveIncident(testContext(t), id+1, storetest.Operator, "x") //nolint:errcheck // counted as not found
+	for _, c := range []struct{ action, result string }{
+		{"acknowledge", "ok"}, {"acknowledge", "conflict"}, {"note", "invalid"}, {"resolve", "not_found"},
+	} {
+		if got := testutil.ToFloat64(s.metrics.incidentActions.WithLabelValues(c.action, c.result)); got != 1 {
+			t.Errorf("incident actions (%s, %s) = %v, want 1", c.action, c.result, got)
+		}
 	}
 
 	families, err := reg.Gather()

@@ -18,6 +18,7 @@ import (
 var commitCases = []testCase{
 	{"CommitAndReadBack", testCommitAndReadBack},
 	{"ResentBatchStoresNothingTwice", testResentBatch},
+	{"BatchAfterFailedBatchRefused", testPrevMissing},
 	{"OverlappingBatchStoresOnlyNewRecords", testOverlappingBatch},
 	{"ConcurrentCommitStoresOnce", testConcurrentCommit},
 	{"ConcurrentAgentsAllStored", testConcurrentAgents},
@@ -575,8 +576,8 @@ func testTextCleaned(t *testing.T, f Factory) {
 
 func testNonFinite(t *testing.T, f Factory) {
 	s := newStore(t, f, NewClock(Epoch).Now)
-	// Batch validation checks fix positions, not the optional fields, nor
-	// SOS positions: a store keeps what it is given.
+	// Batch validation checks fix and SOS positions, not the optional
+	// fields of a fix: a store keeps what it is given there.
 	fix := FixRecord(1, "veh-1", Epoch.Add(-time.Minute), 14.6, 121.0)
 	fix.Fix.SpeedKmh, fix.Fix.AltM = float(math.NaN()), float(math.Inf(-1))
 	mustCommit(t, s, NewBatch(fix))
@@ -586,11 +587,44 @@ func testNonFinite(t *testing.T, f Factory) {
 		t.Errorf("stored fixes = %+v, want one with speed NaN and altitude -Inf", fixes)
 	}
 
+	// An SOS with a non-finite position fails the batch, and nothing of it is stored.
 	sos := SOSRecord(1, "veh-1", "sos-1", Epoch)
 	sos.SOS.Lat, sos.SOS.Lon = math.NaN(), math.Inf(1)
-	res := mustCommit(t, s, NewBatch(sos))
-	inc, _ := mustIncident(t, s, res.Incidents[0].Incident.ID)
-	if !inc.HasLocation || !math.IsNaN(inc.Lat) || !math.IsInf(inc.Lon, 1) {
-		t.Errorf("stored SOS location = %v %v %v, want true NaN +Inf", inc.HasLocation, inc.Lat, inc.Lon)
+	if _, err := s.CommitBatch(ctx(t), NewBatch(sos)); !errors.Is(err, protocol.ErrOutOfRange) {
+		t.Errorf("SOS at NaN, +Inf: error %v, want protocol.ErrOutOfRange", err)
+	}
+	if got := mustIncidents(t, s, store.IncidentFilter{}); len(got) != 0 {
+		t.Errorf("%d incidents after the rejected SOS, want 0", len(got))
+	}
+	if got := mustCursor(t, s, Spool, protocol.LaneSOS); got != 0 {
+		t.Errorf("SOS cursor = %d after the rejected batch, want 0", got)
+	}
+}
+
+// A batch that names an uncommitted batch as its Prev is refused, so a
+// failed batch's records are never skipped by the one sent after it.
+func testPrevMissing(t *testing.T, f Factory) {
+	s := newStore(t, f, NewClock(Epoch).Now)
+	second := FixBatch(3, 2, "veh-1")
+	second.Prev = 2
+	_, err := s.CommitBatch(ctx(t), second)
+	if !errors.Is(err, store.ErrPrevMissing) {
+		t.Fatalf("batch 3-4 with prev 2 on an empty cursor: error = %v, want ErrPrevMissing", err)
+	}
+	if cursor, err := s.Cursor(ctx(t), Agent, Spool, protocol.LaneGPS); err != nil || cursor != 0 {
+		t.Errorf("cursor after the refused batch = %d, %v; want 0", cursor, err)
+	}
+
+	mustCommit(t, s, FixBatch(1, 2, "veh-1"))
+	res := mustCommit(t, s, second)
+	if res.Through != 4 || len(res.Fixes) != 2 {
+		t.Errorf("resent batch 3-4: through %d with %d fixes, want 4 and 2", res.Through, len(res.Fixes))
+	}
+	fixes, err := s.Fixes(ctx(t), "veh-1", Epoch.Add(-time.Hour), Epoch.Add(time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fixes) != 4 {
+		t.Errorf("stored fixes = %d, want 4", len(fixes))
 	}
 }

@@ -43,6 +43,9 @@ func testClosedStore(t *testing.T, f Factory) {
 	_, checks["Fixes"] = s.Fixes(c, "veh-1", Epoch.AddDate(-1, 0, 0), Epoch, 0)
 	_, checks["Incidents"] = s.Incidents(c, store.IncidentFilter{})
 	_, _, checks["Incident"] = s.Incident(c, 1)
+	for _, a := range store.Actions {
+		_, checks[string(a)] = Act(c, s, 1, a, Operator, actionText[a])
+	}
 	_, checks["DeleteFixesBefore"] = s.DeleteFixesBefore(c, Epoch)
 	checks["Ping"] = s.Ping(c)
 	for method, err := range checks {
@@ -193,11 +196,24 @@ func testRestart(t *testing.T, f Factory) {
 		SOSRecord(4, "veh-2", "sos-9", Epoch.Add(-30*time.Second)),
 	)
 	opened := mustCommit(t, s, sos)
+	// veh-2's incident goes through the lifecycle, so its assignee,
+	// lifecycle times and events must survive the restart too.
+	clock.Set(Epoch.Add(time.Second / 2))
+	veh2 := opened.Incidents[3].Incident.ID
+	for _, a := range []store.Action{store.ActionAcknowledge, store.ActionAssign, store.ActionDispatch, store.ActionNote} {
+		mustAct(t, s, veh2, a)
+	}
 	vehicles := []string{"veh-1", "veh-2"}
 	before := takeSnapshot(t, s, vehicles)
 	if len(before.Fixes["veh-1"]) != 20 || len(before.Incidents) != 2 || before.Cursors[protocol.LaneSOS] != 4 {
 		t.Fatalf("before the restart: %d veh-1 fixes, %d incidents, SOS cursor %d, want 20, 2, 4",
 			len(before.Fixes["veh-1"]), len(before.Incidents), before.Cursors[protocol.LaneSOS])
+	}
+	for _, inc := range before.Incidents {
+		if inc.ID == veh2 && (inc.State != store.StateDispatched || inc.AssignedTo != "bob" ||
+			!inc.AcknowledgedAt.Equal(Epoch.Add(time.Second/2)) || !inc.DispatchedAt.Equal(Epoch.Add(time.Second/2)) || len(before.Events[veh2]) != 5) {
+			t.Fatalf("before the restart: veh-2's incident %+v with %d events, want dispatched, assigned to bob, with 5 events", inc, len(before.Events[veh2]))
+		}
 	}
 	mustClose(t, s)
 

@@ -10,7 +10,12 @@
 //   - Cursor: per agent, spool and lane, 0 for an unknown spool;
 //   - LatestPositions: newest fix time wins, order, online state;
 //   - Fixes: range, order, limit;
-//   - Incidents and Incident: filters, order, limit, events, not found;
+//   - Incidents and Incident: filters (state, region, vehicle, assignee,
+//     opening time, offset), order, limit, events, not found;
+//   - the lifecycle methods (AcknowledgeIncident to CancelIncident): every
+//     action allowed or refused with store.ErrConflict in every state,
+//     their events and timestamps, input rules, concurrent actions, and
+//     how closing an incident ends the repeat-window attach;
 //   - DeleteFixesBefore: retention of fixes only;
 //   - Ping and Close: a closed store is unavailable, Close twice;
 //   - restart: a store reopened on the same data reads everything back
@@ -65,6 +70,7 @@ func Run(t *testing.T, f Factory) {
 	cases = append(cases, sosCases...)
 	cases = append(cases, readCases...)
 	cases = append(cases, lifecycleCases...)
+	cases = append(cases, operatorCases...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -1,0 +1,106 @@
+// Package uplink forwards the agent's spool to the hub over MQTT
+// (paho.mqtt.golang), lane by lane, SOS first.
+//
+// # Delivery
+//
+// Records leave the spool only when the hub's application-level
+// protocol.Ack states they are committed, never when paho completes a
+// publish token: paho can complete a token without error when the
+// connection dropped before the PUBACK. The spool, not paho, holds the
+// data, so the uplink uses a clean session and resends from the oldest
+// unacknowledged record of every lane after every reconnect. paho's own
+// reconnect is off; the uplink reconnects itself with exponential backoff
+// and full jitter. Records received before the current connection came
+// up are sent with protocol.Record.Historical set.
+//
+// # Inflight window and commit order
+//
+// The hub commits each batch together with a per-lane cursor, skips
+// records at or below the cursor, and accepts a batch that starts past
+// cursor+1 (a gap) with only a log line. So the batches of one lane must
+// reach the hub's store in sequence order. If batch 2 were committed
+// before batch 1, the cursor would jump past batch 1's records, and the
+// hub would drop them as duplicates when batch 1 arrived.
+//
+// The uplink nevertheless keeps up to Config.MaxInflightBatches GPS
+// batches outstanding at once, so a high-latency WAN stays busy. This is
+// safe because of how batches travel (mochi-mqtt v2.7.9, paho v1.5.1):
+//
+//  1. paho writes publishes to the connection in the order Publish was
+//     called, from one writer goroutine.
+//  2. TCP delivers them in that order on the one connection.
+//  3. mochi reads a client's packets one at a time in Client.Read and
+//     runs the OnPublish hook synchronously for each before it reads the
+//     next packet (server.go processPublish), and the hub's hook commits
+//     the batch inside OnPublish. So one connection's batches commit
+//     strictly in send order.
+//  4. Across connections, mochi stops reading from a connection once a
+//     new connection with the same client id takes it over (Client.Read
+//     checks Closed before each packet), so at most one batch of the old
+//     connection can still be committing. The hub's store serialises a
+//     lane's commits on its cursor row lock. The new connection resends
+//     from the oldest record the agent holds no Ack for, which is at or
+//     below the hub's cursor + 1, so whichever commit comes second skips
+//     what the first stored.
+//
+// The hub acknowledges "committed through N" for a lane, so one Ack may
+// settle several outstanding batches.
+//
+// One case remains in which a window loses records: the hub sends an
+// error Ack for batch k (its store failed) and then commits batch k+1,
+// which was already on the wire, with a gap. The SOS and status
+// lanes therefore never pipeline: each has exactly one batch in flight,
+// and after an error the uplink resends the failed batch before anything
+// later in that lane. Only the GPS lane uses the window, because GPS gaps
+// are tolerated by design (the spool evicts old fixes under disk
+// pressure). The uplink counts GPS records lost this way in
+// xpress_agent_uplink_hub_skipped_records_total and logs them.
+//
+// NOTE: a batch field naming the sequence number the agent sent just
+// before the batch would let the hub refuse a batch whose predecessor it
+// has not committed, and would make the window loss-free in every lane.
+//
+// # SOS first
+//
+// Before every batch it publishes, the uplink looks at the lanes in
+// protocol.Lanes order (SOS, status, GPS). The SOS and status lanes have
+// their own in-flight slot, outside the GPS window, so an SOS appended
+// during a long GPS drain is published at once, even when the GPS window
+// is full, and before any further GPS batch. On the wire it follows at
+// most the MaxInflightBatches GPS batches already sent, so the hub
+// commits it within one batch round trip.
+//
+// # Batch sizing
+//
+// GPS batches are sized by additive increase, multiplicative decrease
+// (AIMD) on the record count, between 1/32 of MaxBatchRecords (at least
+// one record) and MaxBatchRecords, always also capped by MaxBatchBytes. The
+// target starts at MaxBatchRecords. A full batch acknowledged within
+// AckTimeout/4 of being sent grows the target by MaxBatchRecords/8. A
+// batch acknowledged later than AckTimeout/2 after being sent, or an Ack
+// timeout, halves it. The time from send to Ack includes the wait behind
+// the batches ahead of it in the window, so the policy keeps the time an
+// SOS waits behind GPS batches near AckTimeout/4 to AckTimeout/2 on a slow
+// WAN, and sends full batches on a fast one. The SOS and status lanes
+// always send up to MaxBatchRecords.
+//
+// # Dead link detection
+//
+// A link that fails silently (packets dropped, no TCP reset) is detected
+// by whichever of these fires first:
+//
+//   - the Ack timeout: while batches are outstanding, the oldest one must
+//     be answered within AckTimeout of becoming the oldest, that is, of
+//     being sent or of the previous Ack that settled a batch;
+//   - the MQTT keep-alive: paho sends a PINGREQ once nothing was received
+//     for KeepAlive and drops the connection when no PINGRESP follows
+//     within PingTimeout. paho checks both every 5 s, or every KeepAlive/4
+//     when KeepAlive is 10 s or less (ping.go), so this fires at most
+//     KeepAlive + PingTimeout + 2 check intervals after the last packet
+//     from the hub: 50 s with the defaults.
+//
+// A connection closed or reset by the network is reported by paho at
+// once. Each detection is counted in xpress_agent_uplink_link_dead_total
+// by cause (ack_timeout, keepalive, tcp_error), and the uplink
+// reconnects after a jittered backoff.
+package uplink
