@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xpress-ops/tower/internal/faultproxy"
 	"github.com/xpress-ops/tower/internal/pgtest"
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -65,9 +66,9 @@ func TestBacklog_SOSOvertakesGPSDrain(t *testing.T) {
 	hub := &hubProcess{agentAddr: freeAddr(t), httpAddr: freeAddr(t), dbURL: dbURL}
 	// A regional WAN with a 50 ms round trip. The hub is down while the
 	// backlog builds up, so the proxy refuses the agent's connections.
-	wan := startFaultProxy(t, hub.agentAddr)
-	wan.setDelay(25*time.Millisecond, 25*time.Millisecond)
-	a := startFaultAgent(t, "ncr-backlog", wan.addr(), 0)
+	wan := faultproxy.Start(t, hub.agentAddr)
+	wan.Delay(25*time.Millisecond, 25*time.Millisecond)
+	a := startFaultAgent(t, "ncr-backlog", wan.Addr(), 0)
 	pool := openPool(t, dbURL)
 
 	start := time.Now()

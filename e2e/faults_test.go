@@ -16,6 +16,7 @@ import (
 
 	"github.com/xpress-ops/tower/agent"
 	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/internal/faultproxy"
 	"github.com/xpress-ops/tower/internal/pgtest"
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -123,9 +124,9 @@ func countWhere(t *testing.T, pool *pgxpool.Pool, table, cond string, args ...an
 func TestFaults_SOSDuringSilentBlackhole(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	hub := startHubProcess(t, dbURL)
-	wan := startFaultProxy(t, hub.agentAddr)
+	wan := faultproxy.Start(t, hub.agentAddr)
 	const ackTimeout = 2 * time.Second
-	a := startFaultAgent(t, "ncr-blackhole", wan.addr(), ackTimeout)
+	a := startFaultAgent(t, "ncr-blackhole", wan.Addr(), ackTimeout)
 	pool := openPool(t, dbURL)
 
 	vehicle := connectVehicle(t, a.MQTTAddr().String(), "ncr-taxi-11")
@@ -134,7 +135,7 @@ func TestFaults_SOSDuringSilentBlackhole(t *testing.T) {
 		return countWhere(t, pool, "fixes", "vehicle_id = 'ncr-taxi-11'") == 1
 	})
 
-	wan.blackhole()
+	wan.Blackhole()
 	published := time.Now()
 	publish(t, vehicle, protocol.VehicleTopicFor("ncr-taxi-11", protocol.TopicSOS), sosPayload("blackhole-1"))
 
@@ -153,7 +154,7 @@ func TestFaults_SOSDuringSilentBlackhole(t *testing.T) {
 		t.Errorf("incidents for blackhole-1 during the blackhole = %d, want 0", n)
 	}
 
-	wan.pass()
+	wan.Pass()
 	waitFor(t, 60*time.Second, "the SOS incident in PostgreSQL", func() bool {
 		return countWhere(t, pool, "incidents", "sos_id = 'blackhole-1'") > 0
 	})
@@ -172,7 +173,7 @@ func TestFaults_SOSDuringSilentBlackhole(t *testing.T) {
 // WAN drop everything from the hub to the agent, publishes 20 more fixes
 // and the SOS vehicleID+"-sos", and waits until the hub committed them.
 // It checks that the agent still holds them, since no Ack arrived.
-func lostAckSetup(t *testing.T, a *agent.Agent, wan *faultProxy, pool *pgxpool.Pool, vehicleID string) {
+func lostAckSetup(t *testing.T, a *agent.Agent, wan *faultproxy.Proxy, pool *pgxpool.Pool, vehicleID string) {
 	t.Helper()
 	vehicle := connectVehicle(t, a.MQTTAddr().String(), vehicleID)
 	publish(t, vehicle, protocol.VehicleTopicFor(vehicleID, protocol.TopicFix), fixJSON(time.Now(), 14.5547, 121.0244))
@@ -180,7 +181,7 @@ func lostAckSetup(t *testing.T, a *agent.Agent, wan *faultProxy, pool *pgxpool.P
 		return countWhere(t, pool, "fixes", "vehicle_id = $1", vehicleID) == 1
 	})
 
-	wan.dropOnly(toAgent)
+	wan.Drop(faultproxy.ToAgent)
 	publish(t, vehicle, protocol.VehicleTopicFor(vehicleID, protocol.TopicFix), fixArray(time.Now().Add(-time.Minute), 20))
 	publish(t, vehicle, protocol.VehicleTopicFor(vehicleID, protocol.TopicSOS), sosPayload(vehicleID+"-sos"))
 	waitFor(t, 30*time.Second, "the hub to commit 21 fixes and the SOS", func() bool {
@@ -222,14 +223,14 @@ func checkStoredOnce(t *testing.T, a *agent.Agent, pool *pgxpool.Pool, vehicleID
 func TestFaults_LostAckThenResetStoresOnce(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	hub := startHubProcess(t, dbURL)
-	wan := startFaultProxy(t, hub.agentAddr)
+	wan := faultproxy.Start(t, hub.agentAddr)
 	// A long Ack timeout, so that the reset is what ends the connection.
-	a := startFaultAgent(t, "ncr-lostack", wan.addr(), time.Minute)
+	a := startFaultAgent(t, "ncr-lostack", wan.Addr(), time.Minute)
 	pool := openPool(t, dbURL)
 
 	lostAckSetup(t, a, wan, pool, "ncr-taxi-12")
-	wan.pass()
-	wan.reset()
+	wan.Pass()
+	wan.Reset()
 
 	waitFor(t, 30*time.Second, "the agent to see the reset", func() bool {
 		return agentGauge(t, a, "xpress_agent_uplink_link_dead_total", "cause", "tcp_error") >= 1
@@ -246,14 +247,14 @@ func TestFaults_LostAckThenResetStoresOnce(t *testing.T) {
 func TestFaults_HubKilledAfterCommitStoresOnce(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	hub := startHubProcess(t, dbURL)
-	wan := startFaultProxy(t, hub.agentAddr)
+	wan := faultproxy.Start(t, hub.agentAddr)
 	// The Ack timeout notices the dead hub behind the still-open proxied connection.
-	a := startFaultAgent(t, "ncr-hubkill", wan.addr(), 3*time.Second)
+	a := startFaultAgent(t, "ncr-hubkill", wan.Addr(), 3*time.Second)
 	pool := openPool(t, dbURL)
 
 	lostAckSetup(t, a, wan, pool, "ncr-taxi-13")
 	hub.kill(syscall.SIGKILL)
-	wan.pass()
+	wan.Pass()
 	hub.start(t)
 
 	checkStoredOnce(t, a, pool, "ncr-taxi-13")

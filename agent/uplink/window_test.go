@@ -8,6 +8,7 @@ import (
 
 	"github.com/xpress-ops/tower/agent/internal/hubtest"
 	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/internal/faultproxy"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -196,7 +197,7 @@ func TestUplink_FailedBatchBlocksTheNext(t *testing.T) {
 
 func TestUplink_DetectsBlackholeByKeepAlive(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
-	wan := hubtest.StartProxy(t, hub.Addr)
+	wan := faultproxy.Start(t, hub.Addr)
 	sp := openSpool(t)
 	u, reg := startUplink(t, sp, wan.URL(), func(c *uplink.Config) {
 		c.KeepAlive, c.PingTimeout = 2*time.Second, time.Second
@@ -230,7 +231,7 @@ func TestUplink_DetectsBlackholeByKeepAlive(t *testing.T) {
 
 func TestUplink_DetectsBlackholeByAckTimeout(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
-	wan := hubtest.StartProxy(t, hub.Addr)
+	wan := faultproxy.Start(t, hub.Addr)
 	sp := openSpool(t)
 	u, reg := startUplink(t, sp, wan.URL(), func(c *uplink.Config) {
 		c.AckTimeout = 500 * time.Millisecond
@@ -257,13 +258,13 @@ func TestUplink_DetectsBlackholeByAckTimeout(t *testing.T) {
 
 func TestUplink_KeepsRecordsUntilAckAfterReset(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
-	wan := hubtest.StartProxy(t, hub.Addr)
+	wan := faultproxy.Start(t, hub.Addr)
 	sp := openSpool(t)
 	u, reg := startUplink(t, sp, wan.URL(), func(c *uplink.Config) { c.AckTimeout = time.Minute })
 	eventually(t, "the uplink to connect", func() bool { return u.State() == uplink.StateConnected })
 
 	// The hub commits, but neither its PUBACK nor its Ack gets back.
-	wan.Drop(hubtest.ToAgent)
+	wan.Drop(faultproxy.ToAgent)
 	appendRecords(t, sp, fix("veh-001", 1), fix("veh-001", 2), fix("veh-001", 3))
 	eventually(t, "the hub to commit the batch", func() bool { return len(hub.Committed(protocol.LaneGPS)) == 3 })
 	if got := sp.Stats()[protocol.LaneGPS].Records; got != 3 {
@@ -286,7 +287,7 @@ func TestUplink_KeepsRecordsUntilAckAfterReset(t *testing.T) {
 
 func TestUplink_BatchSizeAdaptsToRoundTrip(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
-	wan := hubtest.StartProxy(t, hub.Addr)
+	wan := faultproxy.Start(t, hub.Addr)
 	sp := openSpool(t)
 	// A WAN round trip of at least 1.2 s is slower than AckTimeout/2.
 	wan.Delay(600*time.Millisecond, 600*time.Millisecond)

@@ -1,4 +1,6 @@
-package hubtest
+// Package faultproxy is a TCP proxy for tests that plays an unreliable WAN
+// between an agent and a hub: pass, delay, silent drop and reset.
+package faultproxy
 
 import (
 	"net"
@@ -37,9 +39,9 @@ type Proxy struct {
 	wg sync.WaitGroup
 }
 
-// StartProxy listens on a loopback port and forwards each connection to
+// Start listens on a loopback port and forwards each connection to
 // target ("host:port"), in pass mode. It closes everything on cleanup.
-func StartProxy(t testing.TB, target string) *Proxy {
+func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,6 +56,9 @@ func StartProxy(t testing.TB, target string) *Proxy {
 
 // URL returns the proxy's address as an MQTT URL.
 func (p *Proxy) URL() string { return "tcp://" + p.ln.Addr().String() }
+
+// Addr returns the proxy's address as host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Pass stops dropping and delaying bytes read from now on.
 func (p *Proxy) Pass() {
