@@ -110,9 +110,9 @@ type SOS struct {
 	Note        string  `json:"note,omitempty"`
 	// IDAssigned is true when the device sent no id and the receiver made one.
 	IDAssigned bool `json:"id_assigned,omitempty"`
-	// LocationError says why a sent position was dropped.
+	// LocationError is the reason a sent position was dropped.
 	LocationError string `json:"location_error,omitempty"`
-	// TimeError says why a sent timestamp was replaced by the receive time.
+	// TimeError is the reason a sent timestamp was replaced by the receive time.
 	TimeError string `json:"time_error,omitempty"`
 	// PayloadError lists the parts of a damaged payload that were replaced
 	// or ignored. Note repeats it, so operators see it on the incident.
@@ -285,10 +285,10 @@ func parseTimestamp(raw json.RawMessage) (time.Time, error) {
 
 // DecodeSOS decodes an SOS payload. newID makes an id when the device sent
 // none or an invalid one. An SOS is never rejected for its content,
-// because a damaged message is still a button press: invalid UTF-8 is
-// replaced, a payload that is not a JSON object counts as a bare press,
-// and each field of the wrong type or out of range is dropped, with the
-// reason in PayloadError, LocationError or TimeError. Only a payload over
+// because a damaged message is still a button press. Invalid UTF-8 is
+// replaced and a payload that is not a JSON object counts as a bare press.
+// Each field of the wrong type or out of range is dropped, with the reason
+// in PayloadError, LocationError or TimeError. Only a payload over
 // MaxPayloadBytes is rejected, with ErrTooLarge.
 func DecodeSOS(payload []byte, limits Limits, newID func() string) (SOS, error) {
 	if len(payload) > MaxPayloadBytes {

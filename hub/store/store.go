@@ -109,8 +109,8 @@ type Store interface {
 // counting them.
 const CountUnknown int64 = -1
 
-// CommitResult is what one committed batch changed. Skipped records are
-// not in it.
+// CommitResult is the set of changes one committed batch made. Skipped
+// records are not in it.
 type CommitResult struct {
 	// Through is the agent's cursor after the commit.
 	Through uint64
@@ -154,7 +154,7 @@ type VehicleStatus struct {
 	ReceivedAt time.Time `json:"received_at"`
 }
 
-// IncidentState is where an incident is in its lifecycle.
+// IncidentState is an incident's stage in its lifecycle.
 type IncidentState string
 
 // Incident states.

@@ -45,10 +45,10 @@ type Listener struct {
 	// before the listener is added to the server. Default DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// MaxConnections caps open connections; a connection past it is closed
-	// at once and counted in Refused. Default DefaultMaxConnections.
+	// at once and counted in Rejected. Default DefaultMaxConnections.
 	MaxConnections int
-	// Refused counts connections closed because MaxConnections was reached.
-	Refused atomic.Uint64
+	// Rejected counts connections closed because MaxConnections was reached.
+	Rejected atomic.Uint64
 
 	id     string
 	ln     net.Listener
@@ -97,8 +97,8 @@ func (l *Listener) Serve(establish listeners.EstablishFn) {
 		}
 		conn := &trackedConn{Conn: raw, owner: l}
 		if l.full() {
-			l.Refused.Add(1)
-			l.log.Warn("mqtt connection refused: too many open connections",
+			l.Rejected.Add(1)
+			l.log.Warn("mqtt connection rejected: too many open connections",
 				"remote", raw.RemoteAddr().String(), "max_connections", l.MaxConnections)
 			_ = raw.Close()
 			continue

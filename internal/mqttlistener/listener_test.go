@@ -64,7 +64,7 @@ func TestListener_ClosesConnectionWithoutConnect(t *testing.T) {
 	readUntilClosed(t, conn, 10*time.Second)
 }
 
-func TestListener_RefusesPastMaxConnections(t *testing.T) {
+func TestListener_RejectsPastMaxConnections(t *testing.T) {
 	l := startServer(t, func(l *Listener) { l.MaxConnections = 2 })
 	var open []net.Conn
 	for range 2 {
@@ -90,8 +90,8 @@ func TestListener_RefusesPastMaxConnections(t *testing.T) {
 	}
 	defer extra.Close()
 	readUntilClosed(t, extra, 10*time.Second)
-	if got := l.Refused.Load(); got != 1 {
-		t.Errorf("refused = %d, want 1", got)
+	if got := l.Rejected.Load(); got != 1 {
+		t.Errorf("rejected = %d, want 1", got)
 	}
 	if len(open) != 2 {
 		t.Fatalf("opened %d connections, want 2", len(open))
