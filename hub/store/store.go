@@ -318,3 +318,19 @@ func DescribeSOS(s *protocol.SOS) string {
 	}
 	return out
 }
+
+// NewEmergencyAfterClose reports whether an SOS whose id maps to inc is a
+// new emergency rather than a late copy of the old one: inc is resolved or
+// cancelled, and the agent received the SOS after that. Such an SOS opens
+// a new incident and its id moves to it, so a device that reuses an id
+// still alerts operators.
+func NewEmergencyAfterClose(inc *Incident, receivedAt time.Time) bool {
+	if inc.State.Active() {
+		return false
+	}
+	closed := inc.ResolvedAt
+	if inc.State == StateCancelled {
+		closed = inc.CancelledAt
+	}
+	return !closed.IsZero() && receivedAt.After(closed)
+}

@@ -106,8 +106,12 @@ func checkIncidents(tx *bolt.Tx) []error {
 		if inc.State.Active() {
 			activeCount++
 		}
-		if v := sosIdx.Get(sosKey(inc.VehicleID, inc.SOSID)); v == nil || int64(binary.BigEndian.Uint64(v)) != inc.ID {
-			errs = append(errs, fmt.Errorf("incident %d: its SOS id %s does not map to it", inc.ID, inc.SOSID))
+		// An SOS id maps to its incident, or, once the incident is closed,
+		// to a later incident that the id opened or joined after the close.
+		if v := sosIdx.Get(sosKey(inc.VehicleID, inc.SOSID)); v == nil {
+			errs = append(errs, fmt.Errorf("incident %d: its SOS id %s maps to nothing", inc.ID, inc.SOSID))
+		} else if mapped := int64(binary.BigEndian.Uint64(v)); mapped != inc.ID && (inc.State.Active() || mapped < inc.ID) {
+			errs = append(errs, fmt.Errorf("incident %d (%s): its SOS id %s maps to incident %d", inc.ID, inc.State, inc.SOSID, mapped))
 		}
 		c := events.Cursor()
 		if k, _ := c.Seek(u64(uint64(inc.ID))); k == nil || !bytes.HasPrefix(k, u64(uint64(inc.ID))) {

@@ -65,6 +65,15 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 	if err != nil {
 		return change, false, err
 	}
+	if found {
+		inc, err := getIncident(bk, id)
+		if err != nil {
+			return change, false, err
+		}
+		// The id's mapping is overwritten below, by the active incident it
+		// attaches to or by a new one.
+		found = !store.NewEmergencyAfterClose(&inc, r.ReceivedAt)
+	}
 	detail := "SOS " + sos.ID + " received again"
 	if !found {
 		id, found, err = activeIncidentNear(bk, r.VehicleID, storeTime(r.ReceivedAt))

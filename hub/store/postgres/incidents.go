@@ -77,6 +77,15 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 	if err != nil {
 		return change, false, err
 	}
+	if found {
+		inc, err := scanIncident(tx.QueryRow(ctx, `SELECT `+incidentColumns+` FROM incidents WHERE id = $1`, id))
+		if err != nil {
+			return change, false, fmt.Errorf("read incident %d: %w", id, err)
+		}
+		// The id's mapping moves below, to the active incident it attaches
+		// to or to a new one.
+		found = !store.NewEmergencyAfterClose(&inc, r.ReceivedAt)
+	}
 	detail := "SOS " + sos.ID + " received again"
 	if !found {
 		received := pgTime(r.ReceivedAt)
@@ -94,7 +103,8 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 		case err != nil:
 			return change, false, fmt.Errorf("find active incident of vehicle %s: %w", r.VehicleID, err)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO incident_sos_ids (vehicle_id, sos_id, incident_id) VALUES ($1, $2, $3)`,
+		if _, err := tx.Exec(ctx, `INSERT INTO incident_sos_ids (vehicle_id, sos_id, incident_id) VALUES ($1, $2, $3)
+			ON CONFLICT (vehicle_id, sos_id) DO UPDATE SET incident_id = excluded.incident_id`,
 			r.VehicleID, sos.ID, id); err != nil {
 			return change, false, fmt.Errorf("attach SOS %s to incident %d: %w", sos.ID, id, err)
 		}
@@ -151,7 +161,8 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 		return change, false, fmt.Errorf("open incident for SOS %s: %w", sos.ID, err)
 	}
 	id := change.Incident.ID
-	if _, err := tx.Exec(ctx, `INSERT INTO incident_sos_ids (vehicle_id, sos_id, incident_id) VALUES ($1, $2, $3)`,
+	if _, err := tx.Exec(ctx, `INSERT INTO incident_sos_ids (vehicle_id, sos_id, incident_id) VALUES ($1, $2, $3)
+			ON CONFLICT (vehicle_id, sos_id) DO UPDATE SET incident_id = excluded.incident_id`,
 		r.VehicleID, sos.ID, id); err != nil {
 		return change, false, fmt.Errorf("map SOS %s to incident %d: %w", sos.ID, id, err)
 	}

@@ -27,6 +27,7 @@ var operatorCases = []testCase{
 	{"ActionOnMissingIncident", testActionNotFound},
 	{"ConcurrentAcknowledgeOneWins", testConcurrentAcknowledge},
 	{"ClosedIncidentTakesNoNewPress", testClosedIncidentNoAttach},
+	{"ReusedSOSIDAfterCloseOpensIncident", testReusedSOSIDAfterClose},
 	{"CloseRacingNewPress", testCloseRacingPress},
 	{"IncidentsFilterAssignedTimeOffset", testIncidentsFilterLifecycle},
 }
@@ -516,11 +517,48 @@ func testClosedIncidentNoAttach(t *testing.T, f Factory) {
 			t.Errorf("press after the new incident opened: opened=%v incident=%d, want attached to %d", c.Opened, c.Incident.ID, next.Incidents[0].Incident.ID)
 		}
 
-		// A resent SOS id stays with its incident even when that incident is closed.
+		// A resent SOS id received before the close stays with its incident.
 		again := mustCommit(t, s, NewBatch(SOSRecord(6, vehicle, "sos-1", Epoch)))
 		if c := again.Incidents[0]; c.Opened || c.Incident.ID != id || c.Incident.State != closed.State {
 			t.Errorf("resent SOS id of a %s incident: opened=%v incident=%d state %s, want it on %d, still %s", closed.State, c.Opened, c.Incident.ID, c.Incident.State, id, closed.State)
 		}
+		// The same id received after the close is a new press: it joins the
+		// active incident instead of disappearing into the closed one.
+		later := mustCommit(t, s, NewBatch(SOSRecord(7, vehicle, "sos-1", Epoch.Add(time.Minute))))
+		if c := later.Incidents[0]; c.Incident.ID != next.Incidents[0].Incident.ID || !c.Incident.State.Active() {
+			t.Errorf("SOS id of a %s incident pressed after the close: incident %d (%s), want the active incident %d",
+				closed.State, c.Incident.ID, c.Incident.State, next.Incidents[0].Incident.ID)
+		}
+	}
+}
+
+// A device that reuses an SOS id after its incident was closed, with no
+// other incident active, opens a new incident: the new emergency alerts
+// operators instead of counting as a press on the closed one.
+func testReusedSOSIDAfterClose(t *testing.T, f Factory) {
+	clock := NewClock(Epoch)
+	s := newStore(t, f, clock.Now)
+	first := mustCommit(t, s, NewBatch(SOSRecord(1, "veh-1", "sos-1", Epoch.Add(-time.Minute))))
+	id := first.Incidents[0].Incident.ID
+	mustAct(t, s, id, store.ActionResolve)
+
+	clock.Set(Epoch.Add(time.Hour))
+	reused := mustCommit(t, s, NewBatch(SOSRecord(2, "veh-1", "sos-1", Epoch.Add(time.Hour))))
+	c := reused.Incidents[0]
+	if !c.Opened || c.Incident.ID == id {
+		t.Fatalf("reused SOS id an hour after the resolve: opened=%v incident=%d, want a new incident", c.Opened, c.Incident.ID)
+	}
+	if c.Incident.SOSID != "sos-1" || c.Incident.State != store.StateOpen {
+		t.Errorf("new incident = %s %s, want sos-1 open", c.Incident.SOSID, c.Incident.State)
+	}
+	// The id now belongs to the new incident: its next press attaches there.
+	repeat := mustCommit(t, s, NewBatch(SOSRecord(3, "veh-1", "sos-1", Epoch.Add(time.Hour+time.Second))))
+	if rc := repeat.Incidents[0]; rc.Opened || rc.Incident.ID != c.Incident.ID || rc.Incident.Presses != 2 {
+		t.Errorf("repeat of the reused id: opened=%v incident=%d presses %d, want on %d with 2 presses",
+			rc.Opened, rc.Incident.ID, rc.Incident.Presses, c.Incident.ID)
+	}
+	if old, _ := mustIncident(t, s, id); old.Presses != 1 || old.State != store.StateResolved {
+		t.Errorf("the resolved incident changed: presses %d, state %s", old.Presses, old.State)
 	}
 }
 
