@@ -265,6 +265,9 @@ func (a *Agent) open(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	if err := checkSpoolPresent(a.cfg.DataDir); err != nil {
+		return err
+	}
 	if err := a.spool.Open(); err != nil {
 		return err
 	}
@@ -389,4 +392,28 @@ func claimDataDir(dataDir, id string) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
+}
+
+// checkSpoolPresent fails when the data directory was used by an agent
+// (it has an AgentIDFile) but its spool file is missing or empty: opening
+// would silently start an empty spool and lose every record the old one held.
+func checkSpoolPresent(dataDir string) error {
+	owner, err := os.ReadFile(filepath.Join(dataDir, AgentIDFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", AgentIDFile, err)
+	}
+	path := filepath.Join(dataDir, SpoolFile)
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), err == nil && info.Size() == 0:
+		return fmt.Errorf("spool %s is missing or empty, but agent %s used this data dir: its unsent records are lost. "+
+			"Restore the spool from a backup, or delete %s to start with an empty spool",
+			path, strings.TrimSpace(string(owner)), filepath.Join(dataDir, AgentIDFile))
+	case err != nil:
+		return fmt.Errorf("check spool: %w", err)
+	}
+	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -336,6 +338,39 @@ func TestAgent_RefusesDataDirOfAnotherAgent(t *testing.T) {
 	// The owner itself may still open it.
 	again := openAgent(t, testConfig(t, unusedHubURL(t), dir))
 	if err := again.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAgent_RefusesEmptiedSpool(t *testing.T) {
+	dir := t.TempDir()
+	first := openAgent(t, testConfig(t, unusedHubURL(t), dir))
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(dir, agent.SpoolFile), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	a, err := agent.New(testConfig(t, unusedHubURL(t), dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Open(context.Background())
+	if err == nil {
+		a.Close()
+		t.Fatal("the agent opened a data dir whose spool file was emptied")
+	}
+	if !strings.Contains(err.Error(), "missing or empty") || !strings.Contains(err.Error(), agent.AgentIDFile) {
+		t.Errorf("error %q does not say what happened and how to start fresh", err)
+	}
+
+	// Deleting the owner file is the documented way to start fresh.
+	if err := os.Remove(filepath.Join(dir, agent.AgentIDFile)); err != nil {
+		t.Fatal(err)
+	}
+	fresh := openAgent(t, testConfig(t, unusedHubURL(t), dir))
+	if err := fresh.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

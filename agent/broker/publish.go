@@ -110,7 +110,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.AppendTimeout)
 	defer cancel()
 	if err := h.cfg.Spool.Append(ctx, recs); err != nil {
-		return pk, h.storeFailed(vehicle, pk, recs, withCode, err)
+		return pk, h.storeFailed(cl, vehicle, pk, recs, withCode, err)
 	}
 
 	h.metrics.accepted.WithLabelValues(string(recs[0].Kind)).Inc()
@@ -132,7 +132,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 // storeFailed counts and logs a publish the spool did not store and
 // returns the error that makes mochi handle it as OnPublish documents.
-func (h *hook) storeFailed(vehicle string, pk packets.Packet, recs []protocol.Record, withCode bool, err error) error {
+func (h *hook) storeFailed(cl *mqtt.Client, vehicle string, pk packets.Packet, recs []protocol.Record, withCode bool, err error) error {
 	reason, code := reasonSpool, packets.ErrUnspecifiedError.Code
 	if errors.Is(err, spool.ErrFull) {
 		reason, code = reasonSpoolFull, packets.ErrQuotaExceeded.Code
@@ -144,16 +144,23 @@ func (h *hook) storeFailed(vehicle string, pk packets.Packet, recs []protocol.Re
 	switch {
 	case sosLane:
 		h.metrics.sosStoreFailures.WithLabelValues(reason).Inc()
-		h.log.Error("SOS NOT STORED: spool write failed; no PUBACK sent, the vehicle must resend", attrs...)
+		h.log.Error("SOS NOT STORED: spool write failed; the vehicle must resend", attrs...)
 	case reason == reasonSpoolFull:
 		// The spool logs refused GPS and status records, rate-limited.
 		h.log.Debug("vehicle message not stored: spool full", attrs...)
 	default:
-		h.log.Error("vehicle message NOT stored: spool write failed; no PUBACK sent", attrs...)
+		h.log.Error("vehicle message NOT stored: spool write failed", attrs...)
 	}
 
 	if withCode {
 		return packets.Code{Code: code, Reason: "message not stored: " + reason}
+	}
+	// MQTT 3.1.1 has no negative PUBACK, and a client resends an
+	// unacknowledged message only when it reconnects [MQTT-4.4.0-1]. Close
+	// the connection so the device reconnects and resends, rather than
+	// waiting forever for a PUBACK that will not come.
+	if cl != nil && pk.FixedHeader.Qos > 0 {
+		cl.Stop(fmt.Errorf("close connection so vehicle %s resends its unstored message: %w", vehicle, err))
 	}
 	return packets.ErrRejectPacket
 }

@@ -26,7 +26,10 @@ const (
 	DefaultKeepAlive          = 30 * time.Second
 	DefaultPingTimeout        = 10 * time.Second
 	DefaultMinBackoff         = 100 * time.Millisecond
-	DefaultMaxBackoff         = 30 * time.Second
+	// DefaultMaxBackoff is short because the SOS promise counts from the
+	// moment the hub is back: a reconnect attempt every few seconds costs
+	// one TCP handshake, while a long ceiling delays every pending SOS.
+	DefaultMaxBackoff = 5 * time.Second
 )
 
 // MaxInflightBatchesLimit is the largest accepted Config.MaxInflightBatches.
@@ -110,7 +113,7 @@ type Config struct {
 	// MinBackoff is the backoff ceiling of the first retry; each failed
 	// attempt doubles it up to MaxBackoff. Zero means DefaultMinBackoff (100 ms).
 	MinBackoff time.Duration
-	// MaxBackoff caps the backoff ceiling. Zero means DefaultMaxBackoff (30 s).
+	// MaxBackoff caps the backoff ceiling. Zero means DefaultMaxBackoff (5 s).
 	MaxBackoff time.Duration
 	// Rand returns a uniform number in [0, 1) for the backoff jitter. Nil
 	// means math/rand/v2's Float64.
