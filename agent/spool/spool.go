@@ -64,6 +64,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -354,17 +355,30 @@ func (s *Spool) Open() error {
 	default:
 	}
 
-	db, err := s.openFile()
+	// bbolt.Open reads the meta and freelist pages, and panics on some
+	// damaged ones. NOTE: after such a panic bbolt's file handle and lock
+	// are not released; the agent exits on this error anyway.
+	var db *bolt.DB
+	err := guardCorrupt(func() error {
+		var err error
+		db, err = s.openFile()
+		return err
+	})
+	if errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("open spool %s: %w", s.cfg.Path, err)
+	}
 	if err != nil {
 		return err
 	}
 	if err := s.removeStaleCompactFile(); err != nil {
 		return errors.Join(fmt.Errorf("open spool %s: %w", s.cfg.Path, err), db.Close())
 	}
-	if err := db.Update(s.initLayout); err != nil {
+	if err := guardCorrupt(func() error { return db.Update(s.initLayout) }); err != nil {
 		return errors.Join(fmt.Errorf("initialise spool %s: %w", s.cfg.Path, err), db.Close())
 	}
-	if err := db.View(s.loadStats); err != nil {
+	// loadStats reads every record, so a damaged page shows up here, at
+	// Open, rather than in the middle of a drain.
+	if err := guardCorrupt(func() error { return db.View(s.loadStats) }); err != nil {
 		return errors.Join(fmt.Errorf("load spool %s: %w", s.cfg.Path, err), db.Close())
 	}
 	if err := s.metrics.register(s.cfg.Registerer); err != nil {
@@ -639,3 +653,16 @@ func seqKey(seq uint64) []byte {
 }
 
 func nextSeqKey(lane protocol.Lane) []byte { return []byte(keyNextPrefix + string(lane)) }
+
+// guardCorrupt runs fn and turns a panic or memory fault inside bbolt,
+// which is how bbolt reacts to a damaged page, into ErrCorrupt, so the
+// agent stops with a message instead of a stack trace.
+func guardCorrupt(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v; move the file aside and restore a backup, or remove it to start an empty spool", ErrCorrupt, r)
+		}
+	}()
+	return fn()
+}
