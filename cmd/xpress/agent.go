@@ -34,7 +34,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hubURL, "hub-url", "tcp://localhost:1884", "MQTT URL of the hub's agent listener")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-agent-data", "directory of the agent's spool")
 	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz and /readyz")
-	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, "cap on records waiting in the spool, in bytes; past it the oldest GPS fixes are evicted (0: 2 GiB, negative: no cap)")
+	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, "cap on records waiting in the spool, in bytes; past it the oldest GPS fixes are evicted, then status records, never SOS (0: 2 GiB, negative: no cap)")
 	fs.DurationVar(&f.ackTimeout, "uplink-ack-timeout", 0, "how long to wait for the hub's acknowledgement of a batch before reconnecting (0: 10s)")
 	fs.DurationVar(&f.keepAlive, "uplink-keepalive", 0, "MQTT keep-alive towards the hub; with --uplink-ping-timeout it bounds how soon a silent link is noticed (0: 30s)")
 	fs.DurationVar(&f.pingTimeout, "uplink-ping-timeout", 0, "how long to wait for the hub's answer to a keep-alive ping (0: 10s)")
