@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ const (
 	reasonAgentMismatch    = "agent_mismatch"
 	reasonStoreUnavailable = "store_unavailable"
 	reasonStoreError       = "store_error"
+	reasonPrevMissing      = "prev_missing"
 )
 
 // maxAckErrorLength bounds the error text sent back in an Ack.
@@ -207,12 +209,17 @@ func (s *Server) rejectImpostor(agentID string, b *protocol.Batch) {
 // The Ack is not permanent, so the agent resends the batch later.
 func (s *Server) commitFailed(agentID string, b *protocol.Batch, err error) {
 	reason, text := reasonStoreError, "commit failed"
-	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	level := slog.LevelError
+	switch {
+	case errors.Is(err, store.ErrPrevMissing):
+		// The batch before this one failed and is logged; this one waits for its resend.
+		reason, text, level = reasonPrevMissing, "previous batch not committed", slog.LevelWarn
+	case errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded):
 		reason, text = reasonStoreUnavailable, "store unavailable"
 	}
 	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
-	s.log.Error("batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
-		"seq", b.First(), "records", len(b.Records), "error", err)
+	s.log.Log(context.Background(), level, "batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
+		"seq", b.First(), "prev", b.Prev, "records", len(b.Records), "error", err)
 	s.sendAck(&protocol.Ack{
 		AgentID: agentID,
 		SpoolID: b.SpoolID,

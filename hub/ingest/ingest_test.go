@@ -407,6 +407,40 @@ func TestServer_UnreadableBatchCountedWithoutAck(t *testing.T) {
 	}
 }
 
+// A batch naming an uncommitted batch as its Prev gets a retryable error
+// Ack and stores nothing; after the batch before it, the resend commits.
+func TestServer_BatchAfterMissingPrevGetsRetryableAck(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	a := connectAgent(t, h, storetest.Agent)
+	second := storetest.FixBatch(3, 2, "veh-1")
+	second.Prev = 2
+
+	a.publishBatch(t, second)
+	ack := a.nextAck(t)
+	if ack.Error == "" || ack.Permanent || ack.Through != 0 {
+		t.Errorf("Ack = %+v, want a non-permanent error through 0", ack)
+	}
+	if got := testutil.ToFloat64(h.server.metrics.batchesRejected.WithLabelValues(reasonPrevMissing)); got != 1 {
+		t.Errorf("rejected (prev_missing) = %v, want 1", got)
+	}
+	if n := h.fixCount(t, "veh-1"); n != 0 {
+		t.Errorf("%d fixes stored from the refused batch, want 0", n)
+	}
+
+	a.publishBatch(t, storetest.FixBatch(1, 2, "veh-1"))
+	if ack := a.nextAck(t); ack.Through != 2 {
+		t.Errorf("first batch Ack through %d, want 2", ack.Through)
+	}
+	a.publishBatch(t, second)
+	if ack := a.nextAck(t); ack.Through != 4 || ack.Error != "" {
+		t.Errorf("resent second batch Ack = %+v, want through 4 without error", ack)
+	}
+	if n := h.fixCount(t, "veh-1"); n != 4 {
+		t.Errorf("%d fixes stored, want 4", n)
+	}
+}
+
 func TestServer_StoreFailureGetsRetryableAck(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
