@@ -47,11 +47,6 @@ var (
 	maxStorableTime = time.UnixMicro(math.MaxInt64).UTC()
 )
 
-// storeTime converts t to UTC at the precision the store keeps, the
-// microseconds of PostgreSQL, so a value returned from a commit equals
-// the value read back later.
-func storeTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
-
 // storable reports whether t is within the range the store can keep.
 func storable(t time.Time) bool {
 	return !t.Before(minStorableTime) && !t.After(maxStorableTime)

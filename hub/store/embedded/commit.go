@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -152,8 +151,8 @@ func (s *Store) commitTx(tx *bolt.Tx, b *protocol.Batch, fx *commitEffects) (sto
 		return store.CommitResult{}, err
 	}
 	now := s.now()
-	spoolID := cleanText(b.SpoolID)
-	region := cleanText(b.Region)
+	spoolID := store.CleanText(b.SpoolID)
+	region := store.CleanText(b.Region)
 
 	ckey := cursorKey(b.AgentID, spoolID, b.Lane)
 	cursor, err := decodeCursor(bk.cursors.Get(ckey))
@@ -186,24 +185,7 @@ func (s *Store) commitTx(tx *bolt.Tx, b *protocol.Batch, fx *commitEffects) (sto
 	}
 
 	var statuses, sos []*protocol.Record
-	for i := range fresh {
-		r := &fresh[i]
-		switch r.Kind {
-		case protocol.KindFix:
-			res.Fixes = append(res.Fixes, store.StoredFix{
-				VehicleID:  r.VehicleID,
-				AgentID:    b.AgentID,
-				Region:     region,
-				Fix:        storedFix(*r.Fix),
-				ReceivedAt: storeTime(r.ReceivedAt),
-				Historical: r.Historical,
-			})
-		case protocol.KindStatus:
-			statuses = append(statuses, r)
-		case protocol.KindSOS, protocol.KindSOSCancel:
-			sos = append(sos, r)
-		}
-	}
+	res.Fixes, statuses, sos = store.SplitRecords(b.AgentID, region, fresh)
 
 	if err := s.writeFixes(bk, res.Fixes, now); err != nil {
 		return store.CommitResult{}, err
@@ -313,7 +295,7 @@ func upsertVehicles(bk *buckets, agentID, region string, records []protocol.Reco
 	byVehicle := make(map[string]seen)
 	for i := range records {
 		r := &records[i]
-		at := micros(storeTime(r.ReceivedAt))
+		at := micros(store.Time(r.ReceivedAt))
 		v, ok := byVehicle[r.VehicleID]
 		if !ok {
 			v = seen{at, at}
@@ -410,7 +392,7 @@ func (s *Store) writeStatuses(bk *buckets, agentID string, records []*protocol.R
 	var stored []store.VehicleStatus
 	for _, r := range records {
 		key := []byte(r.VehicleID)
-		received := storeTime(r.ReceivedAt)
+		received := store.Time(r.ReceivedAt)
 		if old := bk.status.Get(key); old != nil {
 			prev, err := decodeStatus(old)
 			if err != nil {
@@ -431,17 +413,4 @@ func (s *Store) writeStatuses(bk *buckets, agentID string, records []*protocol.R
 		})
 	}
 	return stored, nil
-}
-
-// storedFix returns f with its time at the precision the store keeps.
-func storedFix(f protocol.Fix) protocol.Fix {
-	f.Time = storeTime(f.Time)
-	return f
-}
-
-// cleanText drops NUL characters and invalid UTF-8 from s, as package
-// postgres must for PostgreSQL text, so both stores return the same text.
-func cleanText(s string) string {
-	s = strings.ToValidUTF8(s, "")
-	return strings.ReplaceAll(s, "\x00", "")
 }

@@ -373,4 +373,4 @@ func fileSize(path string) int64 {
 }
 
 // now returns the hub clock at the precision the store keeps.
-func (s *Store) now() time.Time { return storeTime(s.cfg.Now()) }
+func (s *Store) now() time.Time { return store.Time(s.cfg.Now()) }

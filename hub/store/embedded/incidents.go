@@ -52,7 +52,7 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 			return change, false, fmt.Errorf("request cancel of incident %d: %w", id, err)
 		}
 		detail := "driver cancelled SOS " + r.Cancel.ID
-		if reason := cleanText(r.Cancel.Reason); reason != "" {
+		if reason := store.CleanText(r.Cancel.Reason); reason != "" {
 			detail += ": " + reason
 		}
 		change.Incident = inc
@@ -76,7 +76,7 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 	}
 	detail := "SOS " + sos.ID + " received again"
 	if !found {
-		id, found, err = activeIncidentNear(bk, r.VehicleID, storeTime(r.ReceivedAt))
+		id, found, err = activeIncidentNear(bk, r.VehicleID, store.Time(r.ReceivedAt))
 		switch {
 		case err != nil:
 			return change, false, err
@@ -125,12 +125,12 @@ func (s *Store) openIncident(bk *buckets, b *protocol.Batch, region string, r *p
 		VehicleID:   r.VehicleID,
 		AgentID:     b.AgentID,
 		Region:      region,
-		Kind:        protocol.SOSKind(cleanText(string(kind))),
+		Kind:        protocol.SOSKind(store.CleanText(string(kind))),
 		State:       store.StateOpen,
-		Note:        cleanText(sos.Note),
+		Note:        store.CleanText(sos.Note),
 		HasLocation: sos.HasLocation,
-		PressedAt:   storeTime(pressed),
-		ReceivedAt:  storeTime(r.ReceivedAt),
+		PressedAt:   store.Time(pressed),
+		ReceivedAt:  store.Time(r.ReceivedAt),
 		OpenedAt:    now,
 		UpdatedAt:   now,
 		Presses:     1,
@@ -154,10 +154,10 @@ func (s *Store) openIncident(bk *buckets, b *protocol.Batch, region string, r *p
 		detail = append(detail, "id assigned by the agent")
 	}
 	if sos.LocationError != "" {
-		detail = append(detail, "no location: "+cleanText(sos.LocationError))
+		detail = append(detail, "no location: "+store.CleanText(sos.LocationError))
 	}
 	if sos.TimeError != "" {
-		detail = append(detail, "device time replaced by receive time: "+cleanText(sos.TimeError))
+		detail = append(detail, "device time replaced by receive time: "+store.CleanText(sos.TimeError))
 	}
 	change.Incident = inc
 	change.Event, err = addEvent(bk, inc.ID, store.EventOpened, "vehicle:"+r.VehicleID, strings.Join(detail, "; "), now)
@@ -276,10 +276,10 @@ func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.
 		done   bool
 	)
 	if !f.Until.IsZero() {
-		next = openedKey(clampTime(storeTime(f.Until)), 0)
+		next = openedKey(clampTime(store.Time(f.Until)), 0)
 	}
 	if !f.Since.IsZero() {
-		lowest = openedKey(clampTime(storeTime(f.Since)), 0)
+		lowest = openedKey(clampTime(store.Time(f.Since)), 0)
 	}
 	for !done {
 		err := s.view(ctx, func(tx *bolt.Tx) error {

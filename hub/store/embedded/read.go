@@ -23,7 +23,7 @@ func (s *Store) Cursor(ctx context.Context, agentID, spoolID string, lane protoc
 			return fmt.Errorf("%w: bucket %s missing", ErrCorrupt, bucketCursors)
 		}
 		var err error
-		seq, err = decodeCursor(b.Get(cursorKey(agentID, cleanText(spoolID), lane)))
+		seq, err = decodeCursor(b.Get(cursorKey(agentID, store.CleanText(spoolID), lane)))
 		return err
 	})
 	if err != nil {
@@ -99,7 +99,7 @@ func (s *Store) Fixes(ctx context.Context, vehicleID string, from, to time.Time,
 		}
 		return nil, nil
 	}
-	from, to = clampTime(storeTime(from)), clampTime(storeTime(to))
+	from, to = clampTime(store.Time(from)), clampTime(store.Time(to))
 	prefix := vehiclePrefix(vehicleID)
 	next := appendTime(bytes.Clone(prefix), from)
 	end := appendTime(bytes.Clone(prefix), to)

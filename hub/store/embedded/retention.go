@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/xpress-ops/tower/hub/store"
 )
 
 // retentionTimeout bounds one background retention run.
@@ -24,7 +26,7 @@ const retentionTimeout = 10 * time.Minute
 // later writes reuse, so the file stays at its largest size. Compacting
 // it offline (bbolt compact) gives the space back.
 func (s *Store) DeleteFixesBefore(ctx context.Context, before time.Time) (int64, error) {
-	bound := appendTime(nil, clampTime(storeTime(before)))
+	bound := appendTime(nil, clampTime(store.Time(before)))
 	var total int64
 	for {
 		var n int

@@ -97,8 +97,8 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit; on failure the first error is returned
 
 	now := s.now()
-	spoolID := cleanText(b.SpoolID)
-	region := cleanText(b.Region)
+	spoolID := store.CleanText(b.SpoolID)
+	region := store.CleanText(b.Region)
 
 	cursor, err := lockCursor(ctx, tx, b.AgentID, spoolID, b.Lane, now)
 	if err != nil {
@@ -137,24 +137,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	}
 
 	var statuses, sos []*protocol.Record
-	for i := range fresh {
-		r := &fresh[i]
-		switch r.Kind {
-		case protocol.KindFix:
-			res.Fixes = append(res.Fixes, store.StoredFix{
-				VehicleID:  r.VehicleID,
-				AgentID:    b.AgentID,
-				Region:     region,
-				Fix:        storedFix(*r.Fix),
-				ReceivedAt: pgTime(r.ReceivedAt),
-				Historical: r.Historical,
-			})
-		case protocol.KindStatus:
-			statuses = append(statuses, r)
-		case protocol.KindSOS, protocol.KindSOSCancel:
-			sos = append(sos, r)
-		}
-	}
+	res.Fixes, statuses, sos = store.SplitRecords(b.AgentID, region, fresh)
 
 	if err := s.writeFixes(ctx, tx, res.Fixes, now); err != nil {
 		return store.CommitResult{}, err
@@ -221,7 +204,7 @@ func upsertVehicles(ctx context.Context, tx pgx.Tx, agentID, region string, reco
 	byVehicle := make(map[string]seen)
 	for i := range records {
 		r := &records[i]
-		at := pgTime(r.ReceivedAt)
+		at := store.Time(r.ReceivedAt)
 		v, ok := byVehicle[r.VehicleID]
 		if !ok {
 			v = seen{at, at}
@@ -356,7 +339,7 @@ func writeStatuses(ctx context.Context, tx pgx.Tx, agentID string, records []*pr
 			SET online = excluded.online, agent_id = excluded.agent_id, received_at = excluded.received_at
 			WHERE excluded.received_at >= vehicle_status.received_at
 			RETURNING vehicle_id`,
-			r.VehicleID, r.Status.Online, agentID, pgTime(r.ReceivedAt))
+			r.VehicleID, r.Status.Online, agentID, store.Time(r.ReceivedAt))
 	}
 	results := tx.SendBatch(ctx, batch)
 	var stored []store.VehicleStatus
@@ -374,7 +357,7 @@ func writeStatuses(ctx context.Context, tx pgx.Tx, agentID string, records []*pr
 			VehicleID:  r.VehicleID,
 			AgentID:    agentID,
 			Online:     r.Status.Online,
-			ReceivedAt: pgTime(r.ReceivedAt),
+			ReceivedAt: store.Time(r.ReceivedAt),
 		})
 	}
 	if err := results.Close(); err != nil {
@@ -407,17 +390,4 @@ func (s *Store) countRecords(b *protocol.Batch, res store.CommitResult) {
 	for kind, n := range counts {
 		s.metrics.recordsCommitted.WithLabelValues(string(kind)).Add(float64(n))
 	}
-}
-
-// storedFix returns f with its time at the precision PostgreSQL stores.
-func storedFix(f protocol.Fix) protocol.Fix {
-	f.Time = pgTime(f.Time)
-	return f
-}
-
-// cleanText makes s storable as PostgreSQL text, which rejects NUL
-// characters and invalid UTF-8: both are dropped.
-func cleanText(s string) string {
-	s = strings.ToValidUTF8(s, "")
-	return strings.ReplaceAll(s, "\x00", "")
 }

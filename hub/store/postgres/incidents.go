@@ -65,7 +65,7 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 			return change, false, fmt.Errorf("request cancel of incident %d: %w", id, err)
 		}
 		detail := "driver cancelled SOS " + r.Cancel.ID
-		if reason := cleanText(r.Cancel.Reason); reason != "" {
+		if reason := store.CleanText(r.Cancel.Reason); reason != "" {
 			detail += ": " + reason
 		}
 		change.Event, err = addEvent(ctx, tx, id, store.EventCancelRequested, actor, detail, now)
@@ -88,7 +88,7 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 	}
 	detail := "SOS " + sos.ID + " received again"
 	if !found {
-		received := pgTime(r.ReceivedAt)
+		received := store.Time(r.ReceivedAt)
 		err = tx.QueryRow(ctx, `
 			SELECT id FROM incidents
 			WHERE vehicle_id = $1 AND state = ANY($2)
@@ -125,11 +125,11 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 	change.Incident, err = scanIncident(tx.QueryRow(ctx, `
 		UPDATE incidents SET presses = $2, updated_at = $3, has_location = $4, lat = $5, lon = $6, note = $7
 		WHERE id = $1
-		RETURNING `+incidentColumns, id, inc.Presses, now, inc.HasLocation, lat, lon, cleanText(inc.Note)))
+		RETURNING `+incidentColumns, id, inc.Presses, now, inc.HasLocation, lat, lon, store.CleanText(inc.Note)))
 	if err != nil {
 		return change, false, fmt.Errorf("count press on incident %d: %w", id, err)
 	}
-	change.Event, err = addEvent(ctx, tx, id, store.EventRepeatPress, actor, cleanText(detail), now)
+	change.Event, err = addEvent(ctx, tx, id, store.EventRepeatPress, actor, store.CleanText(detail), now)
 	return change, err == nil, err
 }
 
@@ -155,8 +155,8 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 			lat, lon, pressed_at, received_at, opened_at, updated_at, presses, cancel_requested, historical)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, 1, false, $14)
 		RETURNING `+incidentColumns,
-		sos.ID, r.VehicleID, b.AgentID, region, cleanText(string(kind)), string(store.StateOpen),
-		cleanText(sos.Note), sos.HasLocation, lat, lon, pgTime(pressed), pgTime(r.ReceivedAt), now, r.Historical))
+		sos.ID, r.VehicleID, b.AgentID, region, store.CleanText(string(kind)), string(store.StateOpen),
+		store.CleanText(sos.Note), sos.HasLocation, lat, lon, store.Time(pressed), store.Time(r.ReceivedAt), now, r.Historical))
 	if err != nil {
 		return change, false, fmt.Errorf("open incident for SOS %s: %w", sos.ID, err)
 	}
@@ -172,10 +172,10 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 		detail = append(detail, "id assigned by the agent")
 	}
 	if sos.LocationError != "" {
-		detail = append(detail, "no location: "+cleanText(sos.LocationError))
+		detail = append(detail, "no location: "+store.CleanText(sos.LocationError))
 	}
 	if sos.TimeError != "" {
-		detail = append(detail, "device time replaced by receive time: "+cleanText(sos.TimeError))
+		detail = append(detail, "device time replaced by receive time: "+store.CleanText(sos.TimeError))
 	}
 	change.Event, err = addEvent(ctx, tx, id, store.EventOpened, "vehicle:"+r.VehicleID, strings.Join(detail, "; "), now)
 	if err != nil {
@@ -285,11 +285,11 @@ func (s *Store) Incidents(ctx context.Context, f store.IncidentFilter) ([]store.
 		where = append(where, fmt.Sprintf("assigned_to = $%d", len(args)))
 	}
 	if !f.Since.IsZero() {
-		args = append(args, pgTime(f.Since))
+		args = append(args, store.Time(f.Since))
 		where = append(where, fmt.Sprintf("opened_at >= $%d", len(args)))
 	}
 	if !f.Until.IsZero() {
-		args = append(args, pgTime(f.Until))
+		args = append(args, store.Time(f.Until))
 		where = append(where, fmt.Sprintf("opened_at < $%d", len(args)))
 	}
 	limit := f.Limit

@@ -273,9 +273,4 @@ func (s *Store) getPool() (*pgxpool.Pool, error) {
 }
 
 // now returns the hub clock in UTC at the precision PostgreSQL stores.
-func (s *Store) now() time.Time { return pgTime(s.cfg.Now()) }
-
-// pgTime converts t to UTC and drops what a timestamptz cannot hold, so a
-// value returned from a commit equals the value read back later. pgx
-// truncates to microseconds when it encodes a time.
-func pgTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+func (s *Store) now() time.Time { return store.Time(s.cfg.Now()) }

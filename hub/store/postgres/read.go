@@ -21,7 +21,7 @@ func (s *Store) Cursor(ctx context.Context, agentID, spoolID string, lane protoc
 	}
 	var seq int64
 	err = pool.QueryRow(ctx, `SELECT seq FROM agent_cursors WHERE agent_id = $1 AND spool_id = $2 AND lane = $3`,
-		agentID, cleanText(spoolID), string(lane)).Scan(&seq)
+		agentID, store.CleanText(spoolID), string(lane)).Scan(&seq)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return 0, nil

@@ -41,7 +41,7 @@ func (s *Store) DeleteFixesBefore(ctx context.Context, before time.Time) (int64,
 	if err != nil {
 		return 0, fmt.Errorf("delete fixes: %w", err)
 	}
-	before = pgTime(before)
+	before = store.Time(before)
 
 	partitions, err := listPartitions(ctx, pool)
 	if err != nil {
