@@ -376,7 +376,7 @@ func claimDataDir(dataDir, id string) error {
 	switch {
 	case err == nil:
 		if owner := strings.TrimSpace(string(data)); owner != id {
-			return fmt.Errorf("data dir %s belongs to agent %q, not %q: its spool holds that agent's records; start with --id %s or use another --data-dir",
+			return fmt.Errorf("data dir %s belongs to agent %q, not %q, and its spool contains that agent's records: start with --id %s or use another --data-dir",
 				dataDir, owner, id, owner)
 		}
 		return nil

@@ -26,7 +26,7 @@ func (l Lane) Valid() bool {
 	return l == LaneSOS || l == LaneStatus || l == LaneGPS
 }
 
-// RecordKind says which payload a Record carries.
+// RecordKind names the payload a Record carries.
 type RecordKind string
 
 // The record kinds.
@@ -128,7 +128,7 @@ const MaxBatchRecords = 10000
 // MaxBatchBytes is the largest encoded batch the hub accepts.
 const MaxBatchBytes = 16 << 20
 
-// Batch is what an agent sends to the hub: records of one lane in
+// Batch is the unit an agent sends to the hub: records of one lane in
 // strictly increasing sequence order.
 type Batch struct {
 	AgentID string `json:"agent"`

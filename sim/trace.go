@@ -33,7 +33,7 @@ const minHeadingMoveM = 1.0
 var (
 	// ErrInvalidTrace means a trace file is malformed. The error is a *TraceError naming file and line.
 	ErrInvalidTrace = errors.New("invalid trace")
-	// ErrUnknownFormat means a file is none of the trace formats this package reads.
+	// ErrUnknownFormat means a file is in none of the trace formats this package reads.
 	ErrUnknownFormat = errors.New("unknown trace format")
 	// ErrEmptyTrace means a trace holds no usable point.
 	ErrEmptyTrace = errors.New("trace has no points")
@@ -45,7 +45,7 @@ type TraceError struct {
 	File string
 	// Line is the 1-based line of the bad record, or 0 when it is unknown.
 	Line int
-	// Msg says what is wrong with the record.
+	// Msg describes what is wrong with the record.
 	Msg string
 }
 
@@ -343,10 +343,10 @@ func bearingDeg(lat1, lon1, lat2, lon2 float64) float64 {
 }
 
 // RelocatedTo returns a copy of t shifted so that the median of its points
-// lies on city. Each track keeps its real shape, timing and speeds; only
-// latitude and longitude are offset, which distorts distances slightly when
-// the trace was recorded far from the city's latitude. Points that would
-// leave the valid range are clamped.
+// lies on city. Each track keeps its real shape, timing and speeds. Only
+// latitude and longitude are offset, so distances shrink or stretch
+// slightly when the trace was recorded far from the city's latitude.
+// Points that would leave the valid range are clamped.
 func (t *Trace) RelocatedTo(city City) *Trace {
 	var lats, lons []float64
 	for _, tr := range t.Tracks {

@@ -6,7 +6,7 @@
 // test names on stdin. For each phase it first takes the phase's steps
 // (fill a field, click an element), then waits until the texts the phase
 // lists are on the page.
-// The Go test makes every assertion; this script only reports what it sees.
+// The Go test makes every assertion; this script only reports what the page shows.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
 

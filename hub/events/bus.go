@@ -106,8 +106,8 @@ type Config struct {
 	Now func() time.Time
 	// FirstSeq is the sequence number of the first event. Zero means 1.
 	// A hub passes its start time in microseconds, so sequence numbers keep
-	// growing across restarts and a client that resumes against a restarted
-	// hub gets a gap (and reloads its state) instead of a silent resume that
+	// growing across restarts. A client that resumes against a restarted hub
+	// then gets a gap and reloads its state, instead of a silent resume that
 	// skips the events published before it reconnected.
 	FirstSeq uint64
 }

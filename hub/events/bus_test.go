@@ -261,7 +261,7 @@ func TestBus_ResumeAheadOfLatestIsGap(t *testing.T) {
 
 // A restarted bus starts past every seq of the bus before it, so a client
 // resuming from the old bus gets a gap, not a silent resume.
-func TestBus_RestartWithFirstSeqIsGapForOldClients(t *testing.T) {
+func TestBus_RestartGapsOldClients(t *testing.T) {
 	old, _ := newBus(t, events.Config{FirstSeq: 1000})
 	for i := range 5 {
 		mustPublish(t, old, events.TypeFix, i)

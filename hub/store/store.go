@@ -76,7 +76,7 @@ type Store interface {
 	// operator name (see ValidateOperatorName). The state stays.
 	AssignIncident(ctx context.Context, id int64, actor, assignee string) (IncidentChange, error)
 	// DispatchIncident moves an open or acknowledged incident to
-	// dispatched and sets DispatchedAt. detail says who was sent.
+	// dispatched and sets DispatchedAt. detail names who was sent.
 	DispatchIncident(ctx context.Context, id int64, actor, detail string) (IncidentChange, error)
 	// AddIncidentNote adds a note event to an incident in any state. The
 	// state stays.

@@ -358,7 +358,7 @@ func testCancel(t *testing.T, f Factory) {
 		t.Errorf("events = %v, want [opened cancel_requested]", got)
 	}
 
-	// A cancel without a reason says so without a colon.
+	// A cancel without a reason is recorded without a trailing colon.
 	again := mustCommit(t, s, NewBatch(CancelRecord(3, "veh-1", "sos-1", "", Epoch)))
 	if want := "driver cancelled SOS sos-1"; len(again.Incidents) != 1 || again.Incidents[0].Event.Detail != want {
 		t.Errorf("second cancel changes = %+v, want one event with detail %q", again.Incidents, want)
