@@ -37,14 +37,20 @@ func TestPipeline_SOSAndFixesReachOperator(t *testing.T) {
 	sos := fmt.Sprintf(`{"id":"sos-1","ts":%q,"lat":14.5995,"lon":120.9842,"kind":"harassment","note":"passenger threatening"}`,
 		now.Format(time.RFC3339))
 	publish(t, vehicle, protocol.VehicleTopicFor("taxi-0917", protocol.TopicSOS), sos)
-	// A QoS 1 redelivery of the same SOS must attach to the same incident.
+	// A QoS 1 redelivery of the same SOS attaches to the same incident
+	// without counting as a press; a second press of the same id, with
+	// its own time, counts.
 	publish(t, vehicle, protocol.VehicleTopicFor("taxi-0917", protocol.TopicSOS), sos)
+	again := fmt.Sprintf(`{"id":"sos-1","ts":%q,"lat":14.5995,"lon":120.9842,"kind":"harassment"}`,
+		now.Add(time.Second).Format(time.RFC3339))
+	publish(t, vehicle, protocol.VehicleTopicFor("taxi-0917", protocol.TopicSOS), again)
 
 	waitFor(t, 15*time.Second, "4 fixes in PostgreSQL", func() bool {
 		return queryInt(t, pool, `select count(*) from fixes where vehicle_id = 'taxi-0917'`) == 4
 	})
-	waitFor(t, 15*time.Second, "the SOS repeat press in PostgreSQL", func() bool {
-		return queryInt(t, pool, `select coalesce(sum(presses), 0) from incidents where vehicle_id = 'taxi-0917'`) == 2
+	waitFor(t, 15*time.Second, "the SOS redelivery and repeat press in PostgreSQL", func() bool {
+		return queryInt(t, pool, `select coalesce(sum(presses), 0) from incidents where vehicle_id = 'taxi-0917'`) == 2 &&
+			queryInt(t, pool, `select count(*) from incident_events where type = 'redelivered'`) == 1
 	})
 	if n := queryInt(t, pool, `select count(*) from incidents where vehicle_id = 'taxi-0917'`); n != 1 {
 		t.Errorf("incidents for taxi-0917 = %d, want 1", n)

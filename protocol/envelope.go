@@ -35,12 +35,18 @@ const (
 	KindSOS       RecordKind = "sos"
 	KindSOSCancel RecordKind = "sos_cancel"
 	KindStatus    RecordKind = "status"
+	// KindSOSAck records that regional staff acknowledged an SOS on the
+	// agent's local page while the hub was unreachable (payload LocalAck).
+	KindSOSAck RecordKind = "sos_ack"
+	// KindSOSNotified records a notification about an SOS that the agent
+	// sent itself during a long hub outage (payload AgentNotified).
+	KindSOSNotified RecordKind = "sos_notified"
 )
 
 // Lane returns the lane a record of this kind travels in.
 func (k RecordKind) Lane() Lane {
 	switch k {
-	case KindSOS, KindSOSCancel:
+	case KindSOS, KindSOSCancel, KindSOSAck, KindSOSNotified:
 		return LaneSOS
 	case KindStatus:
 		return LaneStatus
@@ -49,8 +55,37 @@ func (k RecordKind) Lane() Lane {
 	}
 }
 
-// Record is one vehicle message as the agent stored it. Exactly one of
-// Fix, SOS, Cancel and Status is set, matching Kind.
+// LocalAck is an acknowledgement of an SOS that regional staff gave on the
+// agent's local page while the hub was unreachable. The record carries the
+// vehicle id of the SOS.
+type LocalAck struct {
+	SOSID string `json:"sos_id"`
+	// Actor is the name the staff member entered on the local page.
+	Actor string `json:"actor"`
+	// At is the agent's clock when the staff member acknowledged.
+	At time.Time `json:"at"`
+}
+
+// AgentNotified is a notification about an SOS that the agent sent itself
+// during a long hub outage, so the hub does not send it again. The record
+// carries the vehicle id of the SOS.
+type AgentNotified struct {
+	SOSID string `json:"sos_id"`
+	// Channel is sms, voice, email or webhook.
+	Channel string `json:"channel"`
+	// Address is the E.164 phone number, email address or webhook URL.
+	Address string `json:"address"`
+	// ProviderID is the provider's id of the message, such as a Twilio SID.
+	ProviderID string `json:"provider_id"`
+	// At is the agent's clock when it sent the notification.
+	At time.Time `json:"at"`
+	// Error is set when the agent's attempt failed.
+	Error string `json:"error,omitempty"`
+}
+
+// Record is one vehicle message, or one agent action on an SOS, as the
+// agent stored it. Exactly one of Fix, SOS, Cancel, Status, Ack and
+// Notified is set, matching Kind.
 type Record struct {
 	// Seq is the record's position in its lane, from 1, assigned by the agent's spool.
 	Seq       uint64     `json:"seq"`
@@ -64,6 +99,12 @@ type Record struct {
 	SOS        *SOS       `json:"sos,omitempty"`
 	Cancel     *SOSCancel `json:"cancel,omitempty"`
 	Status     *Status    `json:"status,omitempty"`
+	// Ack and Notified are records the agent writes itself, not vehicle
+	// messages. Their content beyond the SOS id and time is checked by the
+	// hub, which skips and counts a record it cannot apply instead of
+	// rejecting its batch, since a rejected SOS batch blocks the SOS lane.
+	Ack      *LocalAck      `json:"ack,omitempty"`
+	Notified *AgentNotified `json:"notified,omitempty"`
 }
 
 // Validate checks that the record's kind, payload and ids agree.
@@ -78,7 +119,7 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("%w: record %d has no received_at", ErrInvalidBatch, r.Seq)
 	}
 	set := 0
-	for _, p := range []bool{r.Fix != nil, r.SOS != nil, r.Cancel != nil, r.Status != nil} {
+	for _, p := range []bool{r.Fix != nil, r.SOS != nil, r.Cancel != nil, r.Status != nil, r.Ack != nil, r.Notified != nil} {
 		if p {
 			set++
 		}
@@ -113,11 +154,37 @@ func (r *Record) Validate() error {
 		}
 	case KindStatus:
 		ok = ok && r.Status != nil
+	case KindSOSAck:
+		ok = ok && r.Ack != nil
+		if ok {
+			if err := validateAgentSOSRecord(r.Ack.SOSID, r.Ack.At); err != nil {
+				return fmt.Errorf("record %d: %w", r.Seq, err)
+			}
+		}
+	case KindSOSNotified:
+		ok = ok && r.Notified != nil
+		if ok {
+			if err := validateAgentSOSRecord(r.Notified.SOSID, r.Notified.At); err != nil {
+				return fmt.Errorf("record %d: %w", r.Seq, err)
+			}
+		}
 	default:
 		return fmt.Errorf("%w: record %d has unknown kind %q", ErrInvalidBatch, r.Seq, r.Kind)
 	}
 	if !ok {
 		return fmt.Errorf("%w: record %d of kind %s must carry exactly its own payload", ErrInvalidBatch, r.Seq, r.Kind)
+	}
+	return nil
+}
+
+// validateAgentSOSRecord checks the fields every agent record about an SOS
+// needs: the SOS id and the time of the action.
+func validateAgentSOSRecord(sosID string, at time.Time) error {
+	if err := ValidateSOSID(sosID); err != nil {
+		return err
+	}
+	if at.IsZero() {
+		return fmt.Errorf("%w: no time of the action on SOS %s", ErrInvalidBatch, sosID)
 	}
 	return nil
 }

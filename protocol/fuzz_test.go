@@ -95,6 +95,8 @@ func FuzzDecodeBatch(f *testing.F) {
 	}
 	f.Add(data)
 	f.Add([]byte(`{"agent":"a","spool":"s","lane":"sos","records":[{"seq":1,"kind":"sos","vehicle":"v","received_at":"2026-12-04T00:00:00Z","sos":{"id":"x"}}]}`))
+	f.Add([]byte(`{"agent":"a","spool":"s","lane":"sos","records":[{"seq":1,"kind":"sos_ack","vehicle":"v","received_at":"2026-12-04T00:00:00Z","ack":{"sos_id":"x","actor":"Maria","at":"2026-12-04T00:00:00Z"}}]}`))
+	f.Add([]byte(`{"agent":"a","spool":"s","lane":"sos","records":[{"seq":1,"kind":"sos_notified","vehicle":"v","received_at":"2026-12-04T00:00:00Z","notified":{"sos_id":"x","channel":"sms","address":"+639171234567","provider_id":"SM1","at":"2026-12-04T00:00:00Z"}}]}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		b, err := DecodeBatch(payload)
 		if err != nil {
@@ -109,6 +111,12 @@ func FuzzDecodeBatch(f *testing.F) {
 				t.Fatalf("accepted out-of-order or wrong-lane record %d", r.Seq)
 			}
 			prev = r.Seq
+			if r.Ack != nil && (ValidateSOSID(r.Ack.SOSID) != nil || r.Ack.At.IsZero()) {
+				t.Fatalf("accepted acknowledgement record %d without a valid SOS id and time", r.Seq)
+			}
+			if r.Notified != nil && (ValidateSOSID(r.Notified.SOSID) != nil || r.Notified.At.IsZero()) {
+				t.Fatalf("accepted notification record %d without a valid SOS id and time", r.Seq)
+			}
 		}
 	})
 }

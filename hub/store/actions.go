@@ -57,17 +57,36 @@ func (st IncidentState) Allows(a Action) bool {
 	return false
 }
 
-// StateError is the error of a lifecycle method whose action the
-// incident's current state does not allow. It wraps ErrConflict.
+// StateError is the error of a lifecycle or dispatch method whose action
+// the current state of the incident, or of one of its notifications, does
+// not allow. It wraps ErrConflict.
 type StateError struct {
 	IncidentID int64
-	// State is the incident's state when the action was rejected.
+	// State is the incident's state when the action was rejected. It is
+	// empty when NotificationID is set.
 	State  IncidentState
 	Action Action
+	// NotificationID is the notification whose state rejected the
+	// action, 0 when the incident's state did.
+	NotificationID int64
+	// NotificationState is that notification's state.
+	NotificationState NotificationState
+	// Reason replaces "it is <state>" in the message when the state alone
+	// does not explain the conflict.
+	Reason string
 }
 
 func (e *StateError) Error() string {
-	return fmt.Sprintf("cannot %s incident %d: it is %s", e.Action, e.IncidentID, e.State)
+	target := fmt.Sprintf("incident %d", e.IncidentID)
+	reason := "it is " + string(e.State)
+	if e.NotificationID != 0 {
+		target = fmt.Sprintf("notification %d of incident %d", e.NotificationID, e.IncidentID)
+		reason = "it is " + string(e.NotificationState)
+	}
+	if e.Reason != "" {
+		reason = e.Reason
+	}
+	return fmt.Sprintf("cannot %s %s: %s", e.Action, target, reason)
 }
 
 // Unwrap returns ErrConflict.

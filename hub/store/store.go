@@ -89,6 +89,69 @@ type Store interface {
 	// CancelRequested, so this method is how an operator confirms it.
 	CancelIncident(ctx context.Context, id int64, actor, reason string) (IncidentChange, error)
 
+	// The contact and dispatch methods below each run in one transaction.
+	// Those that add incident events (EscalateIncident, RecordAttempt,
+	// UpdateDeliveryStatus) also set the incident's UpdatedAt and return
+	// the incident with the last event they added.
+
+	// SaveContact checks c with ValidateContact and inserts it when c.ID
+	// is 0, or replaces the contact with that id, keeping its CreatedAt.
+	// Name and Language are stored as NormalizeContact returns them. It
+	// returns the contact as stored, and ErrNotFound when c.ID names no
+	// contact.
+	SaveContact(ctx context.Context, c Contact) (Contact, error)
+	// DeleteContact removes a contact, or returns ErrNotFound. Its
+	// notifications stay.
+	DeleteContact(ctx context.Context, id int64) error
+	// Contacts returns the contacts matching f, ordered by id.
+	Contacts(ctx context.Context, f ContactFilter) ([]Contact, error)
+
+	// EscalateIncident applies one escalation step atomically, so the
+	// dispatcher stays idempotent across hub restarts and replicas. It
+	// needs the incident active (and open, with OnlyIfOpen) and its
+	// EscalationLevel below e.Level. It then sets the level, adds one
+	// escalated event and inserts e.Notifications as pending (see
+	// QueuedNotification), each with one notification event. A
+	// notification whose (incident, channel, address) already exists is
+	// skipped, unless an agent's attempt failed it (see
+	// RequeueAgentFailure). It returns the change, whose event is the
+	// escalated one, and the notifications inserted or queued again.
+	// Otherwise it returns a *StateError wrapping ErrConflict and changes
+	// nothing; ErrNotFound for a missing incident; ErrInvalid when
+	// ValidateEscalation rejects e.
+	EscalateIncident(ctx context.Context, e Escalation) (IncidentChange, []Notification, error)
+	// DueNotifications returns up to limit notifications that are pending
+	// with NextAttemptAt at or before now, or sending with an expired
+	// lease (an attempt interrupted by a crash, to reconcile), oldest
+	// NextAttemptAt first, then by id. A limit of zero or less means
+	// DefaultNotificationLimit.
+	DueNotifications(ctx context.Context, now time.Time, limit int) ([]Notification, error)
+	// ClaimNotification starts an attempt (see ApplyClaim): a pending or
+	// sending notification with NextAttemptAt at or before now becomes
+	// sending with one more attempt and the lease leaseUntil. It returns
+	// the notification as changed and unknownOutcome true when it was
+	// already sending: the previous attempt's outcome was never recorded,
+	// so the caller must ask the provider before it sends again. Another
+	// state or a lease not yet expired gives a *StateError wrapping
+	// ErrConflict; a missing notification ErrNotFound.
+	ClaimNotification(ctx context.Context, id int64, now, leaseUntil time.Time) (n Notification, unknownOutcome bool, err error)
+	// RecordAttempt records the outcome of a sending notification's
+	// attempt (see ApplyAttempt) and adds one notification event. Another
+	// state gives a *StateError wrapping ErrConflict; an invalid outcome
+	// ErrInvalid; a missing notification ErrNotFound.
+	RecordAttempt(ctx context.Context, id int64, o AttemptOutcome) (Notification, IncidentChange, error)
+	// UpdateDeliveryStatus applies a provider's status callback (Twilio
+	// MessageStatus or CallStatus) to the notification with that provider
+	// id, newest first when several have it, and adds one notification
+	// event (see ApplyDeliveryStatus). It returns ErrNotFound when no
+	// notification has that provider id, for example when the callback
+	// arrives before RecordAttempt stored the id, and ErrInvalid when
+	// ValidateDeliveryStatus rejects the arguments.
+	UpdateDeliveryStatus(ctx context.Context, providerID, status, errText string) (Notification, IncidentChange, error)
+	// Notifications returns an incident's notifications in id order, none
+	// for an unknown incident.
+	Notifications(ctx context.Context, incidentID int64) ([]Notification, error)
+
 	// DeleteFixesBefore removes the fixes whose fix time is before before,
 	// for retention. It returns how many fixes it removed, or
 	// CountUnknown when it removed some in bulk without counting them
@@ -122,6 +185,14 @@ type CommitResult struct {
 	Statuses []VehicleStatus
 	// Incidents are incidents opened or changed by this commit, in record order.
 	Incidents []IncidentChange
+	// Unmatched counts SOS cancel, local acknowledgement and agent
+	// notification records skipped because their SOS id matches no
+	// incident of the vehicle.
+	Unmatched int
+	// Invalid counts agent notification records skipped because the hub
+	// cannot store them, such as one with an unknown channel. Each is
+	// logged with its ids.
+	Invalid int
 }
 
 // Position is a vehicle's latest known position.
@@ -209,6 +280,11 @@ type Incident struct {
 	DispatchedAt   time.Time `json:"dispatched_at,omitzero"`
 	ResolvedAt     time.Time `json:"resolved_at,omitzero"`
 	CancelledAt    time.Time `json:"cancelled_at,omitzero"`
+	// EscalationLevel is the dispatcher's last escalation step, set by
+	// EscalateIncident: 0 while nothing is queued. The dispatcher uses 1
+	// for the first notifications queued, 2 once supervisors are notified
+	// and 3 once they are called.
+	EscalationLevel int `json:"escalation_level"`
 }
 
 // IncidentEvent is one entry of an incident's audit trail.
@@ -226,6 +302,10 @@ const (
 	EventOpened          = "opened"
 	EventRepeatPress     = "repeat_press"
 	EventCancelRequested = "cancel_requested"
+	// EventRedelivered records an SOS received again with the SOS id and
+	// press time of a press already counted, which leaves Presses as it
+	// is.
+	EventRedelivered = "redelivered"
 )
 
 // Incident event types written by the lifecycle methods.

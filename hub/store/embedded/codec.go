@@ -28,6 +28,12 @@ var (
 	bucketIncidentSOS       = []byte("incident_sos")
 	bucketIncidentEvents    = []byte("incident_events")
 	bucketCursors           = []byte("cursors")
+	bucketIncidentPresses   = []byte("incident_presses")
+	bucketContacts          = []byte("contacts")
+	bucketNotifications     = []byte("notifications")
+	bucketNotificationKeys  = []byte("notifications_by_key")
+	bucketNotificationsDue  = []byte("notifications_due")
+	bucketNotificationsProv = []byte("notifications_by_provider")
 
 	keyVersion = []byte("version")
 )
@@ -36,7 +42,8 @@ var (
 var dataBuckets = [][]byte{
 	bucketAgents, bucketVehicles, bucketFixes, bucketFixesByTime, bucketLatest, bucketStatus,
 	bucketIncidents, bucketIncidentsByOpened, bucketIncidentsActive, bucketIncidentSOS,
-	bucketIncidentEvents, bucketCursors,
+	bucketIncidentEvents, bucketCursors, bucketIncidentPresses, bucketContacts, bucketNotifications,
+	bucketNotificationKeys, bucketNotificationsDue, bucketNotificationsProv,
 }
 
 // The range of times the store can keep: microseconds since the Unix
@@ -113,6 +120,31 @@ func openedKey(opened time.Time, id int64) []byte {
 // sosKey returns the incident_sos key of a vehicle's SOS id.
 func sosKey(vehicleID, sosID string) []byte {
 	return append(vehiclePrefix(vehicleID), sosID...)
+}
+
+// pressKey returns the incident_presses key of a press: the vehicle, the
+// SOS id and the press time. SOS ids never contain 0x00
+// (protocol.ValidateSOSID), so the parts cannot run into each other.
+func pressKey(vehicleID, sosID string, pressed time.Time) []byte {
+	k := append(vehiclePrefix(vehicleID), sosID...)
+	return appendTime(append(k, 0), pressed)
+}
+
+// notificationKey returns the notifications_by_key key of a notification:
+// the incident id, the channel, 0x00 and the address. Channels never
+// contain 0x00 (store.Channel.Valid), so the key is unambiguous.
+func notificationKey(k store.NotificationKey) []byte {
+	b := make([]byte, 0, 8+len(k.Channel)+1+len(k.Address))
+	b = binary.BigEndian.AppendUint64(b, uint64(k.IncidentID))
+	b = append(b, k.Channel...)
+	b = append(b, 0)
+	return append(b, k.Address...)
+}
+
+// dueKey returns the notifications_due key of a pending or sending
+// notification: its NextAttemptAt and id.
+func dueKey(next time.Time, id int64) []byte {
+	return binary.BigEndian.AppendUint64(appendTime(nil, next), uint64(id))
 }
 
 // eventKey returns the incident_events key of an event.
@@ -321,6 +353,9 @@ type incidentValue struct {
 	DispatchedAt   *int64 `json:"dispatched_at_us,omitempty"`
 	ResolvedAt     *int64 `json:"resolved_at_us,omitempty"`
 	CancelledAt    *int64 `json:"cancelled_at_us,omitempty"`
+	// EscalationLevel is absent while 0, and in files written before
+	// dispatch existed.
+	EscalationLevel int `json:"escalation_level,omitempty"`
 }
 
 func encodeIncident(inc store.Incident) ([]byte, error) {
@@ -334,6 +369,7 @@ func encodeIncident(inc store.Incident) ([]byte, error) {
 		AssignedTo:     inc.AssignedTo,
 		AcknowledgedAt: optionalMicros(inc.AcknowledgedAt), DispatchedAt: optionalMicros(inc.DispatchedAt),
 		ResolvedAt: optionalMicros(inc.ResolvedAt), CancelledAt: optionalMicros(inc.CancelledAt),
+		EscalationLevel: inc.EscalationLevel,
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -357,6 +393,7 @@ func decodeIncident(data []byte) (store.Incident, error) {
 		AssignedTo:     v.AssignedTo,
 		AcknowledgedAt: fromOptionalMicros(v.AcknowledgedAt), DispatchedAt: fromOptionalMicros(v.DispatchedAt),
 		ResolvedAt: fromOptionalMicros(v.ResolvedAt), CancelledAt: fromOptionalMicros(v.CancelledAt),
+		EscalationLevel: v.EscalationLevel,
 	}, nil
 }
 
@@ -405,6 +442,89 @@ func decodeEvent(data []byte) (store.IncidentEvent, error) {
 	}
 	return store.IncidentEvent{
 		ID: v.ID, IncidentID: v.IncidentID, Type: v.Type, Actor: v.Actor, Detail: v.Detail, At: fromMicros(v.At),
+	}, nil
+}
+
+// contactValue is the contacts bucket's JSON value.
+type contactValue struct {
+	ID        int64  `json:"id"`
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	Region    string `json:"region,omitempty"`
+	VehicleID string `json:"vehicle_id,omitempty"`
+	Phone     string `json:"phone,omitempty"`
+	Email     string `json:"email,omitempty"`
+	Language  string `json:"language"`
+	CreatedAt int64  `json:"created_at_us"`
+	UpdatedAt int64  `json:"updated_at_us"`
+}
+
+func encodeContact(c store.Contact) ([]byte, error) {
+	data, err := json.Marshal(contactValue{
+		ID: c.ID, Name: c.Name, Role: string(c.Role), Region: c.Region, VehicleID: c.VehicleID,
+		Phone: c.Phone, Email: c.Email, Language: string(c.Language),
+		CreatedAt: micros(c.CreatedAt), UpdatedAt: micros(c.UpdatedAt),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode contact %d: %w", c.ID, err)
+	}
+	return data, nil
+}
+
+func decodeContact(data []byte) (store.Contact, error) {
+	var v contactValue
+	if err := json.Unmarshal(data, &v); err != nil {
+		return store.Contact{}, fmt.Errorf("%w: contact: %v", ErrCorrupt, err)
+	}
+	return store.Contact{
+		ID: v.ID, Name: v.Name, Role: store.ContactRole(v.Role), Region: v.Region, VehicleID: v.VehicleID,
+		Phone: v.Phone, Email: v.Email, Language: store.Language(v.Language),
+		CreatedAt: fromMicros(v.CreatedAt), UpdatedAt: fromMicros(v.UpdatedAt),
+	}, nil
+}
+
+// notificationValue is the notifications bucket's JSON value.
+type notificationValue struct {
+	ID            int64  `json:"id"`
+	IncidentID    int64  `json:"incident_id"`
+	Channel       string `json:"channel"`
+	Address       string `json:"address"`
+	ContactID     int64  `json:"contact_id,omitempty"`
+	Language      string `json:"language"`
+	Reason        string `json:"reason"`
+	State         string `json:"state"`
+	Attempts      int    `json:"attempts"`
+	NextAttemptAt *int64 `json:"next_attempt_at_us,omitempty"`
+	ProviderID    string `json:"provider_id,omitempty"`
+	LastError     string `json:"last_error,omitempty"`
+	SentBy        string `json:"sent_by,omitempty"`
+	CreatedAt     int64  `json:"created_at_us"`
+	UpdatedAt     int64  `json:"updated_at_us"`
+}
+
+func encodeNotification(n store.Notification) ([]byte, error) {
+	data, err := json.Marshal(notificationValue{
+		ID: n.ID, IncidentID: n.IncidentID, Channel: string(n.Channel), Address: n.Address, ContactID: n.ContactID,
+		Language: string(n.Language), Reason: n.Reason, State: string(n.State), Attempts: n.Attempts,
+		NextAttemptAt: optionalMicros(n.NextAttemptAt), ProviderID: n.ProviderID, LastError: n.LastError,
+		SentBy: n.SentBy, CreatedAt: micros(n.CreatedAt), UpdatedAt: micros(n.UpdatedAt),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode notification %d: %w", n.ID, err)
+	}
+	return data, nil
+}
+
+func decodeNotification(data []byte) (store.Notification, error) {
+	var v notificationValue
+	if err := json.Unmarshal(data, &v); err != nil {
+		return store.Notification{}, fmt.Errorf("%w: notification: %v", ErrCorrupt, err)
+	}
+	return store.Notification{
+		ID: v.ID, IncidentID: v.IncidentID, Channel: store.Channel(v.Channel), Address: v.Address, ContactID: v.ContactID,
+		Language: store.Language(v.Language), Reason: v.Reason, State: store.NotificationState(v.State), Attempts: v.Attempts,
+		NextAttemptAt: fromOptionalMicros(v.NextAttemptAt), ProviderID: v.ProviderID, LastError: v.LastError,
+		SentBy: v.SentBy, CreatedAt: fromMicros(v.CreatedAt), UpdatedAt: fromMicros(v.UpdatedAt),
 	}, nil
 }
 

@@ -24,7 +24,9 @@ const vehicleSeenStep = time.Minute
 type buckets struct {
 	agents, vehicles, fixes, fixesByTime, latest, status       *bolt.Bucket
 	incidents, incidentsByOpened, incidentsActive, incidentSOS *bolt.Bucket
-	incidentEvents, cursors                                    *bolt.Bucket
+	incidentEvents, cursors, incidentPresses                   *bolt.Bucket
+	contacts, notifications, notificationKeys                  *bolt.Bucket
+	notificationsDue, notificationsByProvider                  *bolt.Bucket
 }
 
 // bucketsOf returns the data buckets of tx, or ErrCorrupt when one is
@@ -40,6 +42,9 @@ func bucketsOf(tx *bolt.Tx) (*buckets, error) {
 		{bucketIncidents, &bk.incidents}, {bucketIncidentsByOpened, &bk.incidentsByOpened},
 		{bucketIncidentsActive, &bk.incidentsActive}, {bucketIncidentSOS, &bk.incidentSOS},
 		{bucketIncidentEvents, &bk.incidentEvents}, {bucketCursors, &bk.cursors},
+		{bucketIncidentPresses, &bk.incidentPresses}, {bucketContacts, &bk.contacts},
+		{bucketNotifications, &bk.notifications}, {bucketNotificationKeys, &bk.notificationKeys},
+		{bucketNotificationsDue, &bk.notificationsDue}, {bucketNotificationsProv, &bk.notificationsByProvider},
 	} {
 		if *b.dst = tx.Bucket(b.name); *b.dst == nil {
 			return nil, fmt.Errorf("%w: bucket %s missing", ErrCorrupt, b.name)
@@ -52,9 +57,21 @@ func bucketsOf(tx *bolt.Tx) (*buckets, error) {
 // only once its transaction is committed, so a failed transaction leaves
 // no trace in the metrics.
 type commitEffects struct {
-	cursor    uint64
-	opened    []store.IncidentChange
+	cursor uint64
+	opened []store.IncidentChange
+	// unmatched are cancel and agent records whose SOS id matches no
+	// incident of the vehicle.
 	unmatched []*protocol.Record
+	// invalid are agent records skipped for their content.
+	invalid []invalidRecord
+	// redelivered are SOS records recognised as a redelivered press.
+	redelivered []*protocol.Record
+}
+
+// invalidRecord is an agent record skipped for its content, and why.
+type invalidRecord struct {
+	record *protocol.Record
+	err    error
 }
 
 // CommitBatch stores the records of b past the agent's cursor for (agent,
@@ -180,7 +197,7 @@ func (s *Store) commitTx(tx *bolt.Tx, b *protocol.Batch, fx *commitEffects) (sto
 	if len(fresh) == 0 {
 		return res, nil
 	}
-	if err := upsertVehicles(bk, b.AgentID, region, fresh); err != nil {
+	if err := upsertVehicles(bk, b.AgentID, region, vehicleRecords(fresh)); err != nil {
 		return store.CommitResult{}, err
 	}
 
@@ -213,6 +230,8 @@ func (s *Store) commitTx(tx *bolt.Tx, b *protocol.Batch, fx *commitEffects) (sto
 		}
 	}
 
+	res.Unmatched, res.Invalid = len(fx.unmatched), len(fx.invalid)
+
 	if err := bk.cursors.Put(ckey, encodeCursor(b.Last(), now)); err != nil {
 		return store.CommitResult{}, fmt.Errorf("advance cursor: %w", err)
 	}
@@ -242,8 +261,24 @@ func (s *Store) afterCommit(b *protocol.Batch, res store.CommitResult, fx *commi
 		s.logGap(b, fx.cursor, b.Records[res.Duplicates].Seq)
 	}
 	for _, r := range fx.unmatched {
-		s.metrics.cancelsUnmatched.Inc()
-		s.log.Warn("SOS cancel matches no incident", "agent", b.AgentID, "vehicle", r.VehicleID, "sos", r.Cancel.ID, "seq", r.Seq)
+		if r.Kind == protocol.KindSOSCancel {
+			s.metrics.cancelsUnmatched.Inc()
+			s.log.Warn("SOS cancel matches no incident", "agent", b.AgentID, "vehicle", r.VehicleID, "sos", r.Cancel.ID, "seq", r.Seq)
+			continue
+		}
+		s.metrics.agentRecordsSkipped.WithLabelValues(string(r.Kind), "unmatched").Inc()
+		s.log.Warn("agent record matches no incident", "agent", b.AgentID, "kind", r.Kind, "vehicle", r.VehicleID,
+			"sos", store.AgentRecordSOSID(r), "seq", r.Seq)
+	}
+	for _, inv := range fx.invalid {
+		s.metrics.agentRecordsSkipped.WithLabelValues(string(inv.record.Kind), "invalid").Inc()
+		s.log.Warn("agent record skipped", "agent", b.AgentID, "kind", inv.record.Kind, "vehicle", inv.record.VehicleID,
+			"sos", store.AgentRecordSOSID(inv.record), "seq", inv.record.Seq, "error", inv.err)
+	}
+	for _, r := range fx.redelivered {
+		s.metrics.redelivered.Inc()
+		s.log.Info("SOS redelivered with the press time of a counted press", "agent", b.AgentID, "vehicle", r.VehicleID,
+			"sos", r.SOS.ID, "seq", r.Seq)
 	}
 	for _, c := range fx.opened {
 		s.metrics.incidentsOpened.Inc()

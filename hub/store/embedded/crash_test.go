@@ -79,11 +79,14 @@ func TestStore_FailedCommitLeavesNoTrace(t *testing.T) {
 	)
 	sos := storetest.NewBatch(
 		storetest.SOSRecord(2, "veh-1", "sos-1", epoch),
-		storetest.SOSRecord(3, "veh-1", "sos-1", epoch),
+		storetest.SOSRecord(3, "veh-1", "sos-1", epoch.Add(time.Second)),
 		storetest.SOSRecord(4, "veh-1", "sos-2", epoch),
 		storetest.CancelRecord(5, "veh-9", "sos-0", "", epoch),
 		storetest.CancelRecord(6, "veh-1", "sos-unknown", "", epoch),
-		storetest.SOSRecord(7, "veh-2", "sos-3", epoch),
+		storetest.SOSRecord(7, "veh-1", "sos-1", epoch),
+		storetest.AckRecord(8, "veh-9", "sos-0", "Maria", epoch),
+		storetest.NotifiedRecord(9, "veh-9", "sos-0", store.ChannelSMS, "+639171234567", "SM-1", "", epoch),
+		storetest.SOSRecord(10, "veh-2", "sos-3", epoch),
 	)
 	status := storetest.NewBatch(
 		storetest.StatusRecord(2, "veh-1", false, epoch),
@@ -121,8 +124,8 @@ func TestStore_FailedCommitLeavesNoTrace(t *testing.T) {
 		t.Errorf("resent GPS batch: %d fixes, through %d, want 3 and 6", len(res.Fixes), res.Through)
 	}
 	res := commit(t, s, sos)
-	if len(res.Incidents) != 5 {
-		t.Fatalf("resent SOS batch: %d incident changes, want 5", len(res.Incidents))
+	if len(res.Incidents) != 8 {
+		t.Fatalf("resent SOS batch: %d incident changes, want 8", len(res.Incidents))
 	}
 	if c := res.Incidents[0]; !c.Opened || c.Incident.ID != 2 || c.Event.ID != 2 {
 		t.Errorf("first SOS after the failures: opened=%v incident=%d event=%d, want incident 2 and event 2: failed commits use up no ids",
@@ -131,7 +134,10 @@ func TestStore_FailedCommitLeavesNoTrace(t *testing.T) {
 	if c := res.Incidents[2]; c.Incident.ID != 2 || c.Incident.Presses != 3 {
 		t.Errorf("sos-2 within the window: incident %d presses %d, want 2 and 3", c.Incident.ID, c.Incident.Presses)
 	}
-	if c := res.Incidents[4]; !c.Opened || c.Incident.ID != 3 {
+	if c := res.Incidents[4]; c.Event.Type != store.EventRedelivered || c.Incident.Presses != 3 {
+		t.Errorf("redelivered sos-1: event %s presses %d, want %s and 3", c.Event.Type, c.Incident.Presses, store.EventRedelivered)
+	}
+	if c := res.Incidents[7]; !c.Opened || c.Incident.ID != 3 {
 		t.Errorf("veh-2's SOS: opened=%v incident=%d, want incident 3", c.Opened, c.Incident.ID)
 	}
 	if res := commit(t, s, status); len(res.Statuses) != 2 {

@@ -25,11 +25,20 @@
 //	incident_sos          vehicle + 0x00 + SOS id → incident id
 //	incident_events       incident id + event id → event (JSON)
 //	cursors               agent, spool, lane (length-prefixed) → seq + updated_at
+//	incident_presses      vehicle + 0x00 + SOS id + 0x00 + press time → incident id
+//	                      (each counted press, to recognise a redelivered SOS)
+//	contacts              id → contact (JSON)
+//	notifications         id → notification (JSON)
+//	notifications_by_key  incident id + channel + 0x00 + address → notification id
+//	notifications_due     next attempt time + id → empty (pending and sending only)
+//	notifications_by_provider  provider id → notification id
 //
 // Integers in keys are big-endian uint64. "unique" is the next sequence
 // number of the fixes bucket, so two fixes of one vehicle with the same
-// fix time are both kept. Incident and event ids come from the sequences
-// of the incidents and incident_events buckets.
+// fix time are both kept. Incident, event, contact and notification ids
+// come from the sequences of the incidents, incident_events, contacts and
+// notifications buckets. Open adds the buckets of the dispatch methods to
+// a file written before they existed, so the format version stays 1.
 //
 // # Transactions
 //

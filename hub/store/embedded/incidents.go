@@ -18,9 +18,12 @@ import (
 // applySOS applies one SOS or SOS cancel record and returns the incident
 // it changed. An SOS is, in order of precedence:
 //
+//   - a redelivery: the SOS id and press time of a press already counted,
+//     such as a QoS 1 redelivery the agent stored twice. Presses stays
+//     and a redelivered event is added to that press's incident;
 //   - a repeat of an SOS id already attached to an incident of the
-//     vehicle (a QoS 1 redelivery or a re-press that kept its id): presses
-//     goes up and a repeat_press event is added;
+//     vehicle (a re-press that kept its id): presses goes up and a
+//     repeat_press event is added;
 //   - a new SOS id from a vehicle with an open, acknowledged or dispatched
 //     incident whose first SOS the agent received within
 //     store.RepeatWindow of this one: the id attaches to the incident
@@ -30,10 +33,15 @@ import (
 // A cancel sets cancel_requested and adds a cancel_requested event; the
 // state stays, because an operator must confirm a cancel. A cancel for an
 // SOS id the vehicle never sent is skipped (ok false) and left in fx to be
-// counted and logged after the commit. bbolt's single writer keeps two
+// counted and logged after the commit. Local acknowledgements and agent
+// notifications go to applyAgentRecord. bbolt's single writer keeps two
 // batches from opening two incidents for one emergency.
 func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *protocol.Record, now time.Time, fx *commitEffects) (change store.IncidentChange, ok bool, err error) {
 	actor := "vehicle:" + r.VehicleID
+
+	if r.Kind == protocol.KindSOSAck || r.Kind == protocol.KindSOSNotified {
+		return applyAgentRecord(bk, b.AgentID, r, now, fx)
+	}
 
 	if r.Kind == protocol.KindSOSCancel {
 		id, found, err := incidentForSOS(bk, r.VehicleID, r.Cancel.ID)
@@ -61,6 +69,16 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 	}
 
 	sos := r.SOS
+	pressed := store.PressTime(r)
+	if id, found, err := pressedIncident(bk, r.VehicleID, sos.ID, pressed); err != nil || found {
+		if err != nil {
+			return change, false, err
+		}
+		fx.redelivered = append(fx.redelivered, r)
+		change, err = incidentEvent(bk, id, store.EventRedelivered, actor, store.RedeliveredDetail(sos, pressed), now)
+		return change, err == nil, err
+	}
+
 	id, found, err := incidentForSOS(bk, r.VehicleID, sos.ID)
 	if err != nil {
 		return change, false, err
@@ -98,6 +116,9 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 	if err := saveIncident(bk, inc); err != nil {
 		return change, false, fmt.Errorf("count press on incident %d: %w", id, err)
 	}
+	if err := bk.incidentPresses.Put(pressKey(r.VehicleID, sos.ID, pressed), u64(uint64(id))); err != nil {
+		return change, false, fmt.Errorf("record press of SOS %s on incident %d: %w", sos.ID, id, err)
+	}
 	change.Incident = inc
 	change.Event, err = addEvent(bk, id, store.EventRepeatPress, actor, detail, now)
 	return change, err == nil, err
@@ -107,10 +128,7 @@ func (s *Store) applySOS(bk *buckets, b *protocol.Batch, region string, r *proto
 // and adds the opened event.
 func (s *Store) openIncident(bk *buckets, b *protocol.Batch, region string, r *protocol.Record, now time.Time, fx *commitEffects) (change store.IncidentChange, ok bool, err error) {
 	sos := r.SOS
-	pressed := sos.Time
-	if pressed.IsZero() {
-		pressed = r.ReceivedAt
-	}
+	pressed := store.PressTime(r)
 	kind := sos.Kind
 	if kind == "" {
 		kind = protocol.SOSPanic
@@ -129,7 +147,7 @@ func (s *Store) openIncident(bk *buckets, b *protocol.Batch, region string, r *p
 		State:       store.StateOpen,
 		Note:        store.CleanText(sos.Note),
 		HasLocation: sos.HasLocation,
-		PressedAt:   store.Time(pressed),
+		PressedAt:   pressed,
 		ReceivedAt:  store.Time(r.ReceivedAt),
 		OpenedAt:    now,
 		UpdatedAt:   now,
@@ -147,6 +165,9 @@ func (s *Store) openIncident(bk *buckets, b *protocol.Batch, region string, r *p
 	}
 	if err := bk.incidentSOS.Put(sosKey(r.VehicleID, sos.ID), u64(seq)); err != nil {
 		return change, false, fmt.Errorf("map SOS %s to incident %d: %w", sos.ID, inc.ID, err)
+	}
+	if err := bk.incidentPresses.Put(pressKey(r.VehicleID, sos.ID, pressed), u64(seq)); err != nil {
+		return change, false, fmt.Errorf("record press of SOS %s on incident %d: %w", sos.ID, inc.ID, err)
 	}
 
 	detail := []string{fmt.Sprintf("SOS %s (%s)", sos.ID, kind)}
@@ -179,6 +200,42 @@ func incidentForSOS(bk *buckets, vehicleID, sosID string) (id int64, found bool,
 		return 0, false, fmt.Errorf("%w: SOS %s of vehicle %s maps to a value of %d bytes", ErrCorrupt, sosID, vehicleID, len(v))
 	}
 	return int64(binary.BigEndian.Uint64(v)), true, nil
+}
+
+// pressedIncident returns the incident a press of the vehicle's SOS id at
+// pressed was already counted on. Files written before presses were
+// recorded know only each incident's first press, so that is checked too.
+func pressedIncident(bk *buckets, vehicleID, sosID string, pressed time.Time) (id int64, found bool, err error) {
+	if v := bk.incidentPresses.Get(pressKey(vehicleID, sosID, pressed)); v != nil {
+		if len(v) != 8 {
+			return 0, false, fmt.Errorf("%w: press of SOS %s of vehicle %s maps to a value of %d bytes", ErrCorrupt, sosID, vehicleID, len(v))
+		}
+		return int64(binary.BigEndian.Uint64(v)), true, nil
+	}
+	id, found, err = incidentForSOS(bk, vehicleID, sosID)
+	if err != nil || !found {
+		return 0, false, err
+	}
+	inc, err := getIncident(bk, id)
+	if err != nil {
+		return 0, false, err
+	}
+	return id, inc.SOSID == sosID && inc.PressedAt.Equal(pressed), nil
+}
+
+// incidentEvent adds an event to an incident, sets its UpdatedAt and
+// returns the change.
+func incidentEvent(bk *buckets, id int64, typ, actor, detail string, now time.Time) (store.IncidentChange, error) {
+	inc, err := getIncident(bk, id)
+	if err != nil {
+		return store.IncidentChange{}, err
+	}
+	inc.UpdatedAt = now
+	if err := saveIncident(bk, inc); err != nil {
+		return store.IncidentChange{}, fmt.Errorf("save incident %d: %w", id, err)
+	}
+	ev, err := addEvent(bk, id, typ, actor, detail, now)
+	return store.IncidentChange{Incident: inc, Event: ev}, err
 }
 
 // activeIncidentNear returns the vehicle's open, acknowledged or

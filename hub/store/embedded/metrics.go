@@ -16,6 +16,13 @@ type metrics struct {
 	incidentsOpened  prometheus.Counter
 	cancelsUnmatched prometheus.Counter
 	incidentActions  *prometheus.CounterVec
+	// dispatchOps counts the contact and dispatch methods by operation and result.
+	dispatchOps *prometheus.CounterVec
+	// agentRecordsSkipped counts local acknowledgement and agent
+	// notification records that CommitBatch skipped, by kind and reason.
+	agentRecordsSkipped *prometheus.CounterVec
+	// redelivered counts SOS records recognised as redeliveries of a press.
+	redelivered      prometheus.Counter
 	retentionDeleted prometheus.Counter
 	retentionErrors  prometheus.Counter
 }
@@ -57,6 +64,18 @@ func newMetrics(reg prometheus.Registerer, path string) *metrics {
 			Name: "xpress_store_incident_actions_total",
 			Help: "Operator actions on incidents, by action and result (ok, conflict, invalid, not_found, error).",
 		}, []string{"action", "result"})),
+		dispatchOps: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_dispatch_operations_total",
+			Help: "Contact and notification operations, by operation and result (ok, conflict, invalid, not_found, error).",
+		}, []string{"operation", "result"})),
+		agentRecordsSkipped: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_agent_records_skipped_total",
+			Help: "Local acknowledgement and agent notification records skipped, by kind and reason (unmatched: no incident has the SOS id; invalid: content the hub cannot store).",
+		}, []string{"kind", "reason"})),
+		redelivered: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_sos_redelivered_total",
+			Help: "SOS records with the SOS id and press time of a press already counted, recorded without counting a new press.",
+		})),
 		retentionDeleted: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_store_retention_fixes_deleted_total",
 			Help: "Fixes deleted because they were older than the retention window.",

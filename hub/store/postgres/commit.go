@@ -57,9 +57,13 @@ func (s *Store) CommitBatch(ctx context.Context, b *protocol.Batch) (store.Commi
 	}
 
 	start := time.Now()
-	var res store.CommitResult
+	var (
+		res store.CommitResult
+		fx  commitEffects
+	)
 	for attempt := 1; ; attempt++ {
-		res, err = s.commitOnce(ctx, pool, b)
+		fx = commitEffects{}
+		res, err = s.commitOnce(ctx, pool, b, &fx)
 		if err == nil || !retryable(err) || attempt == maxCommitAttempts {
 			break
 		}
@@ -85,11 +89,56 @@ func (s *Store) CommitBatch(ctx context.Context, b *protocol.Batch) (store.Commi
 
 	s.metrics.duplicates.Add(float64(res.Duplicates))
 	s.countRecords(b, res)
+	s.logSkipped(b, &fx)
 	return res, nil
 }
 
+// commitEffects collects what a batch transaction skipped or recognised,
+// to count and log once the transaction is committed, so a transaction
+// that is rolled back or run again leaves no trace in the metrics.
+type commitEffects struct {
+	// unmatched are cancel and agent records whose SOS id matches no
+	// incident of the vehicle.
+	unmatched []*protocol.Record
+	// invalid are agent records skipped for their content.
+	invalid []invalidRecord
+	// redelivered are SOS records recognised as a redelivered press.
+	redelivered []*protocol.Record
+}
+
+// invalidRecord is an agent record skipped for its content, and why.
+type invalidRecord struct {
+	record *protocol.Record
+	err    error
+}
+
+// logSkipped counts and logs the records a committed batch skipped or
+// recognised as redelivered.
+func (s *Store) logSkipped(b *protocol.Batch, fx *commitEffects) {
+	for _, r := range fx.unmatched {
+		if r.Kind == protocol.KindSOSCancel {
+			s.metrics.cancelsUnmatched.Inc()
+			s.log.Warn("SOS cancel matches no incident", "agent", b.AgentID, "vehicle", r.VehicleID, "sos", r.Cancel.ID, "seq", r.Seq)
+			continue
+		}
+		s.metrics.agentRecordsSkipped.WithLabelValues(string(r.Kind), "unmatched").Inc()
+		s.log.Warn("agent record matches no incident", "agent", b.AgentID, "kind", r.Kind, "vehicle", r.VehicleID,
+			"sos", store.AgentRecordSOSID(r), "seq", r.Seq)
+	}
+	for _, inv := range fx.invalid {
+		s.metrics.agentRecordsSkipped.WithLabelValues(string(inv.record.Kind), "invalid").Inc()
+		s.log.Warn("agent record skipped", "agent", b.AgentID, "kind", inv.record.Kind, "vehicle", inv.record.VehicleID,
+			"sos", store.AgentRecordSOSID(inv.record), "seq", inv.record.Seq, "error", inv.err)
+	}
+	for _, r := range fx.redelivered {
+		s.metrics.redelivered.Inc()
+		s.log.Info("SOS redelivered with the press time of a counted press", "agent", b.AgentID, "vehicle", r.VehicleID,
+			"sos", r.SOS.ID, "seq", r.Seq)
+	}
+}
+
 // commitOnce runs the batch transaction once.
-func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Batch) (store.CommitResult, error) {
+func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Batch, fx *commitEffects) (store.CommitResult, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return store.CommitResult{}, fmt.Errorf("begin: %w", err)
@@ -132,7 +181,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	}
 	s.logGap(b, cursor, fresh[0].Seq)
 
-	if err := upsertVehicles(ctx, tx, b.AgentID, region, fresh); err != nil {
+	if err := upsertVehicles(ctx, tx, b.AgentID, region, vehicleRecords(fresh)); err != nil {
 		return store.CommitResult{}, err
 	}
 
@@ -146,7 +195,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 		return store.CommitResult{}, err
 	}
 	for _, r := range sos {
-		change, ok, err := s.applySOS(ctx, tx, b, region, r, now)
+		change, ok, err := s.applySOS(ctx, tx, b, region, r, now, fx)
 		if err != nil {
 			return store.CommitResult{}, fmt.Errorf("record %d: %w", r.Seq, err)
 		}
@@ -154,6 +203,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 			res.Incidents = append(res.Incidents, change)
 		}
 	}
+	res.Unmatched, res.Invalid = len(fx.unmatched), len(fx.invalid)
 
 	if _, err := tx.Exec(ctx, `
 		UPDATE agent_cursors SET seq = $4, updated_at = $5
@@ -200,6 +250,9 @@ func lockCursor(ctx context.Context, tx pgx.Tx, agentID, spoolID string, lane pr
 // more than a minute or the agent or region changes, which keeps steady
 // GPS traffic from rewriting every vehicle row on every batch.
 func upsertVehicles(ctx context.Context, tx pgx.Tx, agentID, region string, records []protocol.Record) error {
+	if len(records) == 0 {
+		return nil
+	}
 	type seen struct{ first, last time.Time }
 	byVehicle := make(map[string]seen)
 	for i := range records {

@@ -23,14 +23,17 @@ var activeStates = []string{string(store.StateOpen), string(store.StateAcknowled
 
 const incidentColumns = `id, sos_id, vehicle_id, agent_id, region, kind, state, note, has_location,
 	lat, lon, pressed_at, received_at, opened_at, updated_at, presses, cancel_requested, historical,
-	assigned_to, acknowledged_at, dispatched_at, resolved_at, cancelled_at`
+	assigned_to, acknowledged_at, dispatched_at, resolved_at, cancelled_at, escalation_level`
 
 // applySOS applies one SOS or SOS cancel record and returns the incident
 // it changed. An SOS is, in order of precedence:
 //
+//   - a redelivery: the SOS id and press time of a press already counted,
+//     such as a QoS 1 redelivery the agent stored twice. Presses stays
+//     and a redelivered event is added to that press's incident;
 //   - a repeat of an SOS id already attached to an incident of the
-//     vehicle (a QoS 1 redelivery or a re-press that kept its id): presses
-//     goes up and a repeat_press event is added;
+//     vehicle (a re-press that kept its id): presses goes up and a
+//     repeat_press event is added;
 //   - a new SOS id from a vehicle with an open, acknowledged or dispatched
 //     incident whose first SOS the agent received within
 //     store.RepeatWindow of this one: the id attaches to that incident as a
@@ -39,14 +42,19 @@ const incidentColumns = `id, sos_id, vehicle_id, agent_id, region, kind, state, 
 //
 // A cancel sets cancel_requested and adds a cancel_requested event; the
 // state stays, because an operator must confirm a cancel. A cancel for an
-// SOS id the vehicle never sent is counted, logged and skipped (ok false).
-// A transaction advisory lock per vehicle keeps two batches from opening
-// two incidents for one emergency.
-func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, region string, r *protocol.Record, now time.Time) (change store.IncidentChange, ok bool, err error) {
+// SOS id the vehicle never sent is skipped (ok false) and left in fx to
+// be counted and logged after the commit. Local acknowledgements and agent
+// notifications go to applyAgentRecord. A transaction advisory lock per
+// vehicle keeps two batches from opening two incidents for one emergency.
+func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, region string, r *protocol.Record, now time.Time, fx *commitEffects) (change store.IncidentChange, ok bool, err error) {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClassSOS, r.VehicleID); err != nil {
 		return change, false, fmt.Errorf("lock vehicle %s: %w", r.VehicleID, err)
 	}
 	actor := "vehicle:" + r.VehicleID
+
+	if r.Kind == protocol.KindSOSAck || r.Kind == protocol.KindSOSNotified {
+		return applyAgentRecord(ctx, tx, b.AgentID, r, now, fx)
+	}
 
 	if r.Kind == protocol.KindSOSCancel {
 		id, found, err := incidentForSOS(ctx, tx, r.VehicleID, r.Cancel.ID)
@@ -54,8 +62,7 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 			return change, false, err
 		}
 		if !found {
-			s.metrics.cancelsUnmatched.Inc()
-			s.log.Warn("SOS cancel matches no incident", "agent", b.AgentID, "vehicle", r.VehicleID, "sos", r.Cancel.ID, "seq", r.Seq)
+			fx.unmatched = append(fx.unmatched, r)
 			return change, false, nil
 		}
 		change.Incident, err = scanIncident(tx.QueryRow(ctx, `
@@ -73,6 +80,16 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 	}
 
 	sos := r.SOS
+	pressed := store.PressTime(r)
+	if id, found, err := pressedIncident(ctx, tx, r.VehicleID, sos.ID, pressed); err != nil || found {
+		if err != nil {
+			return change, false, err
+		}
+		fx.redelivered = append(fx.redelivered, r)
+		change, err = incidentEvent(ctx, tx, id, store.EventRedelivered, actor, store.RedeliveredDetail(sos, pressed), now)
+		return change, err == nil, err
+	}
+
 	id, found, err := incidentForSOS(ctx, tx, r.VehicleID, sos.ID)
 	if err != nil {
 		return change, false, err
@@ -129,6 +146,9 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 	if err != nil {
 		return change, false, fmt.Errorf("count press on incident %d: %w", id, err)
 	}
+	if err := recordPress(ctx, tx, r.VehicleID, sos.ID, pressed, id); err != nil {
+		return change, false, err
+	}
 	change.Event, err = addEvent(ctx, tx, id, store.EventRepeatPress, actor, store.CleanText(detail), now)
 	return change, err == nil, err
 }
@@ -137,10 +157,7 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 // and adds the opened event.
 func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, region string, r *protocol.Record, now time.Time) (change store.IncidentChange, ok bool, err error) {
 	sos := r.SOS
-	pressed := sos.Time
-	if pressed.IsZero() {
-		pressed = r.ReceivedAt
-	}
+	pressed := store.PressTime(r)
 	var lat, lon *float64
 	if sos.HasLocation {
 		lat, lon = &sos.Lat, &sos.Lon
@@ -156,7 +173,7 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, 1, false, $14)
 		RETURNING `+incidentColumns,
 		sos.ID, r.VehicleID, b.AgentID, region, store.CleanText(string(kind)), string(store.StateOpen),
-		store.CleanText(sos.Note), sos.HasLocation, lat, lon, store.Time(pressed), store.Time(r.ReceivedAt), now, r.Historical))
+		store.CleanText(sos.Note), sos.HasLocation, lat, lon, pressed, store.Time(r.ReceivedAt), now, r.Historical))
 	if err != nil {
 		return change, false, fmt.Errorf("open incident for SOS %s: %w", sos.ID, err)
 	}
@@ -165,6 +182,9 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 			ON CONFLICT (vehicle_id, sos_id) DO UPDATE SET incident_id = excluded.incident_id`,
 		r.VehicleID, sos.ID, id); err != nil {
 		return change, false, fmt.Errorf("map SOS %s to incident %d: %w", sos.ID, id, err)
+	}
+	if err := recordPress(ctx, tx, r.VehicleID, sos.ID, pressed, id); err != nil {
+		return change, false, err
 	}
 
 	detail := []string{fmt.Sprintf("SOS %s (%s)", sos.ID, kind)}
@@ -200,6 +220,52 @@ func incidentForSOS(ctx context.Context, tx pgx.Tx, vehicleID, sosID string) (id
 	return id, true, nil
 }
 
+// pressedIncident returns the incident a press of the vehicle's SOS id at
+// pressed was already counted on. Presses counted before the
+// incident_presses table existed are known only by each incident's first
+// press, so that is checked too.
+func pressedIncident(ctx context.Context, tx pgx.Tx, vehicleID, sosID string, pressed time.Time) (id int64, found bool, err error) {
+	err = tx.QueryRow(ctx, `
+		SELECT incident_id FROM incident_presses WHERE vehicle_id = $1 AND sos_id = $2 AND pressed_at = $3
+		UNION ALL
+		SELECT i.id FROM incident_sos_ids m JOIN incidents i ON i.id = m.incident_id
+		WHERE m.vehicle_id = $1 AND m.sos_id = $2 AND i.sos_id = $2 AND i.pressed_at = $3
+		LIMIT 1`, vehicleID, sosID, pressed).Scan(&id)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("look up press of SOS %s of vehicle %s: %w", sosID, vehicleID, err)
+	}
+	return id, true, nil
+}
+
+// recordPress records a counted press of the vehicle's SOS id, so a
+// redelivery of it is recognised.
+func recordPress(ctx context.Context, tx pgx.Tx, vehicleID, sosID string, pressed time.Time, incidentID int64) error {
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO incident_presses (vehicle_id, sos_id, pressed_at, incident_id) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (vehicle_id, sos_id, pressed_at) DO UPDATE SET incident_id = excluded.incident_id`,
+		vehicleID, sosID, pressed, incidentID); err != nil {
+		return fmt.Errorf("record press of SOS %s on incident %d: %w", sosID, incidentID, err)
+	}
+	return nil
+}
+
+// incidentEvent adds an event to an incident, sets its UpdatedAt and
+// returns the change.
+func incidentEvent(ctx context.Context, tx pgx.Tx, id int64, typ, actor, detail string, now time.Time) (store.IncidentChange, error) {
+	var change store.IncidentChange
+	var err error
+	change.Incident, err = scanIncident(tx.QueryRow(ctx, `
+		UPDATE incidents SET updated_at = $2 WHERE id = $1 RETURNING `+incidentColumns, id, now))
+	if err != nil {
+		return change, fmt.Errorf("update incident %d: %w", id, err)
+	}
+	change.Event, err = addEvent(ctx, tx, id, typ, actor, store.CleanText(detail), now)
+	return change, err
+}
+
 func addEvent(ctx context.Context, tx pgx.Tx, incidentID int64, typ, actor, detail string, at time.Time) (store.IncidentEvent, error) {
 	ev := store.IncidentEvent{IncidentID: incidentID, Type: typ, Actor: actor, Detail: detail, At: at}
 	err := tx.QueryRow(ctx, `
@@ -223,7 +289,7 @@ func scanIncident(row pgx.Row) (store.Incident, error) {
 	)
 	err := row.Scan(&inc.ID, &inc.SOSID, &inc.VehicleID, &inc.AgentID, &inc.Region, &kind, &state, &inc.Note,
 		&inc.HasLocation, &lat, &lon, &pressed, &recvd, &opened, &updated, &inc.Presses, &inc.CancelRequested, &inc.Historical,
-		&inc.AssignedTo, &acknowledged, &dispatched, &resolved, &cancelled)
+		&inc.AssignedTo, &acknowledged, &dispatched, &resolved, &cancelled, &inc.EscalationLevel)
 	if err != nil {
 		return store.Incident{}, err
 	}

@@ -16,7 +16,14 @@ type metrics struct {
 	incidentsOpened  prometheus.Counter
 	cancelsUnmatched prometheus.Counter
 	incidentActions  *prometheus.CounterVec
-	partitionErrors  prometheus.Counter
+	// dispatchOps counts the contact and dispatch methods by operation and result.
+	dispatchOps *prometheus.CounterVec
+	// agentRecordsSkipped counts local acknowledgement and agent
+	// notification records that CommitBatch skipped, by kind and reason.
+	agentRecordsSkipped *prometheus.CounterVec
+	// redelivered counts SOS records recognised as redeliveries of a press.
+	redelivered     prometheus.Counter
+	partitionErrors prometheus.Counter
 
 	retentionDeleted  prometheus.Counter
 	partitionsDropped prometheus.Counter
@@ -61,6 +68,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "xpress_store_incident_actions_total",
 			Help: "Operator actions on incidents, by action and result (ok, conflict, invalid, not_found, error).",
 		}, []string{"action", "result"})),
+		dispatchOps: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_dispatch_operations_total",
+			Help: "Contact and notification operations, by operation and result (ok, conflict, invalid, not_found, error).",
+		}, []string{"operation", "result"})),
+		agentRecordsSkipped: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_store_agent_records_skipped_total",
+			Help: "Local acknowledgement and agent notification records skipped, by kind and reason (unmatched: no incident has the SOS id; invalid: content the hub cannot store).",
+		}, []string{"kind", "reason"})),
+		redelivered: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_store_sos_redelivered_total",
+			Help: "SOS records with the SOS id and press time of a press already counted, recorded without counting a new press.",
+		})),
 		partitionErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_store_partition_errors_total",
 			Help: "Failed runs of the fixes partition maintenance.",

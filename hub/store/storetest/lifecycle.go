@@ -46,6 +46,15 @@ func testClosedStore(t *testing.T, f Factory) {
 	for _, a := range store.Actions {
 		_, checks[string(a)] = Act(c, s, 1, a, Operator, actionText[a])
 	}
+	_, checks["SaveContact"] = s.SaveContact(c, store.Contact{Name: "Ana", Role: store.RoleResponder, Region: Region, Phone: phoneAna})
+	checks["DeleteContact"] = s.DeleteContact(c, 1)
+	_, checks["Contacts"] = s.Contacts(c, store.ContactFilter{})
+	_, _, checks["EscalateIncident"] = s.EscalateIncident(c, store.Escalation{IncidentID: 1, Level: 1, Notifications: []store.Notification{SMS(phoneAna, "opened")}})
+	_, checks["DueNotifications"] = s.DueNotifications(c, Epoch, 0)
+	_, _, checks["ClaimNotification"] = s.ClaimNotification(c, 1, Epoch, Epoch.Add(time.Minute))
+	_, _, checks["RecordAttempt"] = s.RecordAttempt(c, 1, store.AttemptOutcome{State: store.NotificationSent})
+	_, _, checks["UpdateDeliveryStatus"] = s.UpdateDeliveryStatus(c, "SM-1", "delivered", "")
+	_, checks["Notifications"] = s.Notifications(c, 1)
 	_, checks["DeleteFixesBefore"] = s.DeleteFixesBefore(c, Epoch)
 	checks["Ping"] = s.Ping(c)
 	for method, err := range checks {

@@ -16,10 +16,20 @@
 //     action allowed or refused with store.ErrConflict in every state,
 //     their events and timestamps, input rules, concurrent actions, and
 //     how closing an incident ends the repeat-window attach;
+//   - the contact methods: validation, insert, replace, delete, filters;
+//   - the dispatch methods (EscalateIncident to Notifications): idempotent
+//     and concurrent escalation, at most one notification per incident,
+//     channel and address, due order, claim conflicts and lease expiry,
+//     attempt outcomes, provider status callbacks that never move a
+//     delivered or failed notification;
+//   - agent records in CommitBatch: local acknowledgements, notifications
+//     the agent sent, unmatched and invalid ones, and their resend;
+//   - a redelivered SOS press, which is not counted twice;
 //   - DeleteFixesBefore: retention of fixes only;
 //   - Ping and Close: a closed store is unavailable, Close twice;
-//   - restart: a store reopened on the same data reads everything back
-//     and still skips resent batches.
+//   - restart: a store reopened on the same data reads everything back,
+//     notifications and escalation levels included, and still skips
+//     resent batches.
 package storetest
 
 import (
@@ -71,6 +81,8 @@ func Run(t *testing.T, f Factory) {
 	cases = append(cases, readCases...)
 	cases = append(cases, lifecycleCases...)
 	cases = append(cases, operatorCases...)
+	cases = append(cases, dispatchCases...)
+	cases = append(cases, agentCases...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
