@@ -30,8 +30,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/agent/broker"
+	"github.com/xpress-ops/tower/agent/localsos"
 	"github.com/xpress-ops/tower/agent/spool"
 	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -50,8 +52,14 @@ const (
 type Config struct {
 	// ID is the agent's id, unique among agents: letters, digits, '-' and '_'. Required.
 	ID string
-	// Region is the region the agent serves, e.g. "NCR-Manila". Required.
+	// Region is the region the agent serves: one of KnownRegions in any
+	// case, or a name in ExtraRegions. New stores its canonical spelling
+	// (see NormalizeRegion). Required.
 	Region string
+	// ExtraRegions are region names accepted besides KnownRegions, for an
+	// office this build does not know yet. Each is 1 to 64 bytes of
+	// letters, digits, spaces, '-', '_' and '.'.
+	ExtraRegions []string
 	// MQTTAddr is the TCP address vehicles connect to. Empty means DefaultMQTTAddr (":1883").
 	MQTTAddr string
 	// HubURL is the hub's MQTT URL for agents. Empty means DefaultHubURL
@@ -113,26 +121,40 @@ type Config struct {
 	// ShutdownTimeout bounds the HTTP server's graceful shutdown in Close.
 	// Zero means DefaultShutdownTimeout (10 s).
 	ShutdownTimeout time.Duration
+	// SOSLanguage is the language of the SOS state texts the agent writes
+	// to drivers itself: received, and a local acknowledgement. States from
+	// the hub carry the hub's text. Empty means English
+	// (localsos.DefaultLanguage).
+	SOSLanguage string
 }
 
-// Validate checks the required fields. It does not fill defaults.
+// Validate checks the required fields, the region and the ranges of the
+// spool and uplink settings (see MinSpoolMaxBytes and
+// uplink.Config.ValidateLimits). It does not fill defaults. An error
+// about one field is a configcheck.FieldError named by the Config field,
+// so the command line can name its flag instead.
 func (c *Config) Validate() error {
 	var errs []error
 	if err := protocol.ValidateAgentID(c.ID); err != nil {
-		errs = append(errs, fmt.Errorf("agent id: %w", err))
+		errs = append(errs, configcheck.Wrap("ID", err))
 	}
-	if c.Region == "" || len(c.Region) > 64 {
-		errs = append(errs, fmt.Errorf("region must be 1 to 64 bytes, got %d", len(c.Region)))
+	// The region is checked against valid extra names only, so a bad
+	// extra name is reported once.
+	if extraErrs := validateExtraRegions(c.ExtraRegions); len(extraErrs) > 0 {
+		errs = append(errs, extraErrs...)
+	} else if _, err := NormalizeRegion(c.Region, c.ExtraRegions); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DataDir == "" {
-		errs = append(errs, errors.New("data dir is empty"))
+		errs = append(errs, configcheck.Newf("DataDir", "is empty"))
 	}
 	if c.HubURL != "" {
 		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" || u.Port() == "" ||
 			(u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ssl" && u.Scheme != "tls") {
-			errs = append(errs, fmt.Errorf("invalid hub URL %q: use tcp://host:port (or ssl://host:port)", c.HubURL))
+			errs = append(errs, configcheck.Newf("HubURL", "%q is invalid: use tcp://host:port (or ssl://host:port)", c.HubURL))
 		}
 	}
+	errs = append(errs, c.validateTunables()...)
 	if c.Registerer != nil && c.Gatherer == nil {
 		if _, ok := c.Registerer.(prometheus.Gatherer); !ok {
 			errs = append(errs, errors.New("registerer is not a gatherer: set Gatherer for /metrics"))
@@ -156,6 +178,11 @@ type Agent struct {
 	spool  *spool.Spool
 	broker *broker.Broker
 	uplink *uplink.Uplink
+	// sos keeps the SOS alerts of this agent's vehicles, and relay
+	// publishes their state to the vehicles.
+	sos     *localsos.Store
+	relay   *localsos.Relay
+	sosOpen atomic.Bool
 
 	httpServer   *http.Server
 	httpListener net.Listener
@@ -174,6 +201,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid agent config: %w", err)
 	}
+	// Validate accepted the region, so it has a canonical spelling.
+	cfg.Region, _ = NormalizeRegion(cfg.Region, cfg.ExtraRegions)
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
 	}
@@ -212,6 +241,7 @@ func New(cfg Config) (*Agent, error) {
 		SOSReserveBytes: cfg.SpoolSOSReserveBytes,
 		MaxFileBytes:    cfg.SpoolMaxFileBytes,
 		Now:             cfg.Now,
+		AgentID:         cfg.ID,
 	})
 	a.broker = broker.New(broker.Config{
 		Addr:          cfg.MQTTAddr,
@@ -223,6 +253,20 @@ func New(cfg Config) (*Agent, error) {
 		MaxFuture:     cfg.MaxFuture,
 		Retention:     cfg.Retention,
 		AppendTimeout: cfg.AppendTimeout,
+		OnSOSStored:   func(rec protocol.Record) { a.relay.SOSStored(rec) },
+	})
+	a.sos = localsos.New(localsos.Config{
+		Path:     filepath.Join(cfg.DataDir, localsos.File),
+		Language: cfg.SOSLanguage,
+		Now:      cfg.Now,
+	})
+	a.relay = localsos.NewRelay(localsos.RelayConfig{
+		AgentID:    cfg.ID,
+		Store:      a.sos,
+		Publisher:  a.broker,
+		Logger:     logger,
+		Registerer: cfg.Registerer,
+		Now:        cfg.Now,
 	})
 	a.uplink = uplink.New(uplink.Config{
 		AgentID:         cfg.ID,
@@ -243,15 +287,17 @@ func New(cfg Config) (*Agent, error) {
 		PingTimeout:        cfg.PingTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		MaxBackoff:         cfg.MaxBackoff,
+		OnSOSState:         a.relay.HubState,
 	})
 	return a, nil
 }
 
-// Open creates DataDir, opens the spool, starts the vehicle broker, the
-// uplink and the HTTP server, in that order. It does not wait for the
-// hub. On failure it closes what it started. ctx is checked before the
-// first step; each step is local and short (the spool waits at most its
-// lock timeout). An agent opens once.
+// Open creates DataDir, opens the spool and the local SOS store, starts
+// the vehicle broker, the SOS state relay, the uplink and the HTTP
+// server, in that order. It does not wait for the hub. On failure it
+// closes what it started. ctx is checked before the first step; each step
+// is local and short (the spool waits at most its lock timeout). An agent
+// opens once.
 func (a *Agent) Open(ctx context.Context) error {
 	err := errors.New("agent already opened")
 	a.openOnce.Do(func() { err = a.open(ctx) })
@@ -268,7 +314,16 @@ func (a *Agent) open(ctx context.Context) error {
 	if err := checkSpoolPresent(a.cfg.DataDir); err != nil {
 		return err
 	}
+	// The spool adopts a file that records no owner, so the data dir's
+	// owner is checked first: the spool must never record the wrong agent.
+	if err := checkDataDirOwner(a.cfg.DataDir, a.cfg.ID); err != nil {
+		return err
+	}
 	if err := a.spool.Open(); err != nil {
+		var owner *spool.OwnerError
+		if errors.As(err, &owner) {
+			return fmt.Errorf("%w: start with --id %s, or use another --data-dir", err, owner.Owner)
+		}
 		return err
 	}
 	a.spoolOpen.Store(true)
@@ -276,11 +331,24 @@ func (a *Agent) open(ctx context.Context) error {
 	if err := claimDataDir(a.cfg.DataDir, a.cfg.ID); err != nil {
 		return errors.Join(err, a.Close())
 	}
+	// Forwarding SOS alerts matters more than the local SOS store, so an
+	// agent whose store cannot be opened still starts.
+	if err := a.sos.Open(); err != nil {
+		a.log.Error("local SOS store unavailable: vehicles still get SOS states, but the agent keeps none across restarts; "+
+			"move the file away to start a new one", "path", filepath.Join(a.cfg.DataDir, localsos.File), "error", err)
+	} else {
+		a.sosOpen.Store(true)
+	}
 
 	if err := a.broker.Open(); err != nil {
 		return errors.Join(err, a.Close())
 	}
 	a.brokerListen.Store(true)
+	// The broker keeps retained messages in memory only, so the relay
+	// publishes the state of every active SOS again.
+	if err := a.relay.Start(); err != nil {
+		return errors.Join(err, a.Close())
+	}
 
 	if err := a.uplink.Open(); err != nil {
 		return errors.Join(err, a.Close())
@@ -316,6 +384,10 @@ func (a *Agent) HTTPAddr() net.Addr {
 	return a.httpListener.Addr()
 }
 
+// LocalSOS returns the relay that records this agent's SOS alerts and
+// publishes their state to the vehicles. Its Store lists them.
+func (a *Agent) LocalSOS() *localsos.Relay { return a.relay }
+
 // SpoolID returns the id of the agent's spool file, empty before Open.
 func (a *Agent) SpoolID() string { return a.spool.SpoolID() }
 
@@ -329,7 +401,8 @@ func (a *Agent) UplinkState() uplink.State { return a.uplink.State() }
 //  2. flush the spool: wait for the group commit in progress;
 //  3. stop the uplink: records the hub has not acknowledged stay in the
 //     spool for the next start;
-//  4. close the bbolt file.
+//  4. stop the SOS state relay and close the local SOS store;
+//  5. close the spool's bbolt file.
 //
 // It returns every failure joined and is safe to call more than once.
 func (a *Agent) Close() error {
@@ -354,6 +427,11 @@ func (a *Agent) Close() error {
 			cancel()
 		}
 		errs = append(errs, a.uplink.Close())
+		errs = append(errs, a.relay.Close())
+		if a.sosOpen.Load() {
+			a.sosOpen.Store(false)
+			errs = append(errs, a.sos.Close())
+		}
 		a.spoolOpen.Store(false)
 		errs = append(errs, a.spool.Close())
 
@@ -375,11 +453,7 @@ func claimDataDir(dataDir, id string) error {
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
-		if owner := strings.TrimSpace(string(data)); owner != id {
-			return fmt.Errorf("data dir %s belongs to agent %q, not %q, and its spool contains that agent's records: start with --id %s or use another --data-dir",
-				dataDir, owner, id, owner)
-		}
-		return nil
+		return checkOwnerID(dataDir, strings.TrimSpace(string(data)), id)
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("read %s: %w", path, err)
 	}
@@ -392,6 +466,29 @@ func claimDataDir(dataDir, id string) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
+}
+
+// checkDataDirOwner fails when dataDir's AgentIDFile names an agent other
+// than id. A data dir without the file passes.
+func checkDataDirOwner(dataDir, id string) error {
+	path := filepath.Join(dataDir, AgentIDFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	return checkOwnerID(dataDir, strings.TrimSpace(string(data)), id)
+}
+
+// checkOwnerID fails when owner, the agent id recorded in dataDir, is not id.
+func checkOwnerID(dataDir, owner, id string) error {
+	if owner != id {
+		return fmt.Errorf("data dir %s belongs to agent %q, not %q, and its spool contains that agent's records: start with --id %s or use another --data-dir",
+			dataDir, owner, id, owner)
+	}
+	return nil
 }
 
 // checkSpoolPresent fails when the data directory was used by an agent

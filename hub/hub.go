@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/hub/api"
+	"github.com/xpress-ops/tower/hub/dispatch"
+	"github.com/xpress-ops/tower/hub/downlink"
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/ingest"
 	"github.com/xpress-ops/tower/hub/store"
@@ -48,6 +50,11 @@ type Config struct {
 	// Registerer and Gatherer hold the hub's metrics. Nil means a private registry.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// Dispatch configures the dispatcher that notifies contacts of
+	// incidents and escalates the unacknowledged ones. The hub sets its
+	// Store, Bus, Logger and Registerer. Without Senders every channel is
+	// disabled, and the escalation levels are still recorded.
+	Dispatch dispatch.Config
 }
 
 // Validate fills defaults and checks the configuration.
@@ -100,6 +107,11 @@ type Hub struct {
 	http   *http.Server
 	httpLn net.Listener
 	done   chan error
+
+	// downlink sends incident states to the agents for their vehicles.
+	downlink *downlink.Downlink
+	// dispatcher notifies contacts and escalates incidents.
+	dispatcher *dispatch.Dispatcher
 
 	mu      sync.Mutex
 	agents  map[string]*api.AgentState
@@ -165,6 +177,32 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("open agent listener on %s: %w", h.cfg.AgentMQTTAddr, err)
 	}
 
+	h.downlink, err = downlink.New(downlink.Config{
+		Bus:        h.bus,
+		Store:      h.store,
+		Publisher:  h.ingest,
+		Language:   dispatch.DriverLanguage(h.store, h.cfg.Logger),
+		Message:    dispatch.DriverMessage,
+		Logger:     h.cfg.Logger,
+		Registerer: h.cfg.Registerer,
+	})
+	if err != nil {
+		return err
+	}
+	h.downlink.Start()
+
+	dcfg := h.cfg.Dispatch
+	dcfg.Store, dcfg.Bus, dcfg.Logger, dcfg.Registerer = h.store, h.bus, h.cfg.Logger, h.cfg.Registerer
+	if h.dispatcher, err = dispatch.New(dcfg); err != nil {
+		return err
+	}
+	// Incidents stored before a restart are escalated before the first
+	// client connects; the loop retries a scan that fails here.
+	if err := h.dispatcher.Scan(ctx); err != nil {
+		h.log.Warn("first incident scan failed; the dispatcher retries it", "error", err)
+	}
+	h.dispatcher.Start()
+
 	h.api = api.New(api.Config{
 		Store:          h.store,
 		Bus:            h.bus,
@@ -173,6 +211,7 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		Gatherer:       h.cfg.Gatherer,
 		Agents:         h.agentStates,
 		AllowedOrigins: h.cfg.AllowedOrigins,
+		Dispatch:       h.dispatcher,
 		// An operator's action reaches the dashboards as the same event a
 		// committed batch publishes for a changed incident.
 		OnIncidentChange: func(c store.IncidentChange) { h.publish(events.TypeIncidentUpdated, c) },
@@ -205,7 +244,8 @@ func (h *Hub) HTTPAddr() net.Addr { return h.httpLn.Addr() }
 // AgentMQTTAddr returns the bound address of the agent listener.
 func (h *Hub) AgentMQTTAddr() net.Addr { return h.ingest.Addr() }
 
-// Close stops the hub in order: HTTP and WebSockets, then the agent
+// Close stops the hub in order: HTTP and WebSockets, then the dispatcher
+// (waiting for sends in progress), then the downlink, then the agent
 // listener (no new batches), then the bus, then the store. It is safe to
 // call more than once.
 func (h *Hub) Close() error {
@@ -228,6 +268,16 @@ func (h *Hub) Close() error {
 		cancel()
 		if err := <-h.done; err != nil {
 			errs = append(errs, fmt.Errorf("serve HTTP: %w", err))
+		}
+	}
+	if h.dispatcher != nil {
+		if err := h.dispatcher.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close dispatcher: %w", err))
+		}
+	}
+	if h.downlink != nil {
+		if err := h.downlink.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close downlink: %w", err))
 		}
 	}
 	if h.ingest != nil {

@@ -78,6 +78,55 @@ func BatchTopic(agentID string) string { return AgentPrefix + agentID + "/batch"
 // AckTopic returns the topic on which the hub acknowledges an agent's batches.
 func AckTopic(agentID string) string { return AgentPrefix + agentID + "/ack" }
 
+// sosStateUpdateSegment follows the agent id in the hub-to-agent SOS state topics.
+const sosStateUpdateSegment = "/sos-state/"
+
+// SOSStateUpdateTopic returns the topic on which the hub sends an agent
+// the state of one SOS of one of its vehicles:
+// xpress/v1/agents/{agent_id}/sos-state/{vehicle_id}/{sos_id}.
+func SOSStateUpdateTopic(agentID, vehicleID, sosID string) string {
+	return AgentPrefix + agentID + sosStateUpdateSegment + vehicleID + "/" + sosID
+}
+
+// SOSStateUpdateFilter returns the topic filter that matches every
+// SOSStateUpdateTopic of an agent.
+func SOSStateUpdateFilter(agentID string) string {
+	return AgentPrefix + agentID + sosStateUpdateSegment + "+/+"
+}
+
+// SOSStateUpdatePrefix returns the prefix shared by an agent's
+// SOSStateUpdateTopic topics and its SOSStateUpdateFilter.
+func SOSStateUpdatePrefix(agentID string) string {
+	return AgentPrefix + agentID + sosStateUpdateSegment
+}
+
+// ParseSOSStateUpdateTopic returns the agent, vehicle and SOS ids of a
+// SOSStateUpdateTopic topic.
+func ParseSOSStateUpdateTopic(topic string) (agentID, vehicleID, sosID string, err error) {
+	rest, ok := strings.CutPrefix(topic, AgentPrefix)
+	if !ok {
+		return "", "", "", fmt.Errorf("%w: %q is not under %s", ErrUnknownTopic, topic, AgentPrefix)
+	}
+	agentID, rest, ok = strings.Cut(rest, sosStateUpdateSegment)
+	if !ok {
+		return "", "", "", fmt.Errorf("%w: %q is not an SOS state topic", ErrUnknownTopic, topic)
+	}
+	vehicleID, sosID, ok = strings.Cut(rest, "/")
+	if !ok || strings.Contains(sosID, "/") {
+		return "", "", "", fmt.Errorf("%w: %q does not end in {vehicle_id}/{sos_id}", ErrUnknownTopic, topic)
+	}
+	if err := ValidateAgentID(agentID); err != nil {
+		return "", "", "", err
+	}
+	if err := ValidateVehicleID(vehicleID); err != nil {
+		return "", "", "", err
+	}
+	if err := ValidateSOSID(sosID); err != nil {
+		return "", "", "", err
+	}
+	return agentID, vehicleID, sosID, nil
+}
+
 // ParseBatchTopic returns the agent id of a batch topic.
 func ParseBatchTopic(topic string) (string, error) {
 	rest, ok := strings.CutPrefix(topic, AgentPrefix)

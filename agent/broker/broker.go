@@ -37,6 +37,9 @@ const (
 	// sessionExpirySeconds is how long mochi keeps the session of a
 	// disconnected vehicle (subscriptions, in-flight messages): one day.
 	sessionExpirySeconds = 24 * 60 * 60
+	// maxMessageAgeSeconds is how long mochi keeps a retained message:
+	// 30 days, longer than an SOS is expected to stay open.
+	maxMessageAgeSeconds = 30 * 24 * 60 * 60
 )
 
 // Appender stores records durably; *spool.Spool implements it. Append
@@ -71,6 +74,10 @@ type Config struct {
 	// AppendTimeout bounds how long one publish waits for the spool before
 	// the message is rejected without a PUBACK. Zero means DefaultAppendTimeout (10 s).
 	AppendTimeout time.Duration
+	// OnSOSStored, if set, is called with each SOS record once the spool
+	// stored it, before the PUBACK, on the vehicle's connection goroutine.
+	// It delays that PUBACK, so it must return quickly.
+	OnSOSStored func(rec protocol.Record)
 }
 
 // Broker is the vehicles' MQTT broker.
@@ -126,6 +133,12 @@ func (b *Broker) Open() error {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = MaxPacketBytes
 	caps.MaximumSessionExpiryInterval = sessionExpirySeconds
+	// mochi v2.7.9 deletes retained and queued messages older than this,
+	// one day by default, but a retained SOS state must last until the
+	// SOS closes. Zero would disable the limit, but mochi also stamps it
+	// on the PUBREC it keeps for a QoS 2 publish, which would then expire
+	// within a second.
+	caps.MaximumMessageExpiryInterval = maxMessageAgeSeconds
 	// Vehicles have no use for shared subscriptions, and a "$share/..."
 	// filter would need its own ACL rule.
 	caps.SharedSubAvailable = 0
@@ -136,7 +149,8 @@ func (b *Broker) Open() error {
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       slog.New(quietHandler{b.cfg.Logger.Handler()}).With("component", "mqtt"),
-		InlineClient: false,
+		// Publish sends the agent's own messages through the inline client.
+		InlineClient: true,
 	})
 	b.hook.server = server
 	if err := server.AddHook(b.hook, nil); err != nil {
@@ -170,6 +184,27 @@ func (b *Broker) Addr() net.Addr {
 		return nil
 	}
 	return b.listener.Addr()
+}
+
+// Publish sends payload on topic to the subscribed vehicles with QoS 1,
+// through mochi's inline client. With retain set the broker keeps it as
+// the topic's retained message, and an empty retained payload deletes
+// that. mochi also queues the message for a disconnected vehicle that
+// keeps a session. Vehicles receive only topics under their own prefix
+// (see OnACLCheck). Publish fails before Open.
+//
+// NOTE: mochi v2.7.9 reads a topic's retained-message path without a lock
+// while it sends the retained messages of a new wildcard subscription
+// (TopicsIndex.scanMessages). A retained publish while a vehicle subscribes
+// is therefore a data race inside mochi, and the race detector reports it.
+func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
+	if b.server == nil {
+		return fmt.Errorf("publish to %s: broker is not open", topic)
+	}
+	if err := b.server.Publish(topic, payload, retain, 1); err != nil {
+		return fmt.Errorf("publish to %s: %w", topic, err)
+	}
+	return nil
 }
 
 // Close stops accepting vehicles, disconnects every client and waits

@@ -85,6 +85,9 @@ func (h *hook) Provides(b byte) bool {
 // counted in xpress_agent_sos_store_failures_total and logged at Error
 // level with its SOS id.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // the agent's own message, sent with Broker.Publish
+	}
 	start := time.Now()
 	vehicle := vehicleOf(cl)
 	// Only an MQTT 5 PUBACK can carry a reason code.
@@ -126,6 +129,9 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.log.Log(context.Background(), level, "SOS stored", "vehicle", vehicle, "sos", s.ID, "seq", recs[0].Seq,
 			"id_assigned", s.IDAssigned, "has_location", s.HasLocation, "location_error", s.LocationError,
 			"time_error", s.TimeError, "payload_error", s.PayloadError)
+		if h.cfg.OnSOSStored != nil {
+			h.cfg.OnSOSStored(recs[0])
+		}
 	}
 	return pk, nil
 }

@@ -8,8 +8,9 @@
 // big-endian uint64 sequence numbers, per lane, starting at 1. A value is
 // the JSON encoding of protocol.Record with Seq left at zero: the key is
 // the record's sequence number. The "meta" bucket holds the format
-// version, the spool id and each lane's next sequence number, so numbers
-// keep increasing across restarts and after every record was deleted.
+// version, the spool id, the id of the agent that owns the spool (see
+// Config.AgentID) and each lane's next sequence number, so numbers keep
+// increasing across restarts and after every record was deleted.
 // The "rejected" bucket holds one sub-bucket per lane with records the hub
 // rejected permanently, kept for inspection under their old keys.
 //
@@ -196,6 +197,12 @@ type Config struct {
 	CompactMaxCopyBytes int64
 	// Now is the clock behind the oldest-record age metric. Nil means time.Now.
 	Now func() time.Time
+	// AgentID is the agent that owns the spool. A new file records it in
+	// its meta bucket, and Open fails with an *OwnerError (matching
+	// ErrOtherOwner) when the file records another agent. A file that
+	// records none, written before owners were recorded, is adopted: Open
+	// records AgentID and logs it. Empty checks and records nothing.
+	AgentID string
 }
 
 // LaneStats describes one lane of the spool.
@@ -272,12 +279,22 @@ type Spool struct {
 	// when none. The writer sets it; Usage reads it.
 	diskLimit atomic.Int64
 
+	// configErr is cfg.Validate's result, checked before defaults were
+	// filled and returned by Open.
+	configErr error
+	// owner is the agent id the file records; adopted is set when Open
+	// recorded it in a file that had none.
+	owner   string
+	adopted bool
+
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// New returns a spool for cfg with defaults filled in. It does no I/O.
+// New returns a spool for cfg with defaults filled in. It does no I/O;
+// Open reports an invalid cfg.
 func New(cfg Config) *Spool {
+	configErr := cfg.Validate()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -331,6 +348,8 @@ func New(cfg Config) *Spool {
 		notify:   make(chan struct{}, 1),
 		lanes:    make(map[protocol.Lane]*LaneStats, len(protocol.Lanes)),
 		pressure: newPressureLog(),
+
+		configErr: configErr,
 	}
 	for _, lane := range protocol.Lanes {
 		s.lanes[lane] = &LaneStats{NextSeq: 1}
@@ -374,6 +393,10 @@ func (s *Spool) Open() error {
 		return errors.Join(fmt.Errorf("open spool %s: %w", s.cfg.Path, err), db.Close())
 	}
 	if err := guardCorrupt(func() error { return db.Update(s.initLayout) }); err != nil {
+		var owner *OwnerError
+		if errors.As(err, &owner) {
+			return errors.Join(owner, db.Close())
+		}
 		return errors.Join(fmt.Errorf("initialise spool %s: %w", s.cfg.Path, err), db.Close())
 	}
 	// loadStats reads every record, so a damaged page shows up here, at
@@ -390,8 +413,12 @@ func (s *Spool) Open() error {
 	s.running.Store(true)
 	go s.run()
 
+	if s.adopted {
+		s.log.Info("spool adopted: recorded its owner agent id, which spool files of earlier versions lack",
+			"path", s.cfg.Path, "spool", s.spoolID, "agent", s.owner)
+	}
 	st := s.Stats()
-	s.log.Info("spool opened", "path", s.cfg.Path, "spool", s.spoolID,
+	s.log.Info("spool opened", "path", s.cfg.Path, "spool", s.spoolID, "agent", s.owner,
 		"sos_records", st[protocol.LaneSOS].Records,
 		"status_records", st[protocol.LaneStatus].Records,
 		"gps_records", st[protocol.LaneGPS].Records,
@@ -399,20 +426,12 @@ func (s *Spool) Open() error {
 	return nil
 }
 
-// validate checks the configuration after New filled the defaults.
+// validate returns the result of Config.Validate on the config given to New.
 func (s *Spool) validate() error {
-	var errs []error
-	if s.cfg.Path == "" {
-		errs = append(errs, errors.New("Config.Path is empty"))
+	if s.configErr != nil {
+		return fmt.Errorf("invalid spool config: %w", s.configErr)
 	}
-	if s.cfg.MaxBytes > 0 && s.cfg.SOSReserveBytes >= s.cfg.MaxBytes {
-		errs = append(errs, fmt.Errorf("Config.SOSReserveBytes (%d) must be less than Config.MaxBytes (%d)",
-			s.cfg.SOSReserveBytes, s.cfg.MaxBytes))
-	}
-	if s.cfg.CompactRatio < 1 {
-		errs = append(errs, fmt.Errorf("Config.CompactRatio is %v, want at least 1", s.cfg.CompactRatio))
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // boltOptions returns the options every bbolt file of the spool is opened with.
@@ -482,8 +501,9 @@ func namesFile(path string, f *os.File) (bool, error) {
 	return os.SameFile(opened, named), nil
 }
 
-// initLayout creates missing buckets and the spool id, and checks the
-// format version of an existing file.
+// initLayout creates missing buckets and the spool id, checks the
+// format version of an existing file, and checks or records its owner
+// (see Config.AgentID).
 func (s *Spool) initLayout(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
@@ -497,9 +517,11 @@ func (s *Spool) initLayout(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: format version %x, this build reads %d", ErrCorrupt, v, formatVersion)
 	}
 
+	created := false
 	if id := meta.Get(keySpoolID); id != nil {
 		s.spoolID = string(id)
 	} else {
+		created = true
 		var raw [16]byte
 		if _, err := rand.Read(raw[:]); err != nil {
 			return fmt.Errorf("generate spool id: %w", err)
@@ -508,6 +530,9 @@ func (s *Spool) initLayout(tx *bolt.Tx) error {
 		if err := meta.Put(keySpoolID, []byte(s.spoolID)); err != nil {
 			return fmt.Errorf("write spool id: %w", err)
 		}
+	}
+	if err := s.checkOwner(meta, created); err != nil {
+		return err
 	}
 
 	rejected, err := tx.CreateBucketIfNotExists(bucketRejected)

@@ -73,22 +73,32 @@ func (s *session) handleAck(ack protocol.Ack) {
 }
 
 // settleThrough removes the lane's batches in flight that end at or
-// before acked, recording their round trip and adjusting the GPS batch
-// size. It reports whether it removed any.
+// before acked. It records their round trip, which adjusts the GPS batch
+// size, the GPS byte budget and the Ack timeout in force. It reports
+// whether it removed any.
 func (s *session) settleThrough(ls *laneState, acked uint64) bool {
 	u := s.u
 	n := 0
+	now := time.Now()
 	for n < len(ls.flights) && ls.flights[n].last <= acked {
 		f := ls.flights[n]
-		rtt := time.Since(f.sentAt)
+		rtt := now.Sub(f.sentAt)
 		u.metrics.roundTrip.WithLabelValues(string(ls.lane)).Observe(rtt.Seconds())
 		if ls.lane == protocol.LaneGPS {
-			u.sizer.acknowledged(f.full, rtt, u.cfg.AckTimeout)
+			u.sizer.acknowledged(f.full, rtt, u.ackWait.current)
 			u.metrics.batchTarget.Set(float64(u.sizer.target))
 		}
+		if ls.budget != nil {
+			ls.budget.settled(f, now)
+		}
+		u.ackArrived(rtt)
 		n++
 	}
 	ls.flights = ls.flights[n:]
+	if ls.budget != nil {
+		u.metrics.gpsInflight.Set(float64(ls.budget.inflight))
+		u.metrics.gpsLimit.Set(float64(ls.budget.limit(now)))
+	}
 	return n > 0
 }
 
@@ -103,6 +113,10 @@ func (s *session) failOldest(ls *laneState, ack protocol.Ack, log *slog.Logger) 
 	}
 	f := ls.flights[0]
 	ls.flights = ls.flights[1:]
+	if ls.budget != nil {
+		ls.budget.dropped(f)
+		u.metrics.gpsInflight.Set(float64(ls.budget.inflight))
+	}
 	batchLog := log.With("first", f.first, "last", f.last, "hub_error", ack.Error)
 
 	kind := "transient"

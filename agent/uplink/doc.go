@@ -66,9 +66,21 @@
 // protocol.Lanes order (SOS, status, GPS). The SOS and status lanes have
 // their own in-flight slot, outside the GPS window, so an SOS appended
 // during a long GPS drain is published at once, even when the GPS window
-// is full, and before any further GPS batch. On the wire it follows at
-// most the MaxInflightBatches GPS batches already sent, so the hub
-// commits it within one batch round trip.
+// is full, and before any further GPS batch. On the wire it follows the
+// GPS batches already sent. Those are bounded in bytes, not only in
+// number (see GPS bytes in flight), so the hub commits the SOS within
+// about one round trip plus the time to send one small GPS batch.
+//
+// # GPS bytes in flight
+//
+// On a slow link, MaxInflightBatches full GPS batches can take many
+// seconds to send, and an SOS published behind them would wait that
+// long. So the uplink also bounds the GPS bytes in flight on each
+// connection: to what the link drains in a round trip (the measured
+// delivery rate times the shortest round trip), plus a floor of 16 KiB
+// and one batch. GPS batches are capped so that several fit in that
+// budget. The budget starts at the floor on each connection and grows
+// with the measured rate; gpsBudget in budget.go has the details.
 //
 // # Batch sizing
 //
@@ -78,11 +90,23 @@
 // target starts at MaxBatchRecords. A full batch acknowledged within
 // AckTimeout/4 of being sent grows the target by MaxBatchRecords/8. A
 // batch acknowledged later than AckTimeout/2 after being sent, or an Ack
-// timeout, halves it. The time from send to Ack includes the wait behind
+// timeout, halves it. AckTimeout here is the Ack timeout in force (see
+// Ack timeout on a slow link). The time from send to Ack includes the wait behind
 // the batches ahead of it in the window, so the policy keeps the time an
 // SOS waits behind GPS batches near AckTimeout/4 to AckTimeout/2 on a slow
 // WAN, and sends full batches on a fast one. The SOS and status lanes
 // always send up to MaxBatchRecords.
+//
+// # Ack timeout on a slow link
+//
+// A link whose round trip is longer than AckTimeout times out every batch,
+// and resending the same batch would time out forever. Each Ack timeout
+// halves the GPS batch target first. A batch that cannot be made smaller
+// is a GPS batch at the smallest target, or an SOS or status batch. When
+// such batches time out twice in a row, the uplink doubles the Ack
+// timeout in force, up to MaxAckTimeout, and logs it. An Ack within AckTimeout/2 halves it
+// again, down to AckTimeout. The value in force is
+// xpress_agent_uplink_ack_timeout_seconds.
 //
 // # Dead link detection
 //
@@ -90,8 +114,9 @@
 // by whichever of these fires first:
 //
 //   - the Ack timeout: while batches are outstanding, the oldest one must
-//     be answered within AckTimeout of becoming the oldest, that is, of
-//     being sent or of the previous Ack that settled a batch;
+//     be acknowledged within the Ack timeout in force (AckTimeout unless a
+//     slow link raised it) of becoming the oldest, that is, of being sent
+//     or of the previous Ack that settled a batch;
 //   - the MQTT keep-alive: paho sends a PINGREQ once nothing was received
 //     for KeepAlive and drops the connection when no PINGRESP follows
 //     within PingTimeout. paho checks both every 5 s, or every KeepAlive/4

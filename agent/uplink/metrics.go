@@ -26,6 +26,9 @@ type metrics struct {
 	reconnects      prometheus.Counter
 	linkDead        *prometheus.CounterVec
 	hubSkipped      *prometheus.CounterVec
+	ackTimeout      prometheus.Gauge
+	gpsInflight     prometheus.Gauge
+	gpsLimit        prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -105,6 +108,18 @@ func newMetrics() *metrics {
 			Name: "xpress_agent_uplink_hub_skipped_records_total",
 			Help: "Records the hub never stored because it failed their batch and then committed a later batch of the lane, by lane.",
 		}, []string{"lane"}),
+		ackTimeout: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_ack_timeout_seconds",
+			Help: "Ack timeout in force: the configured one, doubled while even the smallest batches time out.",
+		}),
+		gpsInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_gps_inflight_bytes",
+			Help: "Encoded size of the GPS batches published to the hub and not yet settled by an Ack.",
+		}),
+		gpsLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_gps_inflight_limit_bytes",
+			Help: "Most GPS bytes the uplink lets be in flight: what the link drains in a round trip, plus a floor.",
+		}),
 	}
 	for _, cause := range []string{causeAckTimeout, causeKeepAlive, causeTCPError} {
 		m.linkDead.WithLabelValues(cause)
@@ -126,7 +141,8 @@ func newMetrics() *metrics {
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.ackedSeq, m.batchesSent,
 		m.recordsSent, m.roundTrip, m.ackTimeouts, m.acksIgnored, m.batchErrors, m.rejectedRecords, m.inflight,
-		m.batchRecords, m.batchBytes, m.batchTarget, m.reconnects, m.linkDead, m.hubSkipped}
+		m.batchRecords, m.batchBytes, m.batchTarget, m.reconnects, m.linkDead, m.hubSkipped,
+		m.ackTimeout, m.gpsInflight, m.gpsLimit}
 }
 
 // register registers every collector, or none.

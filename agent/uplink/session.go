@@ -113,7 +113,8 @@ func (u *Uplink) session() (progressed bool, err error) {
 	return s.progressed, err
 }
 
-// connect opens a clean MQTT session as the agent and subscribes to its Ack topic.
+// connect opens a clean MQTT session as the agent and subscribes to its
+// Ack topic and, when Config.OnSOSState is set, to its SOS state topics.
 func (u *Uplink) connect() (*conn, error) {
 	select {
 	case <-u.stop:
@@ -154,24 +155,52 @@ func (u *Uplink) connect() (*conn, error) {
 	}
 	c.up = u.cfg.Now()
 
-	sub := c.client.Subscribe(protocol.AckTopic(u.cfg.AgentID), 1, func(_ paho.Client, m paho.Message) {
+	ackTopic := protocol.AckTopic(u.cfg.AgentID)
+	code, err := u.subscribe(c, ackTopic, func(_ paho.Client, m paho.Message) {
 		u.receiveAck(c, m.Payload())
 	})
-	if !sub.WaitTimeout(u.cfg.ConnectTimeout) {
-		c.client.Disconnect(0)
-		return nil, fmt.Errorf("subscribe to %s: no SUBACK within %s", protocol.AckTopic(u.cfg.AgentID), u.cfg.ConnectTimeout)
+	if err == nil && code >= 0x80 {
+		err = fmt.Errorf("subscribe to %s: hub rejected the subscription with code 0x%02x", ackTopic, code)
 	}
-	if err := sub.Error(); err != nil {
+	if err != nil {
 		c.client.Disconnect(0)
-		return nil, fmt.Errorf("subscribe to %s: %w", protocol.AckTopic(u.cfg.AgentID), err)
+		return nil, err
 	}
-	if st, ok := sub.(*paho.SubscribeToken); ok {
-		if code := st.Result()[protocol.AckTopic(u.cfg.AgentID)]; code >= 0x80 {
+
+	if u.cfg.OnSOSState != nil {
+		filter := protocol.SOSStateUpdateFilter(u.cfg.AgentID)
+		code, err := u.subscribe(c, filter, func(_ paho.Client, m paho.Message) {
+			u.cfg.OnSOSState(m.Topic(), m.Payload())
+		})
+		if err != nil {
 			c.client.Disconnect(0)
-			return nil, fmt.Errorf("subscribe to %s: hub rejected the subscription with code 0x%02x", protocol.AckTopic(u.cfg.AgentID), code)
+			return nil, err
+		}
+		if code >= 0x80 {
+			// Batches matter more than states: keep the link to a hub that
+			// does not send SOS states.
+			u.log.Error("hub rejected the SOS state subscription; vehicles will not hear the hub's SOS states",
+				"filter", filter, "code", fmt.Sprintf("0x%02x", code))
 		}
 	}
 	return c, nil
+}
+
+// subscribe subscribes c to filter with QoS 1 and returns the code the
+// hub granted, 0x80 or more for a rejection. It fails when no SUBACK
+// arrives within ConnectTimeout.
+func (u *Uplink) subscribe(c *conn, filter string, handler paho.MessageHandler) (byte, error) {
+	sub := c.client.Subscribe(filter, 1, handler)
+	if !sub.WaitTimeout(u.cfg.ConnectTimeout) {
+		return 0, fmt.Errorf("subscribe to %s: no SUBACK within %s", filter, u.cfg.ConnectTimeout)
+	}
+	if err := sub.Error(); err != nil {
+		return 0, fmt.Errorf("subscribe to %s: %w", filter, err)
+	}
+	if st, ok := sub.(*paho.SubscribeToken); ok {
+		return st.Result()[filter], nil
+	}
+	return 0, nil
 }
 
 // receiveAck runs on paho's goroutine. It decodes an Ack and queues it

@@ -1,6 +1,7 @@
 package uplink
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -34,6 +36,29 @@ const (
 
 // MaxInflightBatchesLimit is the largest accepted Config.MaxInflightBatches.
 const MaxInflightBatchesLimit = 64
+
+// Ranges of Config's tunables that Validate accepts besides zero, which
+// selects the default. A value outside them is a mistake rather than a
+// tuning choice: an Ack timeout of 1 ns would reconnect after every batch.
+const (
+	MinAckTimeout     = time.Second
+	MaxAckTimeout     = 10 * time.Minute
+	MinConnectTimeout = time.Second
+	MaxConnectTimeout = 5 * time.Minute
+	// MinKeepAlive is 2 s because the hub's broker drops a client silent
+	// for 1.5 keep-alive intervals in whole seconds (see Config.KeepAlive).
+	MinKeepAlive   = 2 * time.Second
+	MaxKeepAlive   = 10 * time.Minute
+	MinPingTimeout = time.Second
+	MaxPingTimeout = 5 * time.Minute
+	// MinBackoffBound and MaxBackoffBound bound both Config.MinBackoff and
+	// Config.MaxBackoff.
+	MinBackoffBound = 10 * time.Millisecond
+	MaxBackoffBound = 10 * time.Minute
+	// MinBatchBytes is the smallest accepted Config.MaxBatchBytes, about 65
+	// GPS fixes.
+	MinBatchBytes = 16 << 10
+)
 
 // Errors of the uplink.
 var (
@@ -86,14 +111,19 @@ type Config struct {
 	MaxBatchBytes int
 	// MaxInflightBatches is how many GPS batches may wait for the hub's
 	// Ack at once; 1 means stop-and-wait. The SOS and status lanes each
-	// have one batch in flight besides these (see the package doc). Zero
-	// means DefaultMaxInflightBatches (4); at most MaxInflightBatchesLimit.
+	// have one batch in flight besides these (see the package doc). The
+	// GPS bytes in flight are bounded too (see the package doc, GPS bytes
+	// in flight). Zero means DefaultMaxInflightBatches (4); at most
+	// MaxInflightBatchesLimit.
 	MaxInflightBatches int
 	// AckTimeout is how long the oldest outstanding batch may wait for
 	// the hub's Ack, counted from when it was sent or from the previous
 	// Ack that settled a batch, whichever is later. On expiry the uplink
-	// treats the link as dead, reconnects and resends. Zero means
-	// DefaultAckTimeout (10 s).
+	// treats the link as dead, reconnects and resends. When even batches
+	// that cannot shrink keep timing out, the uplink doubles the timeout
+	// in force (see the package doc, Ack timeout on a slow link). Zero
+	// means DefaultAckTimeout (10 s); otherwise it must be within
+	// [MinAckTimeout, MaxAckTimeout].
 	AckTimeout time.Duration
 	// ConnectTimeout bounds one connection attempt, including the wait for
 	// CONNACK and SUBACK, and is paho's write timeout: how long a publish
@@ -118,40 +148,71 @@ type Config struct {
 	// Rand returns a uniform number in [0, 1) for the backoff jitter. Nil
 	// means math/rand/v2's Float64.
 	Rand func() float64
+	// OnSOSState, if set, receives each message the hub publishes on the
+	// agent's SOS state topics (protocol.SOSStateUpdateFilter): the topic
+	// and the payload, which is empty when the hub clears a retained state.
+	// The uplink subscribes with QoS 1 after each connect, so the hub's
+	// retained states arrive again after every reconnect. It runs on
+	// paho's goroutine, which also delivers the Acks, and paho
+	// acknowledges the message when it returns, so it must return quickly.
+	OnSOSState func(topic string, payload []byte)
 }
 
-// Validate checks the required fields and limits of a config.
+// Validate checks the required fields and, with ValidateLimits, the
+// ranges of the tunables.
 func (c *Config) Validate() error {
 	var errs []error
 	if err := protocol.ValidateAgentID(c.AgentID); err != nil {
-		errs = append(errs, fmt.Errorf("AgentID: %w", err))
+		errs = append(errs, configcheck.Wrap("AgentID", err))
 	}
 	if c.Region == "" {
-		errs = append(errs, errors.New("Region is empty"))
+		errs = append(errs, configcheck.Newf("Region", "is empty"))
 	}
 	if c.Spool == nil {
-		errs = append(errs, errors.New("Spool is nil"))
+		errs = append(errs, configcheck.Newf("Spool", "is nil"))
 	}
 	if c.HubURL != "" {
 		if u, err := url.Parse(c.HubURL); err != nil || u.Host == "" {
-			errs = append(errs, fmt.Errorf("HubURL %q is not a URL like tcp://host:port", c.HubURL))
+			errs = append(errs, configcheck.Newf("HubURL", "%q is not a URL like tcp://host:port", c.HubURL))
 		}
 	}
+	errs = append(errs, c.ValidateLimits())
+	return errors.Join(errs...)
+}
+
+// ValidateLimits checks that each tunable is zero (its default) or within
+// its range (see MinAckTimeout and the constants after it), and that
+// MinBackoff does not exceed MaxBackoff. The errors are
+// configcheck.FieldErrors named by the Config fields.
+func (c *Config) ValidateLimits() error {
+	var errs []error
 	if c.MaxBatchRecords < 0 || c.MaxBatchRecords > protocol.MaxBatchRecords {
-		errs = append(errs, fmt.Errorf("MaxBatchRecords %d is not in [0, %d]", c.MaxBatchRecords, protocol.MaxBatchRecords))
+		errs = append(errs, configcheck.Newf("MaxBatchRecords", "must be from 1 to %d, got %d", protocol.MaxBatchRecords, c.MaxBatchRecords))
 	}
-	if c.MaxBatchBytes < 0 || c.MaxBatchBytes > protocol.MaxBatchBytes/2 {
-		errs = append(errs, fmt.Errorf("MaxBatchBytes %d is not in [0, %d]", c.MaxBatchBytes, protocol.MaxBatchBytes/2))
+	if c.MaxBatchBytes < 0 {
+		errs = append(errs, configcheck.Newf("MaxBatchBytes", "must not be negative, got %d", c.MaxBatchBytes))
+	} else {
+		errs = append(errs, configcheck.Bytes("MaxBatchBytes", int64(c.MaxBatchBytes), MinBatchBytes, protocol.MaxBatchBytes/2))
 	}
 	if c.MaxInflightBatches < 0 || c.MaxInflightBatches > MaxInflightBatchesLimit {
-		errs = append(errs, fmt.Errorf("MaxInflightBatches %d is not in [0, %d]", c.MaxInflightBatches, MaxInflightBatchesLimit))
+		errs = append(errs, configcheck.Newf("MaxInflightBatches", "must be from 1 to %d, got %d", MaxInflightBatchesLimit, c.MaxInflightBatches))
 	}
-	if c.AckTimeout < 0 || c.ConnectTimeout < 0 || c.KeepAlive < 0 || c.PingTimeout < 0 {
-		errs = append(errs, fmt.Errorf("durations must not be negative: AckTimeout %s, ConnectTimeout %s, KeepAlive %s, PingTimeout %s",
-			c.AckTimeout, c.ConnectTimeout, c.KeepAlive, c.PingTimeout))
-	}
-	if c.MinBackoff < 0 || c.MaxBackoff < 0 || (c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff) {
-		errs = append(errs, fmt.Errorf("backoff bounds %s..%s are invalid", c.MinBackoff, c.MaxBackoff))
+	errs = append(errs,
+		configcheck.Duration("AckTimeout", c.AckTimeout, MinAckTimeout, MaxAckTimeout),
+		configcheck.Duration("ConnectTimeout", c.ConnectTimeout, MinConnectTimeout, MaxConnectTimeout),
+		configcheck.Duration("KeepAlive", c.KeepAlive, MinKeepAlive, MaxKeepAlive),
+		configcheck.Duration("PingTimeout", c.PingTimeout, MinPingTimeout, MaxPingTimeout),
+		configcheck.Duration("MinBackoff", c.MinBackoff, MinBackoffBound, MaxBackoffBound),
+		configcheck.Duration("MaxBackoff", c.MaxBackoff, MinBackoffBound, MaxBackoffBound),
+	)
+	if minBackoff := cmp.Or(c.MinBackoff, DefaultMinBackoff); c.MaxBackoff > 0 && minBackoff > c.MaxBackoff {
+		got := minBackoff.String()
+		if c.MinBackoff == 0 {
+			got = "the default " + got
+		}
+		errs = append(errs, configcheck.Compare("MinBackoff", "MaxBackoff", func(related string) string {
+			return fmt.Sprintf("must not exceed %s (%s), got %s", related, c.MaxBackoff, got)
+		}))
 	}
 	return errors.Join(errs...)
 }
@@ -195,6 +256,8 @@ type Uplink struct {
 	transientErrors int
 	// sizer sets the record count of GPS batches; it outlives sessions.
 	sizer batchSizer
+	// ackWait is the Ack timeout in force; it outlives sessions.
+	ackWait ackTimeoutState
 	// connectedBefore is set once a connection came up, so later ones
 	// count as reconnects.
 	connectedBefore bool
@@ -261,12 +324,14 @@ func New(cfg Config) *Uplink {
 		log:     cfg.Logger.With("component", "uplink", "agent", cfg.AgentID),
 		metrics: newMetrics(),
 		sizer:   newBatchSizer(cfg.MaxBatchRecords),
+		ackWait: newAckTimeoutState(cfg.AckTimeout),
 		acked:   make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		sent:    make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	u.metrics.batchTarget.Set(float64(u.sizer.target))
+	u.metrics.ackTimeout.Set(u.ackWait.current.Seconds())
 	return u
 }
 

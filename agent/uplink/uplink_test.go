@@ -237,7 +237,7 @@ func TestUplink_ResendsAfterAckTimeout(t *testing.T) {
 		}
 		return []protocol.Ack{h.Commit(b)}
 	})
-	_, reg := startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.AckTimeout = 300 * time.Millisecond })
+	_, reg := startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.AckTimeout = uplink.MinAckTimeout })
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
 
@@ -391,7 +391,7 @@ func TestUplink_IgnoresForeignAndStaleAcks(t *testing.T) {
 		}
 		return []protocol.Ack{h.Commit(b)}
 	})
-	_, reg := startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.AckTimeout = 300 * time.Millisecond })
+	_, reg := startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.AckTimeout = uplink.MinAckTimeout })
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
 

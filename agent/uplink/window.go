@@ -15,6 +15,13 @@ type flight struct {
 	// Ack of it is a reason to grow the target.
 	full   bool
 	sentAt time.Time
+	// bytes is the encoded size of the batch.
+	bytes int
+	// delivered, deliveredAt and probe are the GPS budget's state when the
+	// batch was sent (see gpsBudget.sent).
+	delivered   int64
+	deliveredAt time.Time
+	probe       bool
 }
 
 // laneState is one lane's sending state within a session.
@@ -28,6 +35,8 @@ type laneState struct {
 	next uint64
 	// flights are the lane's batches in flight, in send order.
 	flights []flight
+	// budget bounds the bytes in flight of the GPS lane; nil for the others.
+	budget *gpsBudget
 
 	// retrying is set after the hub failed a batch of the lane. The lane
 	// sends nothing until retryAt has passed and its other batches in
@@ -60,13 +69,22 @@ func newSession(u *Uplink, c *conn) *session {
 			window = u.cfg.MaxInflightBatches
 		}
 		// A new connection resends from the oldest unacknowledged record.
-		s.lanes = append(s.lanes, &laneState{lane: lane, window: window, next: u.ackedThrough(lane)})
+		ls := &laneState{lane: lane, window: window, next: u.ackedThrough(lane)}
+		if lane == protocol.LaneGPS {
+			// A new connection may take another path, so it measures anew.
+			ls.budget = newGPSBudget(u.cfg.MaxBatchBytes, window)
+			u.metrics.gpsInflight.Set(0)
+			u.metrics.gpsLimit.Set(float64(ls.budget.limit(time.Now())))
+		}
+		s.lanes = append(s.lanes, ls)
 	}
 	return s
 }
 
 // run sends batches and handles Acks until the link fails or Close.
 func (s *session) run() error {
+	// Nothing is in flight once the connection is gone.
+	defer s.u.metrics.gpsInflight.Set(0)
 	for {
 		if err := s.fill(); err != nil {
 			return err
@@ -136,7 +154,8 @@ func (s *session) fill() error {
 
 // canSend reports whether the lane may publish another batch now. A lane
 // that is retrying resumes, from its oldest unacknowledged record, once
-// its backoff passed and its other batches in flight are settled.
+// its backoff passed and its other batches in flight are settled. The GPS
+// lane also needs room in its byte budget.
 func (s *session) canSend(ls *laneState) bool {
 	if ls.retrying {
 		if len(ls.flights) > 0 || time.Now().Before(ls.retryAt) {
@@ -145,6 +164,9 @@ func (s *session) canSend(ls *laneState) bool {
 		ls.retrying = false
 		ls.next = s.u.ackedThrough(ls.lane)
 	}
+	if ls.budget != nil && !ls.budget.allows(time.Now()) {
+		return false
+	}
 	return len(ls.flights) < ls.window
 }
 
@@ -152,12 +174,13 @@ func (s *session) canSend(ls *laneState) bool {
 // unsent. full reports whether the batch reached the GPS size target.
 func (s *session) readBatch(ls *laneState) (batch *protocol.Batch, full bool, err error) {
 	u := s.u
-	limit := u.cfg.MaxBatchRecords
+	limit, maxBytes := u.cfg.MaxBatchRecords, u.cfg.MaxBatchBytes
 	if ls.lane == protocol.LaneGPS {
 		limit = u.sizer.target
+		maxBytes = ls.budget.batchBytes(time.Now())
 	}
 	after := max(ls.next, u.ackedThrough(ls.lane))
-	recs, err := u.cfg.Spool.Read(ls.lane, after, limit, u.cfg.MaxBatchBytes)
+	recs, err := u.cfg.Spool.Read(ls.lane, after, limit, maxBytes)
 	if err != nil {
 		return nil, false, fmt.Errorf("read spool: %w", err)
 	}
@@ -217,9 +240,14 @@ func (s *session) publish(ls *laneState, batch *protocol.Batch, full bool) error
 	}
 
 	ls.next = batch.Last()
-	ls.flights = append(ls.flights, flight{
-		first: batch.First(), last: batch.Last(), records: len(batch.Records), full: full, sentAt: now,
-	})
+	f := flight{
+		first: batch.First(), last: batch.Last(), records: len(batch.Records), full: full, sentAt: now, bytes: len(payload),
+	}
+	if ls.budget != nil {
+		ls.budget.sent(&f)
+		u.metrics.gpsInflight.Set(float64(ls.budget.inflight))
+	}
+	ls.flights = append(ls.flights, f)
 	u.metrics.inflight.WithLabelValues(lane).Set(float64(len(ls.flights)))
 	return nil
 }
@@ -239,7 +267,7 @@ func (s *session) anyInFlight() bool {
 func (s *session) nextWake() (time.Time, bool) {
 	var at time.Time
 	if s.anyInFlight() {
-		at = s.headSince.Add(s.u.cfg.AckTimeout)
+		at = s.headSince.Add(s.u.ackWait.current)
 	}
 	for _, ls := range s.lanes {
 		// A lane with batches in flight resumes on their Acks, not on a timer.
@@ -251,16 +279,15 @@ func (s *session) nextWake() (time.Time, bool) {
 }
 
 // checkAckTimeout returns ErrAckTimeout when the oldest batch in flight
-// waited AckTimeout for its Ack.
+// waited the Ack timeout in force for its Ack (see ackTimeoutState).
 func (s *session) checkAckTimeout() error {
-	if !s.anyInFlight() || time.Since(s.headSince) < s.u.cfg.AckTimeout {
+	waited := s.u.ackWait.current
+	if !s.anyInFlight() || time.Since(s.headSince) < waited {
 		return nil
 	}
 	u := s.u
 	u.metrics.ackTimeouts.Inc()
 	u.metrics.linkDead.WithLabelValues(causeAckTimeout).Inc()
-	u.sizer.decrease()
-	u.metrics.batchTarget.Set(float64(u.sizer.target))
 
 	var oldest *flight
 	var lane protocol.Lane
@@ -269,7 +296,8 @@ func (s *session) checkAckTimeout() error {
 			oldest, lane = &ls.flights[0], ls.lane
 		}
 	}
-	return fmt.Errorf("%w: %s batch %d-%d, waited %s", ErrAckTimeout, lane, oldest.first, oldest.last, u.cfg.AckTimeout)
+	u.ackTimedOut(lane, *oldest)
+	return fmt.Errorf("%w: %s batch %d-%d, waited %s", ErrAckTimeout, lane, oldest.first, oldest.last, waited)
 }
 
 // batchSizer sets the record count of GPS batches by additive increase,

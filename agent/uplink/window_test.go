@@ -234,7 +234,7 @@ func TestUplink_DetectsBlackholeByAckTimeout(t *testing.T) {
 	wan := faultproxy.Start(t, hub.Addr)
 	sp := openSpool(t)
 	u, reg := startUplink(t, sp, wan.URL(), func(c *uplink.Config) {
-		c.AckTimeout = 500 * time.Millisecond
+		c.AckTimeout = uplink.MinAckTimeout
 		c.ConnectTimeout = time.Second
 	})
 	eventually(t, "the uplink to connect", func() bool { return u.State() == uplink.StateConnected })

@@ -3,54 +3,115 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/internal/configcheck"
+	"github.com/xpress-ops/tower/protocol"
 )
 
 // agentFlags are the flags of xpress agent.
 type agentFlags struct {
-	id       string
-	region   string
-	mqttAddr string
-	hubURL   string
-	dataDir  string
-	httpAddr string
+	id           string
+	region       string
+	allowRegions string
+	mqttAddr     string
+	hubURL       string
+	dataDir      string
+	httpAddr     string
 
 	spoolMaxBytes        int64
 	spoolSOSReserveBytes int64
 
-	ackTimeout     time.Duration
-	keepAlive      time.Duration
-	pingTimeout    time.Duration
-	connectTimeout time.Duration
-	maxInflight    int
+	ackTimeout      time.Duration
+	keepAlive       time.Duration
+	pingTimeout     time.Duration
+	connectTimeout  time.Duration
+	minBackoff      time.Duration
+	maxBackoff      time.Duration
+	maxInflight     int
+	maxBatchRecords int
+	maxBatchBytes   int
+}
+
+// agentFlagNames maps the agent.Config fields that flags set to those
+// flags, for error messages.
+var agentFlagNames = map[string]string{
+	"ID":                       "id",
+	"Region":                   "region",
+	"ExtraRegions":             "allow-region",
+	"MQTTAddr":                 "mqtt-addr",
+	"HubURL":                   "hub-url",
+	"DataDir":                  "data-dir",
+	"HTTPAddr":                 "http-addr",
+	"SpoolMaxBytes":            "spool-max-bytes",
+	"SpoolSOSReserveBytes":     "spool-sos-reserve-bytes",
+	"AckTimeout":               "uplink-ack-timeout",
+	"KeepAlive":                "uplink-keepalive",
+	"PingTimeout":              "uplink-ping-timeout",
+	"ConnectTimeout":           "uplink-connect-timeout",
+	"MinBackoff":               "uplink-min-backoff",
+	"MaxBackoff":               "uplink-max-backoff",
+	"UplinkMaxInflightBatches": "uplink-max-inflight",
+	"UplinkMaxBatchRecords":    "uplink-max-batch-records",
+	"UplinkMaxBatchBytes":      "uplink-max-batch-bytes",
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.id, "id", "", "agent id, unique per office, e.g. ncr-1 (required)")
-	fs.StringVar(&f.region, "region", "", "region this agent serves, e.g. NCR-Manila, Cebu, Davao, Iloilo (required)")
+	fs.StringVar(&f.region, "region", "", "region this agent serves: "+strings.Join(agent.KnownRegions, ", ")+
+		" in any case, or a name given to --allow-region (required)")
+	fs.StringVar(&f.allowRegions, "allow-region", "", "comma-separated region names to accept besides the known regions, for a new office")
 	fs.StringVar(&f.mqttAddr, "mqtt-addr", ":1883", "address where vehicles connect over MQTT")
 	fs.StringVar(&f.hubURL, "hub-url", "tcp://localhost:1884", "MQTT URL of the hub's agent listener")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-agent-data", "directory of the agent's spool")
 	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz and /readyz")
-	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, "cap on records waiting in the spool, in bytes; past it the oldest GPS fixes are evicted, then status records, never SOS (0: 2 GiB, negative: no cap)")
-	fs.DurationVar(&f.ackTimeout, "uplink-ack-timeout", 0, "how long to wait for the hub's acknowledgement of a batch before reconnecting (0: 10s)")
-	fs.DurationVar(&f.keepAlive, "uplink-keepalive", 0, "MQTT keep-alive towards the hub; with --uplink-ping-timeout it bounds how soon a silent link is noticed (0: 30s)")
-	fs.DurationVar(&f.pingTimeout, "uplink-ping-timeout", 0, "how long to wait for the hub's answer to a keep-alive ping (0: 10s)")
-	fs.DurationVar(&f.connectTimeout, "uplink-connect-timeout", 0, "how long one connection attempt to the hub may take (0: 10s)")
-	fs.IntVar(&f.maxInflight, "uplink-max-inflight", 0, "GPS batches sent before the first is acknowledged, to keep a slow WAN busy (0: 4)")
-	fs.Int64Var(&f.spoolSOSReserveBytes, "spool-sos-reserve-bytes", 0, "part of the spool cap that only SOS may use, in bytes (0: 8 MiB or a quarter of the cap)")
+	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, fmt.Sprintf(
+		"cap on records waiting in the spool, from %s to %s; past it the oldest GPS fixes are evicted, then status records, never SOS (0: 2 GiB, negative: no cap)",
+		configcheck.FormatBytes(agent.MinSpoolMaxBytes), configcheck.FormatBytes(agent.MaxSpoolMaxBytes)))
+	fs.Int64Var(&f.spoolSOSReserveBytes, "spool-sos-reserve-bytes", 0, fmt.Sprintf(
+		"part of the spool cap that only SOS may use, from %s to half the cap (0: 8 MiB or a quarter of the cap)",
+		configcheck.FormatBytes(agent.MinSpoolSOSReserveBytes)))
+	fs.DurationVar(&f.ackTimeout, "uplink-ack-timeout", 0, fmt.Sprintf(
+		"how long to wait for the hub's acknowledgement of a batch before reconnecting, %s to %s; the agent doubles it while even its smallest batches take longer (0: %s)",
+		uplink.MinAckTimeout, uplink.MaxAckTimeout, uplink.DefaultAckTimeout))
+	fs.DurationVar(&f.keepAlive, "uplink-keepalive", 0, fmt.Sprintf(
+		"MQTT keep-alive towards the hub, %s to %s; with --uplink-ping-timeout it bounds how soon a silent link is noticed (0: %s)",
+		uplink.MinKeepAlive, uplink.MaxKeepAlive, uplink.DefaultKeepAlive))
+	fs.DurationVar(&f.pingTimeout, "uplink-ping-timeout", 0, fmt.Sprintf(
+		"how long to wait for the hub's answer to a keep-alive ping, %s to %s (0: %s)",
+		uplink.MinPingTimeout, uplink.MaxPingTimeout, uplink.DefaultPingTimeout))
+	fs.DurationVar(&f.connectTimeout, "uplink-connect-timeout", 0, fmt.Sprintf(
+		"how long one connection attempt to the hub may take, %s to %s (0: %s)",
+		uplink.MinConnectTimeout, uplink.MaxConnectTimeout, uplink.DefaultConnectTimeout))
+	fs.DurationVar(&f.minBackoff, "uplink-min-backoff", 0, fmt.Sprintf(
+		"longest wait before the first reconnect to the hub, %s to %s; it doubles per failed attempt (0: %s)",
+		uplink.MinBackoffBound, uplink.MaxBackoffBound, uplink.DefaultMinBackoff))
+	fs.DurationVar(&f.maxBackoff, "uplink-max-backoff", 0, fmt.Sprintf(
+		"cap on the wait between reconnects to the hub, %s to %s and at least --uplink-min-backoff (0: %s)",
+		uplink.MinBackoffBound, uplink.MaxBackoffBound, uplink.DefaultMaxBackoff))
+	fs.IntVar(&f.maxInflight, "uplink-max-inflight", 0, fmt.Sprintf(
+		"GPS batches sent before the first is acknowledged, to keep a slow WAN busy, 1 to %d (0: %d)",
+		uplink.MaxInflightBatchesLimit, uplink.DefaultMaxInflightBatches))
+	fs.IntVar(&f.maxBatchRecords, "uplink-max-batch-records", 0, fmt.Sprintf(
+		"most records in one batch to the hub, 1 to %d (0: %d)", protocol.MaxBatchRecords, uplink.DefaultMaxBatchRecords))
+	fs.IntVar(&f.maxBatchBytes, "uplink-max-batch-bytes", 0, fmt.Sprintf(
+		"most bytes of records in one batch to the hub, from %s to %s (0: 1 MiB)",
+		configcheck.FormatBytes(uplink.MinBatchBytes), configcheck.FormatBytes(protocol.MaxBatchBytes/2)))
 }
 
 func (f *agentFlags) config() agent.Config {
 	return agent.Config{
-		ID:       f.id,
-		Region:   f.region,
-		MQTTAddr: f.mqttAddr,
-		HubURL:   f.hubURL,
-		DataDir:  f.dataDir,
-		HTTPAddr: f.httpAddr,
+		ID:           f.id,
+		Region:       f.region,
+		ExtraRegions: splitList(f.allowRegions),
+		MQTTAddr:     f.mqttAddr,
+		HubURL:       f.hubURL,
+		DataDir:      f.dataDir,
+		HTTPAddr:     f.httpAddr,
 
 		SpoolMaxBytes:        f.spoolMaxBytes,
 		SpoolSOSReserveBytes: f.spoolSOSReserveBytes,
@@ -59,7 +120,11 @@ func (f *agentFlags) config() agent.Config {
 		KeepAlive:                f.keepAlive,
 		PingTimeout:              f.pingTimeout,
 		ConnectTimeout:           f.connectTimeout,
+		MinBackoff:               f.minBackoff,
+		MaxBackoff:               f.maxBackoff,
 		UplinkMaxInflightBatches: f.maxInflight,
+		UplinkMaxBatchRecords:    f.maxBatchRecords,
+		UplinkMaxBatchBytes:      f.maxBatchBytes,
 	}
 }
 
@@ -78,6 +143,9 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	}
 
 	cfg := af.config()
+	if err := cfg.Validate(); err != nil {
+		return renameToFlags(err, agentFlagNames)
+	}
 	cfg.Logger, cfg.Registerer = log, newRegistry()
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -23,12 +23,22 @@ const defaultDevTrace = "testdata/traces/porto_taxi_ecml2015_test_320trips.csv"
 
 // devFlags are the flags of xpress dev.
 type devFlags struct {
-	dataDir     string
-	httpAddr    string
-	mqttAddr    string
-	databaseURL string
-	regions     string
-	sim         simFlags
+	dataDir      string
+	httpAddr     string
+	mqttAddr     string
+	databaseURL  string
+	regions      string
+	allowRegions string
+	sim          simFlags
+}
+
+// devAgentFlagNames maps the agent.Config fields that xpress dev's flags
+// set to those flags, for error messages.
+var devAgentFlagNames = map[string]string{
+	"Region":       "regions",
+	"ExtraRegions": "allow-region",
+	"MQTTAddr":     "mqtt-addr",
+	"DataDir":      "data-dir",
 }
 
 func (f *devFlags) register(fs *flag.FlagSet) {
@@ -36,7 +46,9 @@ func (f *devFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the dashboard, API and /metrics")
 	fs.StringVar(&f.mqttAddr, "mqtt-addr", ":1883", "address where vehicles connect to the first region's agent; further regions take the next ports")
 	fs.StringVar(&f.databaseURL, "database-url", "", "PostgreSQL URL; empty keeps everything in the embedded store under --data-dir")
-	fs.StringVar(&f.regions, "regions", "NCR-Manila", "comma-separated regions, one agent each, e.g. NCR-Manila,Cebu,Davao,Iloilo")
+	fs.StringVar(&f.regions, "regions", "NCR-Manila", "comma-separated regions, one agent each: "+strings.Join(agent.KnownRegions, ",")+
+		" in any case, or names given to --allow-region")
+	fs.StringVar(&f.allowRegions, "allow-region", "", "comma-separated region names to accept besides the known regions, for a new office")
 	f.sim.register(fs, false)
 	// A demo needs an occasional SOS and a livelier replay than real time.
 	setDefault(fs, "sos-every", "10m")
@@ -64,7 +76,7 @@ func runDev(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	regions, err := parseRegions(df.regions)
+	regions, err := parseRegions(df.regions, splitList(df.allowRegions))
 	if err != nil {
 		return err
 	}
@@ -104,15 +116,20 @@ func runDev(ctx context.Context, args []string, e env) error {
 	}()
 	for i, region := range regions {
 		id := agentID(region)
-		a, err := agent.New(agent.Config{
-			ID:       id,
-			Region:   region,
-			MQTTAddr: mqttAddrs[i],
-			HubURL:   "tcp://" + h.AgentMQTTAddr().String(),
-			DataDir:  filepath.Join(df.dataDir, "agent-"+id),
-			HTTPAddr: "127.0.0.1:0",
-			Logger:   log.With("process", "agent", "agent", id),
-		})
+		cfg := agent.Config{
+			ID:           id,
+			Region:       region,
+			ExtraRegions: splitList(df.allowRegions),
+			MQTTAddr:     mqttAddrs[i],
+			HubURL:       "tcp://" + h.AgentMQTTAddr().String(),
+			DataDir:      filepath.Join(df.dataDir, "agent-"+id),
+			HTTPAddr:     "127.0.0.1:0",
+			Logger:       log.With("process", "agent", "agent", id),
+		}
+		if err := cfg.Validate(); err != nil {
+			return renameToFlags(err, devAgentFlagNames)
+		}
+		a, err := agent.New(cfg)
 		if err != nil {
 			return err
 		}
@@ -234,20 +251,22 @@ func regionCity(region string) *sim.City {
 	return nil
 }
 
-// parseRegions splits the --regions list and rejects duplicates.
-func parseRegions(list string) ([]string, error) {
+// parseRegions splits the --regions list into canonical region names
+// (see agent.NormalizeRegion), as the agents will use them, and rejects
+// unknown names and duplicates. extra is the --allow-region list.
+func parseRegions(list string, extra []string) ([]string, error) {
 	var regions []string
 	seen := map[string]bool{}
-	for _, r := range strings.Split(list, ",") {
-		r = strings.TrimSpace(r)
-		if r == "" {
-			continue
+	for _, r := range splitList(list) {
+		region, err := agent.NormalizeRegion(r, extra)
+		if err != nil {
+			return nil, renameToFlags(err, devAgentFlagNames)
 		}
-		if seen[strings.ToLower(r)] {
-			return nil, fmt.Errorf("invalid --regions: %q appears twice", r)
+		if seen[region] {
+			return nil, fmt.Errorf("invalid --regions: %q appears twice", region)
 		}
-		seen[strings.ToLower(r)] = true
-		regions = append(regions, r)
+		seen[region] = true
+		regions = append(regions, region)
 	}
 	if len(regions) == 0 {
 		return nil, errors.New("invalid --regions: name at least one region, e.g. NCR-Manila")

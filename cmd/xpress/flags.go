@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/xpress-ops/tower/internal/configcheck"
 )
 
 // secretFlags may also be read from a file named by XPRESS_<FLAG>_FILE,
@@ -21,6 +23,36 @@ var errUsage = errors.New("usage error")
 // "XPRESS_DATABASE_URL".
 func envName(flagName string) string {
 	return "XPRESS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flagLabel names a flag and its environment twin for messages:
+// "--uplink-ack-timeout (XPRESS_UPLINK_ACK_TIMEOUT)".
+func flagLabel(name string) string {
+	return "--" + name + " (" + envName(name) + ")"
+}
+
+// renameToFlags renames the configcheck.FieldErrors in err, named by Go
+// config fields, to the flags that set those fields (flagOf maps a field
+// to its flag), so a user reads the flag they typed or its XPRESS_* twin.
+func renameToFlags(err error, flagOf map[string]string) error {
+	return configcheck.Rename(err, func(field string) (string, bool) {
+		name, ok := flagOf[field]
+		if !ok {
+			return "", false
+		}
+		return flagLabel(name), true
+	})
+}
+
+// splitList splits a comma-separated flag value and drops empty items.
+func splitList(list string) []string {
+	var items []string
+	for _, item := range strings.Split(list, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			items = append(items, item)
+		}
+	}
+	return items
 }
 
 // parseFlags parses args, then fills every flag not given on the command

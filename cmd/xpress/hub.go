@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
-	"strings"
+	"fmt"
+	"path"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -30,13 +32,21 @@ func (f *hubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated extra Origin hosts allowed to open the operator WebSocket")
 }
 
-func (f *hubFlags) config() hub.Config {
-	var origins []string
-	for _, o := range strings.Split(f.allowedOrigins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			origins = append(origins, o)
+// checkOrigins checks the --allowed-origins patterns before the hub does,
+// so the error names the flag. The hub matches them with path.Match.
+func (f *hubFlags) checkOrigins() error {
+	var errs []error
+	for _, pattern := range splitList(f.allowedOrigins) {
+		if _, err := path.Match(pattern, ""); err != nil {
+			errs = append(errs, fmt.Errorf("%s contains the invalid pattern %q: %v; use host names with * and ? wildcards, e.g. *.example.com",
+				flagLabel("allowed-origins"), pattern, err))
 		}
 	}
+	return errors.Join(errs...)
+}
+
+func (f *hubFlags) config() hub.Config {
+	origins := splitList(f.allowedOrigins)
 	return hub.Config{
 		HTTPAddr:       f.httpAddr,
 		AgentMQTTAddr:  f.agentMQTTAddr,
@@ -58,8 +68,10 @@ func runHub(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("hub", flag.ContinueOnError)
 	var hf hubFlags
 	var lf logFlags
+	var df dispatchFlags
 	hf.register(fs)
 	lf.register(fs)
+	df.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
@@ -68,7 +80,13 @@ func runHub(ctx context.Context, args []string, e env) error {
 		return err
 	}
 
+	if err := hf.checkOrigins(); err != nil {
+		return err
+	}
 	cfg := hf.config()
+	if cfg.Dispatch, err = df.config(e, log); err != nil {
+		return err
+	}
 	reg := newRegistry()
 	cfg.Logger, cfg.Registerer, cfg.Gatherer = log, reg, reg
 	h, err := hub.New(cfg)

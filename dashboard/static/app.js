@@ -950,7 +950,31 @@
     note: 'Note',
     resolved: 'Resolved',
     cancelled: 'Cancelled as false alarm',
+    escalated: 'Escalated',
+    notification: 'Notification',
   };
+
+  // What each escalation level of the dispatcher means.
+  const ESCALATION_LABELS = {
+    0: 'Level 0: nobody notified yet',
+    1: 'Level 1: responders, emergency contacts and webhooks notified',
+    2: 'Level 2: not acknowledged in time, supervisors alerted by SMS and email',
+    3: 'Level 3: still not acknowledged, supervisors called',
+  };
+
+  // Why a notification was queued, by the dispatcher's reason.
+  const REASON_LABELS = {
+    'opened:responder': 'responder',
+    'opened:emergency-contact': 'emergency contact',
+    'opened:webhook': 'webhook',
+    'escalation:supervisors': 'supervisor alert',
+    'escalation:voice': 'supervisor call',
+    'sent-by-agent': 'sent by an agent',
+  };
+
+  function escalationLabel(level) {
+    return ESCALATION_LABELS[level || 0] || `Level ${level}`;
+  }
 
   function openDetail(id) {
     dialog.detailId = id;
@@ -977,6 +1001,49 @@
       node.textContent = `Could not load the audit trail (${err.message}).`;
       node.hidden = false;
     }
+    loadNotifications(id);
+  }
+
+  async function loadNotifications(id) {
+    let body;
+    try {
+      body = await getJSON(`/api/v1/incidents/${id}/notifications`);
+    } catch (err) {
+      if (dialog.detailId === id) {
+        el('detail-notifications-empty').textContent = `Could not load the notifications (${err.message}).`;
+        el('detail-notifications-empty').hidden = false;
+      }
+      return;
+    }
+    if (dialog.detailId === id) {
+      renderNotifications(body.escalation_level, body.notifications || []);
+    }
+  }
+
+  function renderNotifications(level, list) {
+    el('detail-escalation').textContent = escalationLabel(level);
+    const empty = el('detail-notifications-empty');
+    empty.textContent = 'No notifications yet.';
+    empty.hidden = list.length > 0;
+    const table = el('detail-notifications');
+    table.hidden = list.length === 0;
+    const rows = document.createDocumentFragment();
+    for (const n of list) {
+      const tr = document.createElement('tr');
+      tr.className = `notification-${n.state}`;
+      cell(tr, n.channel);
+      cell(tr, n.address);
+      cell(tr, REASON_LABELS[n.reason] || n.reason);
+      const stateText = n.state === 'pending' && n.next_attempt_at
+        ? `pending, next try ${formatManila(n.next_attempt_at)}`
+        : n.state + (n.sent_by && n.sent_by !== 'hub' ? ` by ${n.sent_by}` : '');
+      cell(tr, stateText, 'state');
+      cell(tr, String(n.attempts));
+      cell(tr, formatManila(n.updated_at));
+      cell(tr, n.last_error || '', 'detail');
+      rows.appendChild(tr);
+    }
+    table.tBodies[0].replaceChildren(rows);
   }
 
   function renderDetail(inc, events) {
@@ -1001,6 +1068,7 @@
       ['Dispatched', formatManila(inc.dispatched_at)],
       ['Resolved', formatManila(inc.resolved_at)],
       ['Cancelled', formatManila(inc.cancelled_at)],
+      ['Escalation', escalationLabel(inc.escalation_level)],
     ];
     const dl = document.createDocumentFragment();
     for (const [name, value] of facts) {

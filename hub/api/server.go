@@ -120,6 +120,14 @@ type Config struct {
 	// must not block. The hub publishes it as an incident.updated event.
 	// Nil means no call.
 	OnIncidentChange func(store.IncidentChange)
+	// Contacts serves the contact routes and an incident's notifications.
+	// Nil means Store when it implements ContactStore; otherwise the
+	// contact routes return 404 and incidents list no notifications.
+	Contacts ContactStore
+	// Dispatch serves Twilio's status callbacks and the dispatcher's part
+	// of /api/emergency/health. Nil returns 404 to callbacks and reports
+	// the dispatcher as missing.
+	Dispatch Dispatch
 }
 
 // Validate checks the fields New cannot repair: Store and Bus must be set
@@ -199,6 +207,9 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Contacts == nil {
+		cfg.Contacts, _ = cfg.Store.(ContactStore)
+	}
 
 	s := &Server{
 		cfg:     cfg,
@@ -227,6 +238,8 @@ func (s *Server) routes() http.Handler {
 		mux.HandleFunc("POST /api/v1/incidents/{id}/"+route.path, s.handleAction(route))
 	}
 	mux.HandleFunc("GET /api/v1/agents", s.handleAgents)
+	s.contactRoutes(mux)
+	s.dispatchRoutes(mux)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)
 

@@ -66,9 +66,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	return true
 }
 
-// OnACLCheck lets an agent publish only to its batch topic and subscribe
-// only to its ack topic. Mochi also calls it with write false before
-// delivering a message to a subscriber.
+// OnACLCheck lets an agent publish only to its batch topic, and subscribe
+// only to its ack topic and to topics and filters under its SOS state
+// prefix (protocol.SOSStateUpdatePrefix). Mochi also calls it with write
+// false before delivering a message to a subscriber.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	s := h.server
 	agentID := string(cl.Properties.Username)
@@ -76,6 +77,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	action := "subscribe"
 	if write {
 		allowed, action = protocol.BatchTopic(agentID), "publish"
+	} else if strings.HasPrefix(topic, protocol.SOSStateUpdatePrefix(agentID)) {
+		return true
 	}
 	if topic == allowed {
 		return true

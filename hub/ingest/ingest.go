@@ -162,6 +162,12 @@ func (s *Server) Open() error {
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = s.cfg.MaxPacketBytes
+	// mochi v2.7.9 deletes retained messages older than this, one day by
+	// default, but the SOS state of an active incident must stay retained
+	// until the incident closes: allow 30 days, longer than an incident is
+	// expected to stay open. (Zero would disable the limit but make the
+	// PUBREC mochi keeps for a QoS 2 publish expire within a second.)
+	caps.MaximumMessageExpiryInterval = 30 * 24 * 60 * 60
 	broker := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the Ack is published through mochi's inline client
@@ -196,6 +202,33 @@ func (s *Server) Addr() net.Addr {
 		return nil
 	}
 	return s.ln.Addr()
+}
+
+// ErrNotOpen is returned by Publish before Open and after Close.
+var ErrNotOpen = errors.New("ingest server is not open")
+
+// Publish sends payload on topic to the subscribed agents with QoS 1,
+// through mochi's inline client, and keeps it as the topic's retained
+// message when retain is set. An empty retained payload deletes the
+// retained message, as MQTT specifies. Agents receive only topics the
+// ACL gives them (see the hook's OnACLCheck).
+//
+// NOTE: mochi v2.7.9 reads a topic's retained-message path without a lock
+// while it sends the retained messages of a new wildcard subscription
+// (TopicsIndex.scanMessages). A retained publish while an agent subscribes
+// is therefore a data race inside mochi, and the race detector reports it.
+func (s *Server) Publish(topic string, payload []byte, retain bool) error {
+	s.mu.Lock()
+	broker := s.broker
+	usable := s.opened && !s.closed && broker != nil
+	s.mu.Unlock()
+	if !usable {
+		return fmt.Errorf("publish to %s: %w", topic, ErrNotOpen)
+	}
+	if err := broker.Publish(topic, payload, retain, 1); err != nil {
+		return fmt.Errorf("publish to %s: %w", topic, err)
+	}
+	return nil
 }
 
 // Close stops accepting connections, disconnects every agent, waits for

@@ -1,5 +1,6 @@
 // Package faultproxy is a TCP proxy for tests that plays an unreliable WAN
-// between an agent and a hub: pass, delay, silent drop and reset.
+// between an agent and a hub: pass, delay, bandwidth limit, silent drop
+// and reset.
 package faultproxy
 
 import (
@@ -20,8 +21,9 @@ const (
 )
 
 // Proxy is a TCP proxy on a loopback port that plays the WAN between the
-// agent and a hub. Its faults switch at run time: Pass, Delay, Drop (one
-// direction), Blackhole (both directions) and Reset. Dropped bytes are
+// agent and a hub. Its faults switch at run time: Pass, Delay, Throttle
+// (a bandwidth limit per direction), Drop (one direction), Blackhole
+// (both directions) and Reset. Dropped bytes are
 // read and discarded, so the sender's writes succeed and no RST or FIN is
 // sent, as when a WAN silently loses packets. A direction that dropped
 // bytes of a connection keeps dropping them until the connection closes,
@@ -34,6 +36,8 @@ type Proxy struct {
 	mu    sync.Mutex
 	drop  [2]bool
 	delay [2]time.Duration
+	// rate is each direction's bandwidth limit in bytes per second, 0 for none.
+	rate  [2]int
 	conns map[*proxiedConn]struct{}
 
 	wg sync.WaitGroup
@@ -60,11 +64,11 @@ func (p *Proxy) URL() string { return "tcp://" + p.ln.Addr().String() }
 // Addr returns the proxy's address as host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Pass stops dropping and delaying bytes read from now on.
+// Pass stops dropping, delaying and throttling bytes read from now on.
 func (p *Proxy) Pass() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.drop, p.delay = [2]bool{}, [2]time.Duration{}
+	p.drop, p.delay, p.rate = [2]bool{}, [2]time.Duration{}, [2]int{}
 }
 
 // Blackhole drops every byte in both directions.
@@ -89,6 +93,23 @@ func (p *Proxy) Delay(toHub, toAgent time.Duration) {
 	p.delay = [2]time.Duration{ToHub: toHub, ToAgent: toAgent}
 }
 
+// Throttle limits the bandwidth of direction d to bytesPerSecond, like a
+// slow WAN link: each byte takes 1/bytesPerSecond to pass, after the
+// bytes read before it, and then the direction's Delay. The proxy
+// buffers at most throttleBuffer of the time to send them per connection
+// and reads no more until the link drained, so a fast sender fills its
+// own TCP send buffer as behind a real slow link. Zero or a negative
+// value removes the limit.
+func (p *Proxy) Throttle(d Direction, bytesPerSecond int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate[d] = max(0, bytesPerSecond)
+}
+
+// throttleBuffer is the most sending time a throttled direction buffers
+// ahead of the link.
+const throttleBuffer = 100 * time.Millisecond
+
 // Reset closes every open connection with an RST to both sides.
 func (p *Proxy) Reset() {
 	p.mu.Lock()
@@ -110,10 +131,10 @@ func (p *Proxy) Close() {
 	p.wg.Wait()
 }
 
-func (p *Proxy) fault(d Direction) (bool, time.Duration) {
+func (p *Proxy) fault(d Direction) (bool, time.Duration, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.drop[d], p.delay[d]
+	return p.drop[d], p.delay[d], p.rate[d]
 }
 
 func (p *Proxy) accept() {
@@ -195,30 +216,72 @@ func (p *Proxy) pump(c *proxiedConn, src, dst net.Conn, d Direction) {
 	}()
 
 	buf := make([]byte, 32<<10)
-	var lastDue time.Time
+	// lastDue is when the previous chunk is written; linkFree is when a
+	// throttled link has sent every byte read so far.
+	var lastDue, linkFree time.Time
 	for {
-		n, err := src.Read(buf)
+		_, _, rate := p.fault(d)
+		n, err := src.Read(buf[:readSize(rate, len(buf))])
 		if n > 0 {
-			drop, delay := p.fault(d)
+			drop, delay, rate := p.fault(d)
 			dropping = dropping || drop
 			if !dropping {
-				due := time.Now().Add(delay)
-				if due.Before(lastDue) {
-					due = lastDue
+				now := time.Now()
+				sent := now
+				if rate > 0 {
+					linkFree = later(now, linkFree).Add(time.Duration(n) * time.Second / time.Duration(rate))
+					sent = linkFree
 				}
+				due := later(sent.Add(delay), lastDue)
 				lastDue = due
 				select {
 				case queue <- chunk{data: append([]byte(nil), buf[:n]...), due: due}:
 				case <-c.done:
 					return
 				}
+				if rate > 0 && !waitUntil(linkFree.Add(-throttleBuffer), c.done) {
+					return
+				}
 			}
 		}
 		if err != nil {
-			drop, _ := p.fault(d)
+			drop, _, _ := p.fault(d)
 			dropping = dropping || drop
 			return
 		}
+	}
+}
+
+// readSize is how many bytes a pump reads at once: up to 10 ms of a
+// throttled link's time, at least 256 bytes, so a throttled stream moves
+// in small steps as on a real link.
+func readSize(rate, bufSize int) int {
+	if rate <= 0 {
+		return bufSize
+	}
+	return min(bufSize, max(256, rate/100))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// waitUntil sleeps until t and reports false when done closed first.
+func waitUntil(t time.Time, done <-chan struct{}) bool {
+	wait := time.Until(t)
+	if wait <= 0 {
+		return true
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-done:
+		return false
 	}
 }
 

@@ -69,6 +69,12 @@ func (h *Hub) Close() {
 	h.closeOnce.Do(func() { _ = h.server.Close() })
 }
 
+// Publish sends payload on topic to the connected agents with QoS 1, as
+// the hub sends SOS states, and retains it when retain is set.
+func (h *Hub) Publish(topic string, payload []byte, retain bool) error {
+	return h.server.Publish(topic, payload, retain, 1)
+}
+
 // URL returns the hub's address as an MQTT URL.
 func (h *Hub) URL() string { return "tcp://" + h.Addr }
 

@@ -1,0 +1,74 @@
+package localsos
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// Stages at which handling an SOS state can fail, as metric labels.
+const (
+	stageRecord  = "record"
+	stageApply   = "apply"
+	stagePublish = "publish"
+	stagePrune   = "prune"
+	// stageRepublish is the republishing of active states at start.
+	stageRepublish = "republish"
+)
+
+// relayMetrics are the relay's Prometheus collectors.
+type relayMetrics struct {
+	delivered  *prometheus.CounterVec
+	hubRejects *prometheus.CounterVec
+	failures   *prometheus.CounterVec
+}
+
+func newRelayMetrics() *relayMetrics {
+	m := &relayMetrics{
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_states_delivered_total",
+			Help: "SOS states published to vehicles on the agent's broker, by state, including the republishing at start.",
+		}, []string{"state"}),
+		hubRejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_state_rejects_total",
+			Help: "SOS state messages from the hub rejected as invalid, by reason.",
+		}, []string{"reason"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_state_failures_total",
+			Help: "Failures handling SOS states, by stage: record, apply, publish, prune or republish.",
+		}, []string{"stage"}),
+	}
+	for _, s := range []string{protocol.SOSStateReceived, protocol.SOSStateAcknowledged, protocol.SOSStateDispatched,
+		protocol.SOSStateResolved, protocol.SOSStateCancelled} {
+		m.delivered.WithLabelValues(s)
+	}
+	for _, s := range []string{stageRecord, stageApply, stagePublish, stagePrune, stageRepublish} {
+		m.failures.WithLabelValues(s)
+	}
+	return m
+}
+
+func (m *relayMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures}
+}
+
+// register registers every collector, or none.
+func (m *relayMetrics) register(reg prometheus.Registerer) error {
+	var done []prometheus.Collector
+	for _, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			for _, d := range done {
+				reg.Unregister(d)
+			}
+			return err
+		}
+		done = append(done, c)
+	}
+	return nil
+}
+
+func (m *relayMetrics) unregister(reg prometheus.Registerer) {
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
+}

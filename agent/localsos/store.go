@@ -1,0 +1,473 @@
+// Package localsos keeps every SOS an agent received, with the latest
+// state known for it, in a bbolt file of its own (File, next to the
+// spool), and publishes each state change to the vehicle (see Relay).
+//
+// The agent records an SOS as received as soon as the spool stored it,
+// so a driver gets "received" even while the hub is unreachable. The
+// states the hub sends later only move an SOS forward: received <
+// acknowledged < dispatched < resolved or cancelled. Entries survive
+// restarts; closed ones are pruned after Config.KeepClosed. The agent's
+// local outage page reads the store too: ListActive, Get and
+// MarkLocalAck.
+package localsos
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// File is the store's file name inside the agent's data directory.
+const File = "sos.db"
+
+// Defaults of Config.
+const (
+	// DefaultKeepClosed is how long a resolved or cancelled SOS stays.
+	DefaultKeepClosed = 7 * 24 * time.Hour
+	// DefaultTimeout is how long Open waits for the file lock.
+	DefaultTimeout = time.Second
+	// DefaultLanguage is the language of the agent's own messages.
+	DefaultLanguage = "en"
+)
+
+// MaxActor is the longest actor of MarkLocalAck, in bytes.
+const MaxActor = 100
+
+// entriesBucket holds one JSON Entry per key vehicle id + "/" + SOS id.
+var entriesBucket = []byte("sos")
+
+// Errors of the store.
+var (
+	// ErrNotFound means the store has no SOS with that vehicle and SOS id.
+	ErrNotFound = errors.New("SOS not found")
+	// ErrSOSClosed means the SOS is already resolved or cancelled.
+	ErrSOSClosed = errors.New("SOS is already closed")
+	// ErrInvalid means an argument breaks a documented rule.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrNotOpen means the store is not open.
+	ErrNotOpen = errors.New("local SOS store is not open")
+)
+
+// Config configures a Store.
+type Config struct {
+	// Path is the bbolt file, usually <data dir>/File. Required.
+	Path string
+	// KeepClosed is how long a closed SOS stays after its last change, by
+	// the agent clock. Zero means DefaultKeepClosed (7 days).
+	KeepClosed time.Duration
+	// Language is the language of the texts the agent writes itself, for
+	// received and for a local acknowledgement. Empty means DefaultLanguage.
+	Language string
+	// Message returns the driver's text of a state in a language. Nil
+	// means the built-in English texts (protocol.DefaultSOSStateMessage).
+	Message func(lang, state string) string
+	// Timeout is how long Open waits for the file lock. Zero means DefaultTimeout (1 s).
+	Timeout time.Duration
+	// Now is the agent clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Entry is one SOS the agent has a record of, with its latest state.
+type Entry struct {
+	VehicleID string `json:"vehicle"`
+	SOSID     string `json:"sos"`
+	// Kind, the position and Note are as the vehicle sent them. They are
+	// empty for an SOS the agent learned about only from the hub.
+	Kind        protocol.SOSKind `json:"kind,omitempty"`
+	HasLocation bool             `json:"has_location,omitempty"`
+	Lat         float64          `json:"lat,omitempty"`
+	Lon         float64          `json:"lon,omitempty"`
+	Note        string           `json:"note,omitempty"`
+	// ReceivedAt is the agent clock when the SOS arrived, zero for an SOS
+	// the agent learned about only from the hub.
+	ReceivedAt time.Time `json:"received_at,omitzero"`
+	// IncidentID is the hub's incident, 0 until the hub sent a state.
+	IncidentID int64 `json:"incident,omitempty"`
+	// State is one of the protocol.SOSState* constants.
+	State string `json:"state"`
+	// StateAt is when the SOS entered State: the agent clock for received
+	// and a local acknowledgement, the hub clock for states from the hub.
+	StateAt time.Time `json:"state_at"`
+	// Message is the driver's text for State.
+	Message string `json:"message,omitempty"`
+	// LocalAckBy is who acknowledged the SOS on the agent's local page,
+	// and LocalAckAt when, by the agent clock. Empty and zero without one.
+	LocalAckBy string    `json:"local_ack_by,omitempty"`
+	LocalAckAt time.Time `json:"local_ack_at,omitzero"`
+	// UpdatedAt is the agent clock at the entry's last change.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Active reports whether the SOS is not yet resolved or cancelled.
+func (e *Entry) Active() bool { return !protocol.SOSStateFinal(e.State) }
+
+// SOSState returns the vehicle payload of the entry's state.
+func (e *Entry) SOSState() protocol.SOSState {
+	return protocol.SOSState{State: e.State, TS: e.StateAt, Message: e.Message}
+}
+
+// Store is the agent's record of SOS alerts. It is safe for concurrent use.
+type Store struct {
+	cfg Config
+
+	mu sync.RWMutex
+	db *bolt.DB
+}
+
+// New returns a store for cfg with defaults filled in. It does no I/O.
+func New(cfg Config) *Store {
+	if cfg.KeepClosed <= 0 {
+		cfg.KeepClosed = DefaultKeepClosed
+	}
+	if cfg.Language == "" {
+		cfg.Language = DefaultLanguage
+	}
+	if cfg.Message == nil {
+		cfg.Message = func(_, state string) string { return protocol.DefaultSOSStateMessage(state) }
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Store{cfg: cfg}
+}
+
+// Open opens or creates the file (mode 0600) and its bucket. A damaged
+// file makes bbolt panic on some pages; Open returns that as an error.
+func (s *Store) Open() (err error) {
+	if s.cfg.Path == "" {
+		return errors.New("open local SOS store: Path is empty")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db != nil {
+		return fmt.Errorf("open local SOS store %s: already open", s.cfg.Path)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("open local SOS store %s: the file is damaged: %v", s.cfg.Path, p)
+		}
+	}()
+	db, err := bolt.Open(s.cfg.Path, 0o600, &bolt.Options{Timeout: s.cfg.Timeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return fmt.Errorf("open local SOS store %s: %w", s.cfg.Path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(entriesBucket)
+		return err
+	}); err != nil {
+		return errors.Join(fmt.Errorf("initialise local SOS store %s: %w", s.cfg.Path, err), db.Close())
+	}
+	s.db = db
+	return nil
+}
+
+// Close closes the file. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	if err != nil {
+		return fmt.Errorf("close local SOS store %s: %w", s.cfg.Path, err)
+	}
+	return nil
+}
+
+// Record stores an SOS the spool accepted, as received at receivedAt, and
+// reports whether the vehicle's state changed. A copy of an SOS already
+// known changes nothing; it only fills in the details of an entry the
+// hub announced first. An SOS whose id the vehicle reuses after the
+// entry closed, received after the closing, is a new emergency and starts
+// over as received, as the hub opens a new incident for it.
+func (s *Store) Record(vehicleID string, sos *protocol.SOS, receivedAt time.Time) (Entry, bool, error) {
+	var out Entry
+	var changed bool
+	err := s.update(vehicleID, sos.ID, func(e *Entry, found bool) (bool, error) {
+		now := s.cfg.Now().UTC()
+		switch {
+		case !found, !e.Active() && receivedAt.After(e.StateAt):
+			*e = Entry{
+				VehicleID: vehicleID, SOSID: sos.ID,
+				State: protocol.SOSStateReceived, StateAt: receivedAt.UTC(),
+				Message: s.message(protocol.SOSStateReceived),
+			}
+			changed = true
+		case e.ReceivedAt.IsZero():
+			// The hub announced this SOS before the vehicle's copy arrived.
+		default:
+			out = *e
+			return false, nil
+		}
+		e.Kind, e.Note = sos.Kind, sos.Note
+		e.HasLocation, e.Lat, e.Lon = sos.HasLocation, sos.Lat, sos.Lon
+		e.ReceivedAt, e.UpdatedAt = receivedAt.UTC(), now
+		out = *e
+		return true, nil
+	})
+	return out, changed, err
+}
+
+// Apply stores a state the hub sent and reports whether the vehicle's
+// state changed. The state never moves backwards for one incident, and a
+// state of an older incident than the entry's is ignored. A final state
+// from before the entry was received belongs to an earlier emergency
+// with the same SOS id and is ignored too. An SOS the store does not know
+// is added from the update.
+func (s *Store) Apply(u protocol.SOSStateUpdate) (Entry, bool, error) {
+	if err := u.Validate(); err != nil {
+		return Entry{}, false, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var out Entry
+	var changed bool
+	err := s.update(u.VehicleID, u.SOSID, func(e *Entry, found bool) (bool, error) {
+		write := false
+		switch {
+		case !found:
+			*e = Entry{VehicleID: u.VehicleID, SOSID: u.SOSID}
+			changed = true
+		case e.IncidentID > u.IncidentID:
+			// A state of an older incident with the same SOS id.
+		case e.IncidentID < u.IncidentID && e.IncidentID != 0:
+			// A newer incident with the same SOS id supersedes the old one.
+			changed = true
+		case e.IncidentID == 0 && protocol.SOSStateFinal(u.State.State) && u.State.TS.Before(e.ReceivedAt):
+			// The final state of an earlier emergency with this SOS id.
+		default:
+			write = e.IncidentID != u.IncidentID
+			changed = protocol.SOSStateAdvances(e.State, u.State.State)
+		}
+		if !changed && !write {
+			out = *e
+			return false, nil
+		}
+		e.IncidentID = u.IncidentID
+		if changed {
+			e.State, e.StateAt, e.Message = u.State.State, u.State.TS.UTC(), u.State.Message
+		}
+		e.UpdatedAt = s.cfg.Now().UTC()
+		out = *e
+		return true, nil
+	})
+	return out, changed, err
+}
+
+// MarkLocalAck records that actor acknowledged an SOS on the agent's
+// local page at at, and reports whether the vehicle's state changed: a
+// received SOS becomes acknowledged, a later state stays. It returns
+// ErrNotFound for an unknown SOS, ErrSOSClosed for a closed one and
+// ErrInvalid for an actor that is empty, longer than MaxActor bytes, not
+// UTF-8 or has control characters.
+//
+// The SOS ids of different vehicles may be equal, so the SOS is named by
+// vehicle and SOS id.
+func (s *Store) MarkLocalAck(vehicleID, sosID, actor string, at time.Time) (Entry, bool, error) {
+	if err := checkActor(actor); err != nil {
+		return Entry{}, false, err
+	}
+	var out Entry
+	var changed bool
+	err := s.update(vehicleID, sosID, func(e *Entry, found bool) (bool, error) {
+		switch {
+		case !found:
+			return false, fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, ErrNotFound)
+		case !e.Active():
+			out = *e
+			return false, fmt.Errorf("SOS %s of vehicle %s is %s: %w", sosID, vehicleID, e.State, ErrSOSClosed)
+		case e.LocalAckBy != "" && !protocol.SOSStateAdvances(e.State, protocol.SOSStateAcknowledged):
+			out = *e
+			return false, nil
+		}
+		e.LocalAckBy, e.LocalAckAt = actor, at.UTC()
+		if protocol.SOSStateAdvances(e.State, protocol.SOSStateAcknowledged) {
+			e.State, e.StateAt = protocol.SOSStateAcknowledged, at.UTC()
+			e.Message = s.message(protocol.SOSStateAcknowledged)
+			changed = true
+		}
+		e.UpdatedAt = s.cfg.Now().UTC()
+		out = *e
+		return true, nil
+	})
+	return out, changed, err
+}
+
+// Get returns one SOS, or an error wrapping ErrNotFound.
+func (s *Store) Get(vehicleID, sosID string) (Entry, error) {
+	var e Entry
+	err := s.view(func(b *bolt.Bucket) error {
+		v := b.Get(entryKey(vehicleID, sosID))
+		if v == nil {
+			return fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, ErrNotFound)
+		}
+		return decodeEntry(v, &e)
+	})
+	return e, err
+}
+
+// ListActive returns every SOS not yet resolved or cancelled, oldest
+// received first.
+func (s *Store) ListActive() ([]Entry, error) {
+	var out []Entry
+	err := s.view(func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			var e Entry
+			if err := decodeEntry(v, &e); err != nil {
+				return fmt.Errorf("entry %q: %w", k, err)
+			}
+			if e.Active() {
+				out = append(out, e)
+			}
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].ReceivedAt.Equal(out[j].ReceivedAt) {
+			return out[i].ReceivedAt.Before(out[j].ReceivedAt)
+		}
+		return string(entryKey(out[i].VehicleID, out[i].SOSID)) < string(entryKey(out[j].VehicleID, out[j].SOSID))
+	})
+	return out, err
+}
+
+// Prune deletes the closed SOS entries last changed more than KeepClosed
+// before now and returns how many it deleted.
+//
+// NOTE: an SOS stays active until the hub sends its final state. The hub
+// keeps a final state for agents for 24 hours (downlink.DefaultFinalRetention),
+// so an agent cut off from the hub for longer than that when the SOS was
+// closed keeps the entry active.
+func (s *Store) Prune(now time.Time) (int, error) {
+	cutoff := now.Add(-s.cfg.KeepClosed)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return 0, ErrNotOpen
+	}
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(entriesBucket)
+		var expired [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var e Entry
+			if err := decodeEntry(v, &e); err != nil {
+				return fmt.Errorf("entry %q: %w", k, err)
+			}
+			if !e.Active() && e.UpdatedAt.Before(cutoff) {
+				expired = append(expired, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range expired {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(expired)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune local SOS store: %w", err)
+	}
+	return n, nil
+}
+
+// update runs fn on the entry of (vehicleID, sosID) in one write
+// transaction and stores the entry when fn returns true.
+func (s *Store) update(vehicleID, sosID string, fn func(e *Entry, found bool) (bool, error)) error {
+	if err := protocol.ValidateVehicleID(vehicleID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := protocol.ValidateSOSID(sosID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return ErrNotOpen
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(entriesBucket)
+		key := entryKey(vehicleID, sosID)
+		var e Entry
+		v := b.Get(key)
+		if v != nil {
+			if err := decodeEntry(v, &e); err != nil {
+				return fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, err)
+			}
+		}
+		store, err := fn(&e, v != nil)
+		if err != nil || !store {
+			return err
+		}
+		data, err := json.Marshal(&e)
+		if err != nil {
+			return fmt.Errorf("encode SOS %s of vehicle %s: %w", sosID, vehicleID, err)
+		}
+		return b.Put(key, data)
+	})
+}
+
+// view runs fn on the bucket in a read transaction.
+func (s *Store) view(fn func(b *bolt.Bucket) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return ErrNotOpen
+	}
+	return s.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(entriesBucket)) })
+}
+
+// message returns the agent's own text for state, at most
+// protocol.MaxSOSStateMessage bytes of valid UTF-8.
+func (s *Store) message(state string) string {
+	text := strings.ToValidUTF8(s.cfg.Message(s.cfg.Language, state), "")
+	if len(text) > protocol.MaxSOSStateMessage {
+		text = strings.ToValidUTF8(text[:protocol.MaxSOSStateMessage], "")
+	}
+	return text
+}
+
+// entryKey is the bucket key of an SOS. Vehicle ids cannot contain '/'.
+func entryKey(vehicleID, sosID string) []byte {
+	return []byte(vehicleID + "/" + sosID)
+}
+
+func decodeEntry(v []byte, e *Entry) error {
+	if err := json.Unmarshal(v, e); err != nil {
+		return fmt.Errorf("decode local SOS entry: %w", err)
+	}
+	return nil
+}
+
+func checkActor(actor string) error {
+	switch {
+	case actor == "":
+		return fmt.Errorf("%w: actor is empty", ErrInvalid)
+	case len(actor) > MaxActor:
+		return fmt.Errorf("%w: actor is %d bytes, limit %d", ErrInvalid, len(actor), MaxActor)
+	case !utf8.ValidString(actor):
+		return fmt.Errorf("%w: actor is not valid UTF-8", ErrInvalid)
+	case strings.IndexFunc(actor, unicode.IsControl) >= 0:
+		return fmt.Errorf("%w: actor contains a control character", ErrInvalid)
+	}
+	return nil
+}

@@ -1,0 +1,259 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/notify"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// ContactStore is the part of store.Store behind the contact routes and
+// an incident's notifications.
+type ContactStore interface {
+	SaveContact(ctx context.Context, c store.Contact) (store.Contact, error)
+	DeleteContact(ctx context.Context, id int64) error
+	Contacts(ctx context.Context, f store.ContactFilter) ([]store.Contact, error)
+	Notifications(ctx context.Context, incidentID int64) ([]store.Notification, error)
+}
+
+var _ ContactStore = (store.Store)(nil)
+
+// contactBody is the JSON body of POST /api/v1/contacts and PUT
+// /api/v1/contacts/{id}: the whole contact.
+type contactBody struct {
+	Name      string            `json:"name"`
+	Role      store.ContactRole `json:"role"`
+	Region    string            `json:"region"`
+	VehicleID string            `json:"vehicle_id"`
+	// Phone is normalised with notify.NormalizePhone: 0917 123 4567 and
+	// +63 917 123 4567 both become +639171234567.
+	Phone    string         `json:"phone"`
+	Email    string         `json:"email"`
+	Language store.Language `json:"language"`
+}
+
+// contactResponse is the body of a saved contact.
+type contactResponse struct {
+	Contact store.Contact `json:"contact"`
+}
+
+// contactRoutes mounts an incident's notification list and, when a
+// contact store is configured, the contact routes.
+func (s *Server) contactRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/incidents/{id}/notifications", s.handleNotifications)
+	if s.cfg.Contacts == nil {
+		return
+	}
+	mux.HandleFunc("GET /api/v1/contacts", s.handleContacts)
+	mux.HandleFunc("POST /api/v1/contacts", s.handleSaveContact)
+	mux.HandleFunc("PUT /api/v1/contacts/{id}", s.handleSaveContact)
+	mux.HandleFunc("DELETE /api/v1/contacts/{id}", s.handleDeleteContact)
+}
+
+// handleContacts lists contacts, filtered by role, region and vehicle.
+func (s *Server) handleContacts(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var f store.ContactFilter
+	if role := store.ContactRole(q.Get("role")); role != "" {
+		if !role.Valid() {
+			s.writeError(w, r, badRequest("invalid role %q: use responder, supervisor, emergency or driver", truncate(string(role), 40)))
+			return
+		}
+		f.Role = role
+	}
+	f.Region = q.Get("region")
+	if len(f.Region) > maxRegionLength || strings.IndexFunc(f.Region, unicode.IsControl) >= 0 {
+		s.writeError(w, r, badRequest("invalid region %q: use at most %d printable bytes", truncate(f.Region, 80), maxRegionLength))
+		return
+	}
+	if v := q.Get("vehicle"); v != "" {
+		if err := protocol.ValidateVehicleID(v); err != nil {
+			s.writeError(w, r, badRequest("invalid vehicle id %q: use 1 to 64 letters, digits, '-' or '_'", truncate(v, 80)))
+			return
+		}
+		f.VehicleID = v
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	list, err := s.cfg.Contacts.Contacts(ctx, f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"contacts": nonNil(list)})
+}
+
+// handleSaveContact creates a contact (POST, 201) or replaces one (PUT,
+// 200). Like the incident actions it needs a JSON body and the operator
+// header, which keeps other sites' forms from posting here.
+func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
+	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	operator, err := operatorName(r.Header)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var id int64
+	if r.Method == http.MethodPut {
+		if id, err = contactID(r); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	body, err := decodeContactBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	c, err := body.contact(id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	saved, err := s.cfg.Contacts.SaveContact(ctx, c)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalid) {
+			err = badRequest("%v", err)
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("contact saved", "operator", operator, "contact", saved.ID, "role", saved.Role,
+		"region", saved.Region, "vehicle", saved.VehicleID, "created", id == 0)
+	code := http.StatusOK
+	if id == 0 {
+		code = http.StatusCreated
+	}
+	s.writeJSON(w, r, code, contactResponse{Contact: saved})
+}
+
+// handleDeleteContact removes a contact. It takes no body but requires
+// the operator header. Another site cannot send a DELETE with that header
+// without a CORS preflight, which the hub does not approve.
+func (s *Server) handleDeleteContact(w http.ResponseWriter, r *http.Request) {
+	operator, err := operatorName(r.Header)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := contactID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	if err := s.cfg.Contacts.DeleteContact(ctx, id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("contact deleted", "operator", operator, "contact", id)
+	s.writeJSON(w, r, http.StatusOK, map[string]int64{"deleted": id})
+}
+
+// handleNotifications lists an incident's notifications, oldest first,
+// with its escalation level. Webhook addresses are cut to scheme and host,
+// because their path is often a secret. Without a contact store the list
+// is empty, so the dashboard can ask any hub.
+func (s *Server) handleNotifications(w http.ResponseWriter, r *http.Request) {
+	id, err := incidentID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	inc, _, err := s.cfg.Store.Incident(ctx, id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var list []store.Notification
+	if s.cfg.Contacts != nil {
+		if list, err = s.cfg.Contacts.Notifications(ctx, id); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	for i := range list {
+		list[i].Address = store.DescribeAddress(list[i].Channel, list[i].Address)
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]any{
+		"incident_id":      id,
+		"escalation_level": inc.EscalationLevel,
+		"notifications":    nonNil(list),
+	})
+}
+
+// contactID reads the {id} path value: a positive integer.
+func contactID(r *http.Request) (int64, error) {
+	raw := r.PathValue("id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, badRequest("invalid contact id %q: use a positive integer", truncate(raw, 40))
+	}
+	return id, nil
+}
+
+// decodeContactBody reads exactly one JSON object with only the fields
+// of contactBody, at most MaxActionBody bytes.
+func decodeContactBody(w http.ResponseWriter, r *http.Request) (contactBody, error) {
+	var body contactBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxActionBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&body)
+	switch {
+	case errors.Is(err, io.EOF):
+		return body, badRequest("empty request body: send a JSON object with name, role, region or vehicle_id, phone or email, and language")
+	case err != nil:
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return body, tooLarge
+		}
+		return body, badRequest("invalid contact: %s", truncate(err.Error(), 160))
+	}
+	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		return body, badRequest("invalid request body: send exactly one JSON object")
+	}
+	return body, nil
+}
+
+// contact checks the body and returns the contact to save: the phone
+// number normalised to E.164 and every rule of store.ValidateContact
+// checked, so the client gets the exact reason for a 400.
+func (b contactBody) contact(id int64) (store.Contact, error) {
+	c := store.Contact{
+		ID:        id,
+		Name:      b.Name,
+		Role:      b.Role,
+		Region:    strings.TrimSpace(b.Region),
+		VehicleID: strings.TrimSpace(b.VehicleID),
+		Email:     strings.TrimSpace(b.Email),
+		Language:  b.Language,
+	}
+	if phone := strings.TrimSpace(b.Phone); phone != "" {
+		normalized, err := notify.NormalizePhone(phone)
+		if err != nil {
+			return c, badRequest("invalid phone: %v", err)
+		}
+		c.Phone = normalized
+	}
+	if err := store.ValidateContact(c); err != nil {
+		return c, badRequest("%v", err)
+	}
+	return c, nil
+}
