@@ -63,13 +63,17 @@ ensure_redis() {
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
 }
 
-ensure_mosquitto_clients() {
+# The e2e tests use mosquitto_pub as a second MQTT client; the bench
+# smoke test starts its own mosquitto broker on a free port as the
+# comparison target.
+ensure_mosquitto() {
   command -v mosquitto_pub >/dev/null 2>&1 || apt_install mosquitto-clients
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 }
 
 ensure_postgres
 ensure_redis
-ensure_mosquitto_clients
+ensure_mosquitto
 
 go vet ./...
 go test -race -count=1 -timeout 30m ./...

@@ -40,6 +40,7 @@ func commands() []command {
 		{"agent", "run a regional agent: vehicle MQTT broker, spool and uplink to the hub", runAgent},
 		{"sim", "simulate vehicles publishing fixes and SOS alerts over MQTT", runSim},
 		{"dev", "run hub, one agent and the simulator in one process", runDev},
+		{"bench", "run a load scenario against a tower it starts on loopback", runBench},
 		{"migrate", "apply the PostgreSQL schema migrations and exit", runMigrate},
 		{"version", "print the version and exit", runVersion},
 	}
