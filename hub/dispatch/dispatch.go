@@ -286,6 +286,9 @@ type Dispatcher struct {
 	level2At map[int64]time.Time
 	// channels holds the last outcome per channel, for Health.
 	channels map[notify.Channel]*channelState
+	// missingLogged holds, per region and role without contacts, when
+	// that was last logged and how many incidents were not logged since.
+	missingLogged map[string]*missingContacts
 	// gaugesAt is when the outbox gauges were last refreshed.
 	gaugesAt time.Time
 }

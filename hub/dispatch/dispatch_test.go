@@ -1,8 +1,10 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -552,6 +554,51 @@ func TestRegionWithoutContacts(t *testing.T) {
 			t.Errorf("regions without supervisors metric = %v, want 1", v)
 		}
 	})
+}
+
+func TestRegionWithoutContacts_LoggedOncePerInterval(t *testing.T) {
+	var logs syncBuffer
+	h := newHarness(t, "embedded", options{logTo: &logs})
+	for i := range 3 {
+		h.openIncident("Davao", fmt.Sprintf("taxi-%d", 930+i), fmt.Sprintf("sos-burst-%d", i))
+	}
+	h.scan()
+	const line = "no responder contacts configured"
+	if n := strings.Count(logs.String(), line); n != 1 {
+		t.Errorf("log lines %q after 3 incidents = %d, want 1:\n%s", line, n, logs.String())
+	}
+	if v := h.metric("xpress_dispatch_regions_without_contacts_total", map[string]string{"role": "responder"}); v != 3 {
+		t.Errorf("regions without responders metric = %v, want 3 (one per incident)", v)
+	}
+
+	h.clock.Advance(11 * time.Minute)
+	h.openIncident("Davao", "taxi-0940", "sos-burst-later")
+	h.scan()
+	out := logs.String()
+	if n := strings.Count(out, line); n != 2 {
+		t.Errorf("log lines %q after the interval = %d, want 2:\n%s", line, n, out)
+	}
+	if !strings.Contains(out, "incidents_not_logged_since_last=2") {
+		t.Errorf("second log line does not count the 2 incidents not logged:\n%s", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the dispatcher's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestDisabledChannelQueuesNothing(t *testing.T) {

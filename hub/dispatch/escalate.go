@@ -342,10 +342,44 @@ func plural(n int, noun string) string {
 }
 
 // noContacts logs and counts an escalation that finds no contact to notify.
+// A burst of SOS in a region without contacts would log one error per
+// incident; it is logged once per region and role per
+// missingContactsLogEvery instead, with the count of incidents in
+// between. The metric and each incident's audit trail count every one.
 func (d *Dispatcher) noContacts(inc store.Incident, role store.ContactRole, level int) {
 	d.metrics.noContacts.WithLabelValues(string(role)).Inc()
+	now := d.cfg.Clock.Now()
+	key := inc.Region + "\x00" + string(role)
+	d.mu.Lock()
+	if d.missingLogged == nil {
+		d.missingLogged = make(map[string]*missingContacts)
+	}
+	m := d.missingLogged[key]
+	if m == nil {
+		m = &missingContacts{}
+		d.missingLogged[key] = m
+	}
+	if !m.at.IsZero() && now.Sub(m.at) < missingContactsLogEvery {
+		m.suppressed++
+		d.mu.Unlock()
+		return
+	}
+	suppressed := m.suppressed
+	m.at, m.suppressed = now, 0
+	d.mu.Unlock()
 	d.log.Error("no "+string(role)+" contacts configured for the incident's region, so the hub notifies no one at this level; add contacts with POST /api/v1/contacts",
-		"incident", inc.ID, "region", inc.Region, "vehicle", inc.VehicleID, "role", role, "level", level)
+		"incident", inc.ID, "region", inc.Region, "vehicle", inc.VehicleID, "role", role, "level", level,
+		"incidents_not_logged_since_last", suppressed)
+}
+
+// missingContactsLogEvery is how often a region without contacts of a
+// role is logged.
+const missingContactsLogEvery = 10 * time.Minute
+
+// missingContacts tracks the log of one region and role without contacts.
+type missingContacts struct {
+	at         time.Time
+	suppressed int
 }
 
 // raise applies one escalation step and returns the incident as changed,

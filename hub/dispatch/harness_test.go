@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,8 @@ type options struct {
 	noEmail bool
 	// twilioTimeout bounds each Twilio request; zero means 5 s.
 	twilioTimeout time.Duration
+	// logTo, when set, receives the logs as text instead of the default.
+	logTo io.Writer
 }
 
 // harness is a dispatcher on a real store with real notify senders that
@@ -126,6 +129,9 @@ func (h *harness) start() {
 	t := h.t
 	t.Helper()
 	log := testLogger(t)
+	if h.opts.logTo != nil {
+		log = slog.New(slog.NewTextHandler(h.opts.logTo, nil))
+	}
 	switch h.kind {
 	case "embedded":
 		h.store = embedded.New(embedded.Config{Path: h.storeFile, Now: h.clock.Now, Logger: log, Registerer: prometheus.NewRegistry()})
