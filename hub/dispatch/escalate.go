@@ -342,10 +342,10 @@ func plural(n int, noun string) string {
 }
 
 // noContacts logs and counts an escalation that finds no contact to notify.
-// A burst of SOS in a region without contacts would log one error per
-// incident; it is logged once per region and role per
-// missingContactsLogEvery instead, with the count of incidents in
-// between. The metric and each incident's audit trail count every one.
+// noContacts counts an escalation that finds no contact to notify, and
+// logs it once per region and role per missingContactsLogEvery with the
+// number of incidents not logged in between, so a burst of SOS does not
+// flood the log. The metric and each incident's audit trail count every one.
 func (d *Dispatcher) noContacts(inc store.Incident, role store.ContactRole, level int) {
 	d.metrics.noContacts.WithLabelValues(string(role)).Inc()
 	now := d.cfg.Clock.Now()
