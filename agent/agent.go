@@ -2,7 +2,10 @@
 // connect to its MQTT broker (package broker). The bbolt spool keeps every
 // message until the hub has it (package spool), and the uplink forwards
 // the spool to the hub (package uplink). An HTTP server serves /metrics,
-// /healthz and /readyz.
+// /healthz, /readyz and the regional page (package localpage), where
+// staff see the office's open SOS alerts and acknowledge them while the
+// hub is unreachable. During a long outage the agent can send the SOS
+// alert SMS itself (package outage).
 //
 // Data flows vehicle → broker → spool → uplink → hub. The broker
 // acknowledges a vehicle's message only after the spool fsynced it, and
@@ -31,6 +34,7 @@ import (
 
 	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/agent/localsos"
+	"github.com/xpress-ops/tower/agent/outage"
 	"github.com/xpress-ops/tower/agent/spool"
 	"github.com/xpress-ops/tower/agent/uplink"
 	"github.com/xpress-ops/tower/internal/configcheck"
@@ -70,8 +74,8 @@ type Config struct {
 	// DataDir holds the spool file (SpoolFile); it is created with mode
 	// 0700 if missing. Required.
 	DataDir string
-	// HTTPAddr is the listen address of /metrics, /healthz and /readyz.
-	// Empty means DefaultHTTPAddr (":9090").
+	// HTTPAddr is the listen address of /metrics, /healthz, /readyz, the
+	// regional page and its local API. Empty means DefaultHTTPAddr (":9090").
 	HTTPAddr string
 	// Logger receives every component's logs. Nil means discard.
 	Logger *slog.Logger
@@ -126,6 +130,23 @@ type Config struct {
 	// the hub carry the hub's text. Empty means English
 	// (localsos.DefaultLanguage).
 	SOSLanguage string
+
+	// OutageNotifyAfter is how long the hub must have been unreachable
+	// before the agent sends the SOS alert SMS itself, to OutageNotifyTo,
+	// for every SOS nobody acknowledged (see package outage). Zero turns
+	// the agent's own SMS off; otherwise it must be from
+	// MinOutageNotifyAfter to MaxOutageNotifyAfter.
+	OutageNotifyAfter time.Duration
+	// OutageNotifyTo are the phone numbers of the agent's own SMS, in any
+	// form notify.NormalizePhone accepts. New stores them in E.164.
+	// Required with OutageNotifyAfter.
+	OutageNotifyTo []string
+	// OutageNotifyLanguage is the language of the agent's own SMS: "en"
+	// or "fil" (also "tl"). Empty means English.
+	OutageNotifyLanguage string
+	// OutageSMS sends the agent's own SMS, usually a *notify.Twilio.
+	// Required with OutageNotifyAfter.
+	OutageSMS outage.SMSSender
 }
 
 // Validate checks the required fields, the region and the ranges of the
@@ -155,6 +176,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateTunables()...)
+	errs = append(errs, c.validateOutage()...)
 	if c.Registerer != nil && c.Gatherer == nil {
 		if _, ok := c.Registerer.(prometheus.Gatherer); !ok {
 			errs = append(errs, errors.New("registerer is not a gatherer: set Gatherer for /metrics"))
@@ -183,10 +205,15 @@ type Agent struct {
 	sos     *localsos.Store
 	relay   *localsos.Relay
 	sosOpen atomic.Bool
+	// notifier sends the agent's own SMS during a hub outage; nil when
+	// Config.OutageNotifyAfter is zero.
+	notifier *outage.Notifier
 
 	httpServer   *http.Server
 	httpListener net.Listener
 	httpDone     chan struct{}
+	// httpRequests counts HTTP requests; registered while the server runs.
+	httpRequests *prometheus.CounterVec
 
 	spoolOpen    atomic.Bool
 	brokerListen atomic.Bool
@@ -228,9 +255,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	// Validate accepted every number, so each has an E.164 form.
+	cfg.OutageNotifyTo = normalizePhones(cfg.OutageNotifyTo)
 	logger := cfg.Logger.With("agent", cfg.ID)
 
-	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer}
+	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer, httpRequests: newHTTPRequests()}
 	a.spool = spool.New(spool.Config{
 		Path:            filepath.Join(cfg.DataDir, SpoolFile),
 		Logger:          logger,
@@ -264,6 +293,7 @@ func New(cfg Config) (*Agent, error) {
 		AgentID:    cfg.ID,
 		Store:      a.sos,
 		Publisher:  a.broker,
+		Spool:      a.spool,
 		Logger:     logger,
 		Registerer: cfg.Registerer,
 		Now:        cfg.Now,
@@ -289,6 +319,13 @@ func New(cfg Config) (*Agent, error) {
 		MaxBackoff:         cfg.MaxBackoff,
 		OnSOSState:         a.relay.HubState,
 	})
+	if cfg.OutageNotifyAfter > 0 {
+		n, err := a.newNotifier(logger)
+		if err != nil {
+			return nil, err
+		}
+		a.notifier = n
+	}
 	return a, nil
 }
 
@@ -353,9 +390,18 @@ func (a *Agent) open(ctx context.Context) error {
 	if err := a.uplink.Open(); err != nil {
 		return errors.Join(err, a.Close())
 	}
+	if a.notifier != nil {
+		if err := a.notifier.Start(); err != nil {
+			return errors.Join(err, a.Close())
+		}
+	}
 
+	if err := a.cfg.Registerer.Register(a.httpRequests); err != nil {
+		return errors.Join(fmt.Errorf("register HTTP metrics: %w", err), a.Close())
+	}
 	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
+		a.cfg.Registerer.Unregister(a.httpRequests)
 		return errors.Join(fmt.Errorf("listen for HTTP on %s: %w", a.cfg.HTTPAddr, err), a.Close())
 	}
 	a.httpListener = ln
@@ -401,7 +447,8 @@ func (a *Agent) UplinkState() uplink.State { return a.uplink.State() }
 //  2. flush the spool: wait for the group commit in progress;
 //  3. stop the uplink: records the hub has not acknowledged stay in the
 //     spool for the next start;
-//  4. stop the SOS state relay and close the local SOS store;
+//  4. stop the outage notifier (an SMS being sent stays "sending" for the
+//     next start), the SOS state relay, and close the local SOS store;
 //  5. close the spool's bbolt file.
 //
 // It returns every failure joined and is safe to call more than once.
@@ -417,6 +464,7 @@ func (a *Agent) Close() error {
 			}
 			cancel()
 			<-a.httpDone
+			a.cfg.Registerer.Unregister(a.httpRequests)
 		}
 
 		if a.spoolOpen.Load() {
@@ -427,6 +475,9 @@ func (a *Agent) Close() error {
 			cancel()
 		}
 		errs = append(errs, a.uplink.Close())
+		if a.notifier != nil {
+			errs = append(errs, a.notifier.Close())
+		}
 		errs = append(errs, a.relay.Close())
 		if a.sosOpen.Load() {
 			a.sosOpen.Store(false)

@@ -3,21 +3,94 @@ package agent
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/xpress-ops/tower/agent/localpage"
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// routes returns the agent's HTTP handler.
+// contentSecurityPolicy allows only same-origin resources and no inline
+// script or style, and forbids framing: the policy of the hub's API.
+const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+
+// routes returns the agent's HTTP handler: probes and metrics, the
+// regional page (package localpage) and its local API.
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", a.handleHealthz)
 	mux.HandleFunc("GET /readyz", a.handleReadyz)
-	return mux
+	mux.HandleFunc("GET /api/v1/info", a.handleInfo)
+	mux.HandleFunc("GET /api/v1/local/sos", a.handleLocalSOS)
+	mux.HandleFunc("POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", a.handleLocalAck)
+	mux.Handle("GET /", localpage.Handler())
+	return securityHeaders(a.instrument(mux))
 }
+
+// securityHeaders sets the headers every response carries, error pages
+// included, as the hub does.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Frame-Options", "DENY")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// httpRequests counts the agent's HTTP requests by route and status.
+func newHTTPRequests() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "xpress_agent_http_requests_total",
+		Help: "HTTP requests to the agent, by route pattern and status code; unmatched for requests that matched no route.",
+	}, []string{"route", "code"})
+}
+
+// instrument counts requests by the route pattern the ServeMux matched,
+// so the route label is bounded, and by status code.
+func (a *Agent) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		code := rec.status
+		if code == 0 {
+			code = http.StatusOK
+		}
+		a.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	})
+}
+
+// statusRecorder remembers the status code written.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // handleHealthz responds 200 while the process serves HTTP at all.
 func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/internal/mqttlistener"
+	"github.com/xpress-ops/tower/internal/retainguard"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -89,6 +90,8 @@ type Broker struct {
 
 	server   *mqtt.Server
 	listener *mqttlistener.Listener
+	// guard orders Publish's retained messages with vehicles' subscribes.
+	guard *retainguard.Guard
 
 	closeOnce sync.Once
 	closeErr  error
@@ -156,6 +159,10 @@ func (b *Broker) Open() error {
 	if err := server.AddHook(b.hook, nil); err != nil {
 		return fmt.Errorf("add broker hook: %w", err)
 	}
+	guard := retainguard.New()
+	if err := server.AddHook(guard, nil); err != nil {
+		return fmt.Errorf("add retained-message guard hook: %w", err)
+	}
 
 	ln, err := net.Listen("tcp", b.cfg.Addr)
 	if err != nil {
@@ -173,7 +180,7 @@ func (b *Broker) Open() error {
 		b.metrics.unregister(b.cfg.Registerer)
 		return errors.Join(fmt.Errorf("serve mqtt: %w", err), server.Close())
 	}
-	b.server, b.listener = server, vl
+	b.server, b.listener, b.guard = server, vl, guard
 	b.log.Info("broker listening", "addr", ln.Addr().String())
 	return nil
 }
@@ -191,20 +198,14 @@ func (b *Broker) Addr() net.Addr {
 // the topic's retained message, and an empty retained payload deletes
 // that. mochi also queues the message for a disconnected vehicle that
 // keeps a session. Vehicles receive only topics under their own prefix
-// (see OnACLCheck). Publish fails before Open.
-//
-// NOTE: mochi v2.7.9 reads a topic's retained-message path without a lock
-// while it sends the retained messages of a new wildcard subscription
-// (TopicsIndex.scanMessages). A retained publish while a vehicle subscribes
-// is therefore a data race inside mochi, and the race detector reports it.
+// (see OnACLCheck). A retained publish waits for the retained-message
+// scans of vehicles' subscribes in progress (see retainguard.Guard).
+// Publish fails before Open.
 func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
 	if b.server == nil {
 		return fmt.Errorf("publish to %s: broker is not open", topic)
 	}
-	if err := b.server.Publish(topic, payload, retain, 1); err != nil {
-		return fmt.Errorf("publish to %s: %w", topic, err)
-	}
-	return nil
+	return b.guard.Publish(b.server, topic, payload, retain, 1)
 }
 
 // Close stops accepting vehicles, disconnects every client and waits

@@ -14,6 +14,10 @@ const (
 	stagePrune   = "prune"
 	// stageRepublish is the republishing of active states at start.
 	stageRepublish = "republish"
+	// stageBackfill is recording the SOS alerts of the spool.
+	stageBackfill = "backfill"
+	// stageReport is appending a local acknowledgement record to the spool.
+	stageReport = "report"
 )
 
 // relayMetrics are the relay's Prometheus collectors.
@@ -21,6 +25,9 @@ type relayMetrics struct {
 	delivered  *prometheus.CounterVec
 	hubRejects *prometheus.CounterVec
 	failures   *prometheus.CounterVec
+	queueFull  prometheus.Counter
+	backfilled prometheus.Counter
+	localAcks  prometheus.Counter
 }
 
 func newRelayMetrics() *relayMetrics {
@@ -35,21 +42,33 @@ func newRelayMetrics() *relayMetrics {
 		}, []string{"reason"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_sos_state_failures_total",
-			Help: "Failures handling SOS states, by stage: record, apply, publish, prune or republish.",
+			Help: "Failures handling SOS states, by stage: record, apply, publish, prune, republish, backfill or report.",
 		}, []string{"stage"}),
+		queueFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_state_queue_full_total",
+			Help: "Stored SOS alerts the local SOS relay's queue had no room for; they are recorded from the spool later.",
+		}),
+		backfilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_backfilled_total",
+			Help: "SOS alerts recorded in the local SOS store from the spool, at start or after a full queue.",
+		}),
+		localAcks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_local_acks_total",
+			Help: "SOS alerts acknowledged by regional staff on the agent's local page.",
+		}),
 	}
 	for _, s := range []string{protocol.SOSStateReceived, protocol.SOSStateAcknowledged, protocol.SOSStateDispatched,
 		protocol.SOSStateResolved, protocol.SOSStateCancelled} {
 		m.delivered.WithLabelValues(s)
 	}
-	for _, s := range []string{stageRecord, stageApply, stagePublish, stagePrune, stageRepublish} {
+	for _, s := range []string{stageRecord, stageApply, stagePublish, stagePrune, stageRepublish, stageBackfill, stageReport} {
 		m.failures.WithLabelValues(s)
 	}
 	return m
 }
 
 func (m *relayMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures}
+	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures, m.queueFull, m.backfilled, m.localAcks}
 }
 
 // register registers every collector, or none.

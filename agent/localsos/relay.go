@@ -1,10 +1,12 @@
 package localsos
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,8 +14,42 @@ import (
 	"github.com/xpress-ops/tower/protocol"
 )
 
-// DefaultPruneInterval is how often the relay prunes closed entries.
-const DefaultPruneInterval = time.Hour
+// Defaults of RelayConfig.
+const (
+	// DefaultPruneInterval is how often the relay prunes closed entries.
+	DefaultPruneInterval = time.Hour
+	// DefaultQueueSize is how many stored SOS records may wait for the
+	// relay to record them.
+	DefaultQueueSize = 1024
+	// DefaultAppendTimeout bounds the append of a local acknowledgement
+	// record to the spool.
+	DefaultAppendTimeout = 10 * time.Second
+	// DefaultReportRetryInterval is how often the relay tries again to
+	// append the local acknowledgements the spool did not take.
+	DefaultReportRetryInterval = 10 * time.Second
+)
+
+// backfillPageRecords and backfillPageBytes bound one spool read of a backfill.
+const (
+	backfillPageRecords = 500
+	backfillPageBytes   = 4 << 20
+)
+
+// ErrNotReported means a local acknowledgement is recorded and the
+// vehicle informed, but its record for the hub is not in the spool yet.
+// The relay retries on its own, and acknowledging again retries at once.
+var ErrNotReported = errors.New("local acknowledgement not yet queued for the hub")
+
+// Spool is the part of the agent's spool the relay uses; *spool.Spool
+// implements it.
+type Spool interface {
+	// Read returns the lane's records after afterSeq, oldest first.
+	Read(lane protocol.Lane, afterSeq uint64, max, maxBytes int) ([]protocol.Record, error)
+	// Append stores records durably.
+	Append(ctx context.Context, recs []protocol.Record) error
+	// SpoolID returns the id of the open spool file.
+	SpoolID() string
+}
 
 // Publisher publishes to the vehicles on the agent's broker with QoS 1;
 // *broker.Broker implements it. An empty retained payload clears the
@@ -31,6 +67,20 @@ type RelayConfig struct {
 	Store *Store
 	// Publisher reaches the vehicles. Required.
 	Publisher Publisher
+	// Spool is the agent's spool, open before Start. The relay reads its
+	// SOS lane to record the SOS alerts the store lacks (see Start), and
+	// appends the local acknowledgements to it for the hub. Required.
+	Spool Spool
+	// QueueSize bounds the SOS records SOSStored hands over that wait to
+	// be recorded. Zero means DefaultQueueSize (1024).
+	QueueSize int
+	// AppendTimeout bounds the append of a local acknowledgement record.
+	// Zero means DefaultAppendTimeout (10 s).
+	AppendTimeout time.Duration
+	// ReportRetryInterval is how often local acknowledgements the spool
+	// did not take are appended again. Zero means
+	// DefaultReportRetryInterval (10 s).
+	ReportRetryInterval time.Duration
 	// Logger receives the relay's logs. Nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the relay's metrics on Start. Nil means a private registry.
@@ -53,6 +103,12 @@ type RelayConfig struct {
 // session in either order. The broker keeps retained messages in memory
 // only, so Start publishes the state of every active entry again.
 //
+// SOSStored runs before the vehicle's PUBACK, so it only queues the
+// record; the relay's goroutine records it and publishes "received". The
+// spool keeps every SOS until the hub acknowledges it, so an SOS lost
+// from the queue (a full queue, or a crash before it was recorded) is
+// recorded from the spool: at start, and once a full queue drains.
+//
 // The methods are safe for concurrent use. One lock orders each store
 // change with its publish, so a vehicle receives the states of one SOS
 // in the order the store took them.
@@ -62,6 +118,19 @@ type Relay struct {
 	metrics *relayMetrics
 
 	mu sync.Mutex
+	// reportMu serialises the appends of local acknowledgement records,
+	// so each is appended once.
+	reportMu sync.Mutex
+
+	// queue holds the records SOSStored handed over.
+	queue chan protocol.Record
+	// missed is set when SOSStored found the queue full. A send on wake
+	// then makes the goroutine backfill from the spool.
+	missed atomic.Bool
+	wake   chan struct{}
+	// unreported is set when a local acknowledgement record could not be
+	// appended to the spool.
+	unreported atomic.Bool
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -81,6 +150,15 @@ func NewRelay(cfg RelayConfig) *Relay {
 	if cfg.PruneInterval <= 0 {
 		cfg.PruneInterval = DefaultPruneInterval
 	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.AppendTimeout <= 0 {
+		cfg.AppendTimeout = DefaultAppendTimeout
+	}
+	if cfg.ReportRetryInterval <= 0 {
+		cfg.ReportRetryInterval = DefaultReportRetryInterval
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -88,13 +166,19 @@ func NewRelay(cfg RelayConfig) *Relay {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "localsos"),
 		metrics: newRelayMetrics(),
+		queue:   make(chan protocol.Record, cfg.QueueSize),
+		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 }
 
 // Start registers the metrics, publishes the retained state of every
-// active entry and starts pruning closed entries every PruneInterval. A
+// active entry and starts the relay's goroutine. The goroutine first
+// backfills: it records every SOS of the spool's SOS lane that the store
+// lacks, publishing "received" for each, and appends the local
+// acknowledgements not yet in the spool. Then it records the SOS records
+// SOSStored queues, and prunes closed entries every PruneInterval. A
 // store it cannot read is logged and counted, because vehicles still get
 // new states without it. Start fails only on an invalid config or a
 // metrics conflict.
@@ -108,8 +192,8 @@ func (r *Relay) start() error {
 	if err := protocol.ValidateAgentID(r.cfg.AgentID); err != nil {
 		return fmt.Errorf("start local SOS relay: AgentID: %w", err)
 	}
-	if r.cfg.Store == nil || r.cfg.Publisher == nil {
-		return errors.New("start local SOS relay: Store and Publisher are required")
+	if r.cfg.Store == nil || r.cfg.Publisher == nil || r.cfg.Spool == nil {
+		return errors.New("start local SOS relay: Store, Publisher and Spool are required")
 	}
 	if err := r.metrics.register(r.cfg.Registerer); err != nil {
 		return fmt.Errorf("register local SOS metrics: %w", err)
@@ -125,13 +209,14 @@ func (r *Relay) start() error {
 	}
 	r.mu.Unlock()
 	r.started = true
-	go r.pruneLoop()
+	go r.run()
 	r.log.Info("local SOS relay started", "active", len(active))
 	return nil
 }
 
-// Close stops pruning and unregisters the metrics. It does not close the
-// store. It is safe to call more than once.
+// Close records the SOS records still queued, stops the goroutine and
+// unregisters the metrics. It does not close the store. It is safe to
+// call more than once.
 func (r *Relay) Close() error {
 	r.closeOnce.Do(func() {
 		r.startOnce.Do(func() {}) // a later Start does nothing
@@ -144,18 +229,37 @@ func (r *Relay) Close() error {
 	return nil
 }
 
-// SOSStored records an SOS the spool stored and publishes "received" to
-// the vehicle. The broker calls it after the spool commit, before the
-// PUBACK. Other record kinds are ignored. A store failure is logged and
-// counted, and the vehicle still gets "received", because the spool
-// contains the SOS.
+// SOSStored queues an SOS the spool stored, for the relay's goroutine
+// to record and to publish "received" to the vehicle. The broker calls it
+// after the spool commit, before the PUBACK, so it never blocks: when the
+// queue is full the record is counted, logged and left to a backfill from
+// the spool. Other record kinds are ignored.
 func (r *Relay) SOSStored(rec protocol.Record) {
 	if rec.Kind != protocol.KindSOS || rec.SOS == nil {
 		return
 	}
+	select {
+	case r.queue <- rec:
+		return
+	default:
+	}
+	r.metrics.queueFull.Inc()
+	r.missed.Store(true)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	r.log.Error("SOS not queued for the local SOS store: queue full; it is recorded from the spool once the queue drains",
+		"vehicle", rec.VehicleID, "sos", rec.SOS.ID, "seq", rec.Seq, "queue_size", cap(r.queue))
+}
+
+// record records a queued SOS and publishes "received" to the vehicle. A
+// store failure is logged and counted, and the vehicle still gets
+// "received", because the spool contains the SOS.
+func (r *Relay) record(rec protocol.Record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, changed, err := r.cfg.Store.Record(rec.VehicleID, rec.SOS, rec.ReceivedAt)
+	e, changed, err := r.cfg.Store.RecordSpooled(rec, r.cfg.Spool.SpoolID())
 	if err != nil {
 		r.metrics.failures.WithLabelValues(stageRecord).Inc()
 		r.log.Error("SOS not recorded in the local SOS store; publishing received to the vehicle anyway",
@@ -232,19 +336,91 @@ func (r *Relay) decodeHubState(topic string, payload []byte) (protocol.SOSStateU
 }
 
 // AcknowledgeLocally records an acknowledgement given on the agent's
-// local page by actor and publishes acknowledged to the vehicle when its
-// SOS moves to that state. Errors are those of Store.MarkLocalAck.
+// local page by actor, publishes acknowledged to the vehicle when its SOS
+// moves to that state, and appends a protocol.KindSOSAck record to the
+// spool for the hub. Only the first acknowledgement of an SOS is kept
+// and appended; a later one returns the entry unchanged. Errors are those
+// of Store.MarkLocalAck, or ErrNotReported when the spool did not take
+// the record. The acknowledgement is then kept, and the relay appends the
+// record later.
 func (r *Relay) AcknowledgeLocally(vehicleID, sosID, actor string) (Entry, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	e, changed, err := r.cfg.Store.MarkLocalAck(vehicleID, sosID, actor, r.cfg.Now())
+	if err == nil && changed {
+		r.deliver(e)
+	}
+	r.mu.Unlock()
 	if err != nil {
 		return e, err
 	}
 	if changed {
-		r.deliver(e)
+		r.metrics.localAcks.Inc()
+		r.log.Info("SOS acknowledged on the agent's local page", "vehicle", vehicleID, "sos", sosID,
+			"actor", e.LocalAckBy, "incident", e.IncidentID)
 	}
-	return e, nil
+	return r.reportLocalAck(vehicleID, sosID)
+}
+
+// reportLocalAck appends the local acknowledgement of an SOS to the spool
+// unless it is there already, and returns the entry.
+func (r *Relay) reportLocalAck(vehicleID, sosID string) (Entry, error) {
+	r.reportMu.Lock()
+	defer r.reportMu.Unlock()
+	e, err := r.cfg.Store.Get(vehicleID, sosID)
+	if err != nil || e.LocalAckBy == "" || e.LocalAckReported {
+		return e, err
+	}
+	rec := protocol.Record{
+		Kind:       protocol.KindSOSAck,
+		VehicleID:  vehicleID,
+		ReceivedAt: e.LocalAckAt,
+		Ack:        &protocol.LocalAck{SOSID: sosID, Actor: e.LocalAckBy, At: e.LocalAckAt},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.AppendTimeout)
+	defer cancel()
+	if err := r.cfg.Spool.Append(ctx, []protocol.Record{rec}); err != nil {
+		r.unreported.Store(true)
+		r.metrics.failures.WithLabelValues(stageReport).Inc()
+		r.log.Error("local acknowledgement not appended to the spool; retrying later",
+			"vehicle", vehicleID, "sos", sosID, "actor", e.LocalAckBy, "error", err)
+		return e, fmt.Errorf("%w: %w", ErrNotReported, err)
+	}
+	marked, err := r.cfg.Store.MarkLocalAckReported(vehicleID, sosID)
+	if err != nil {
+		// The record is in the spool; the next backfill finds it there.
+		r.metrics.failures.WithLabelValues(stageReport).Inc()
+		r.log.Error("local acknowledgement appended to the spool but not marked in the local SOS store",
+			"vehicle", vehicleID, "sos", sosID, "seq", rec.Seq, "error", err)
+		return e, nil
+	}
+	r.log.Info("local acknowledgement queued for the hub", "vehicle", vehicleID, "sos", sosID, "seq", rec.Seq)
+	return marked, nil
+}
+
+// reportPending appends every local acknowledgement not yet in the spool.
+// acked names the SOS alerts (entryKey) whose acknowledgement record the
+// spool holds already; those are only marked.
+func (r *Relay) reportPending(acked map[string]bool) {
+	entries, err := r.cfg.Store.List()
+	if err != nil {
+		r.metrics.failures.WithLabelValues(stageReport).Inc()
+		r.log.Error("local acknowledgements not checked: local SOS store unreadable", "error", err)
+		return
+	}
+	r.unreported.Store(false)
+	for _, e := range entries {
+		if e.LocalAckBy == "" || e.LocalAckReported {
+			continue
+		}
+		if acked[string(entryKey(e.VehicleID, e.SOSID))] {
+			if _, err := r.cfg.Store.MarkLocalAckReported(e.VehicleID, e.SOSID); err != nil {
+				r.metrics.failures.WithLabelValues(stageReport).Inc()
+				r.log.Error("local acknowledgement found in the spool but not marked", "vehicle", e.VehicleID, "sos", e.SOSID, "error", err)
+			}
+			continue
+		}
+		_, _ = r.reportLocalAck(e.VehicleID, e.SOSID)
+	}
 }
 
 // deliver publishes an entry's state to its vehicle. The caller holds r.mu.
@@ -274,25 +450,117 @@ func (r *Relay) deliver(e Entry) {
 	}
 }
 
-// pruneLoop prunes closed entries now and then every PruneInterval until Close.
-func (r *Relay) pruneLoop() {
+// run is the relay's goroutine: it backfills, then records queued SOS
+// records, backfills again after SOSStored found the queue full, retries
+// unreported local acknowledgements, and prunes closed entries now and
+// every PruneInterval, until Close. On Close it records what is still
+// queued.
+func (r *Relay) run() {
 	defer close(r.done)
-	t := time.NewTicker(r.cfg.PruneInterval)
-	defer t.Stop()
+	r.backfill("start")
+	r.prune()
+	prune := time.NewTicker(r.cfg.PruneInterval)
+	defer prune.Stop()
+	retry := time.NewTicker(r.cfg.ReportRetryInterval)
+	defer retry.Stop()
 	for {
-		n, err := r.cfg.Store.Prune(r.cfg.Now())
-		switch {
-		case err != nil:
-			r.metrics.failures.WithLabelValues(stagePrune).Inc()
-			r.log.Error("pruning closed SOS entries failed", "error", err)
-		case n > 0:
-			r.log.Info("closed SOS entries pruned", "entries", n)
-		}
 		select {
+		case rec := <-r.queue:
+			r.record(rec)
+		case <-r.wake:
+			if r.missed.Swap(false) {
+				r.drainQueue()
+				r.backfill("queue_full")
+			}
+		case <-retry.C:
+			if r.unreported.Load() {
+				r.reportPending(nil)
+			}
+		case <-prune.C:
+			r.prune()
 		case <-r.stop:
+			r.drainQueue()
 			return
-		case <-t.C:
 		}
+	}
+}
+
+// drainQueue records every queued SOS record.
+func (r *Relay) drainQueue() {
+	for {
+		select {
+		case rec := <-r.queue:
+			r.record(rec)
+		default:
+			return
+		}
+	}
+}
+
+// backfill records the SOS alerts of the spool's SOS lane that the store
+// lacks and publishes "received" for each, then appends the local
+// acknowledgements the spool does not hold. trigger names why, for the
+// logs: "start" or "queue_full".
+func (r *Relay) backfill(trigger string) {
+	var (
+		recs  []protocol.Record
+		after uint64
+	)
+	acked := map[string]bool{}
+	for {
+		page, err := r.cfg.Spool.Read(protocol.LaneSOS, after, backfillPageRecords, backfillPageBytes)
+		if err != nil {
+			r.metrics.failures.WithLabelValues(stageBackfill).Inc()
+			r.log.Error("SOS alerts not backfilled from the spool: read failed", "trigger", trigger, "after_seq", after, "error", err)
+			return
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, rec := range page {
+			switch {
+			case rec.Kind == protocol.KindSOS:
+				recs = append(recs, rec)
+			case rec.Kind == protocol.KindSOSAck && rec.Ack != nil:
+				acked[string(entryKey(rec.VehicleID, rec.Ack.SOSID))] = true
+			}
+		}
+		after = page[len(page)-1].Seq
+	}
+
+	r.mu.Lock()
+	changed, err := r.cfg.Store.Backfill(recs, r.cfg.Spool.SpoolID())
+	if err == nil {
+		for _, e := range changed {
+			r.deliver(e)
+		}
+	}
+	r.mu.Unlock()
+	if err != nil {
+		r.metrics.failures.WithLabelValues(stageBackfill).Inc()
+		r.log.Error("SOS alerts not backfilled from the spool: local SOS store failed", "trigger", trigger,
+			"spool_sos_records", len(recs), "error", err)
+		return
+	}
+	r.metrics.backfilled.Add(float64(len(changed)))
+	level := slog.LevelDebug
+	if len(changed) > 0 {
+		level = slog.LevelWarn
+	}
+	r.log.Log(context.Background(), level, "SOS alerts backfilled from the spool", "trigger", trigger,
+		"spool_sos_records", len(recs), "recorded", len(changed))
+	r.reportPending(acked)
+}
+
+// prune deletes closed entries older than the store's KeepClosed.
+func (r *Relay) prune() {
+	n, err := r.cfg.Store.Prune(r.cfg.Now())
+	switch {
+	case err != nil:
+		r.metrics.failures.WithLabelValues(stagePrune).Inc()
+		r.log.Error("pruning closed SOS entries failed", "error", err)
+	case n > 0:
+		r.log.Info("closed SOS entries pruned", "entries", n)
 	}
 }
 

@@ -32,6 +32,7 @@ const (
 // agentSide is the part of an agent the relay works with: a spool, the
 // vehicles' broker, the local SOS store and the relay.
 type agentSide struct {
+	spool    *spool.Spool
 	broker   *broker.Broker
 	store    *Store
 	relay    *Relay
@@ -45,12 +46,21 @@ type agentSide struct {
 // cleanup.
 func startAgentSide(t *testing.T, dir string) *agentSide {
 	t.Helper()
+	return startAgentSideWith(t, dir, nil, nil)
+}
+
+// startAgentSideWith is startAgentSide with the relay's config changed by
+// mutate, and beforeStart run after the spool and store opened and before
+// the broker and relay start.
+func startAgentSideWith(t *testing.T, dir string, mutate func(*RelayConfig), beforeStart func(*agentSide)) *agentSide {
+	t.Helper()
 	a := &agentSide{registry: prometheus.NewRegistry()}
 
 	sp := spool.New(spool.Config{Path: filepath.Join(dir, "spool.db")})
 	if err := sp.Open(); err != nil {
 		t.Fatalf("open spool: %v", err)
 	}
+	a.spool = sp
 	a.store = New(Config{Path: filepath.Join(dir, File)})
 	if err := a.store.Open(); err != nil {
 		t.Fatalf("open store: %v", err)
@@ -60,7 +70,14 @@ func startAgentSide(t *testing.T, dir string) *agentSide {
 		Spool:       sp,
 		OnSOSStored: func(rec protocol.Record) { a.relay.SOSStored(rec) },
 	})
-	a.relay = NewRelay(RelayConfig{AgentID: testAgent, Store: a.store, Publisher: a.broker, Registerer: a.registry})
+	cfg := RelayConfig{AgentID: testAgent, Store: a.store, Publisher: a.broker, Spool: sp, Registerer: a.registry}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	a.relay = NewRelay(cfg)
+	if beforeStart != nil {
+		beforeStart(a)
+	}
 
 	if err := a.broker.Open(); err != nil {
 		t.Fatalf("open broker: %v", err)

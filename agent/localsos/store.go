@@ -8,7 +8,8 @@
 // acknowledged < dispatched < resolved or cancelled. Entries survive
 // restarts; closed ones are pruned after Config.KeepClosed. The agent's
 // local outage page reads the store too: ListActive, Get and
-// MarkLocalAck.
+// MarkLocalAck. The agent's outage notifier keeps in each entry the
+// notifications it sent about the SOS itself (UpdateNotification).
 package localsos
 
 import (
@@ -16,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -41,8 +43,9 @@ const (
 	DefaultLanguage = "en"
 )
 
-// MaxActor is the longest actor of MarkLocalAck, in bytes.
-const MaxActor = 100
+// MaxActor is the longest actor of MarkLocalAck, in bytes: room for a
+// name of protocol.MaxOperatorName characters of up to 4 bytes each.
+const MaxActor = protocol.MaxOperatorName * utf8.UTFMax
 
 // entriesBucket holds one JSON Entry per key vehicle id + "/" + SOS id.
 var entriesBucket = []byte("sos")
@@ -105,8 +108,77 @@ type Entry struct {
 	// and LocalAckAt when, by the agent clock. Empty and zero without one.
 	LocalAckBy string    `json:"local_ack_by,omitempty"`
 	LocalAckAt time.Time `json:"local_ack_at,omitzero"`
+	// LocalAckReported is set once the local acknowledgement is in the
+	// spool as a protocol.KindSOSAck record, on its way to the hub.
+	LocalAckReported bool `json:"local_ack_reported,omitempty"`
+	// SpoolID and SpoolSeq locate the vehicle's first copy of the SOS in
+	// the agent's spool: the spool file's id and the record's sequence
+	// number in the SOS lane. The hub has the SOS once the spool no longer
+	// holds that record. Empty and zero for an SOS the agent learned about
+	// only from the hub.
+	SpoolID  string `json:"spool_id,omitempty"`
+	SpoolSeq uint64 `json:"spool_seq,omitempty"`
+	// Notifications are the notifications the agent sent about the SOS
+	// itself while the hub was unreachable, one per channel and address.
+	Notifications []Notification `json:"notifications,omitempty"`
 	// UpdatedAt is the agent clock at the entry's last change.
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// States of a Notification.
+const (
+	// NotificationSending means an attempt began and its outcome is not
+	// recorded: it may be in progress, it failed in a way a retry can fix,
+	// or the agent stopped during it. The provider may hold the message, so
+	// it must be looked up there (notify.Twilio.Find) before a resend.
+	NotificationSending = "sending"
+	// NotificationSent means the provider accepted the message.
+	NotificationSent = "sent"
+	// NotificationFailed means the agent gave up on the notification.
+	NotificationFailed = "failed"
+)
+
+// Notification is a notification about an SOS that the agent sent itself
+// while the hub was unreachable.
+type Notification struct {
+	// Channel is the notify channel, such as "sms".
+	Channel string `json:"channel"`
+	// Address is the recipient: an E.164 phone number for SMS.
+	Address string `json:"address"`
+	// State is NotificationSending, NotificationSent or NotificationFailed.
+	State string `json:"state"`
+	// Attempts counts the sends begun.
+	Attempts int `json:"attempts"`
+	// FirstAttemptAt and LastAttemptAt are when the first and the latest
+	// attempt began, by the agent clock.
+	FirstAttemptAt time.Time `json:"first_attempt_at"`
+	LastAttemptAt  time.Time `json:"last_attempt_at"`
+	// ProviderID is the provider's id of the sent message, such as a
+	// Twilio message SID.
+	ProviderID string `json:"provider_id,omitempty"`
+	// Error is the latest failure: why a sending notification is retried,
+	// or why a failed one was given up.
+	Error string `json:"error,omitempty"`
+	// DoneAt is when the notification became sent or failed.
+	DoneAt time.Time `json:"done_at,omitzero"`
+	// Reported is set once the outcome is in the spool as a
+	// protocol.KindSOSNotified record, on its way to the hub.
+	Reported bool `json:"reported,omitempty"`
+}
+
+// Done reports whether the notification is sent or failed.
+func (n *Notification) Done() bool {
+	return n.State == NotificationSent || n.State == NotificationFailed
+}
+
+// Notification returns the entry's notification on channel to address.
+func (e *Entry) Notification(channel, address string) (Notification, bool) {
+	for _, n := range e.Notifications {
+		if n.Channel == channel && n.Address == address {
+			return n, true
+		}
+	}
+	return Notification{}, false
 }
 
 // Active reports whether the SOS is not yet resolved or cancelled.
@@ -197,31 +269,107 @@ func (s *Store) Close() error {
 // entry closed, received after the closing, is a new emergency and starts
 // over as received, as the hub opens a new incident for it.
 func (s *Store) Record(vehicleID string, sos *protocol.SOS, receivedAt time.Time) (Entry, bool, error) {
+	return s.RecordSpooled(protocol.Record{Kind: protocol.KindSOS, VehicleID: vehicleID, ReceivedAt: receivedAt, SOS: sos}, "")
+}
+
+// RecordSpooled is Record for an SOS record the spool with id spoolID
+// stored: it also keeps where the record sits in the spool (see
+// Entry.SpoolSeq). A record without an SOS is invalid.
+func (s *Store) RecordSpooled(rec protocol.Record, spoolID string) (Entry, bool, error) {
+	if rec.SOS == nil {
+		return Entry{}, false, fmt.Errorf("%w: record %d of vehicle %s carries no SOS", ErrInvalid, rec.Seq, rec.VehicleID)
+	}
 	var out Entry
 	var changed bool
-	err := s.update(vehicleID, sos.ID, func(e *Entry, found bool) (bool, error) {
-		now := s.cfg.Now().UTC()
-		switch {
-		case !found, !e.Active() && receivedAt.After(e.StateAt):
-			*e = Entry{
-				VehicleID: vehicleID, SOSID: sos.ID,
-				State: protocol.SOSStateReceived, StateAt: receivedAt.UTC(),
-				Message: s.message(protocol.SOSStateReceived),
-			}
-			changed = true
-		case e.ReceivedAt.IsZero():
-			// The hub announced this SOS before the vehicle's copy arrived.
-		default:
-			out = *e
-			return false, nil
-		}
-		e.Kind, e.Note = sos.Kind, sos.Note
-		e.HasLocation, e.Lat, e.Lon = sos.HasLocation, sos.Lat, sos.Lon
-		e.ReceivedAt, e.UpdatedAt = receivedAt.UTC(), now
+	err := s.update(rec.VehicleID, rec.SOS.ID, func(e *Entry, found bool) (bool, error) {
+		var write bool
+		write, changed = s.recordEntry(e, found, &rec, spoolID)
 		out = *e
-		return true, nil
+		return write, nil
 	})
 	return out, changed, err
+}
+
+// Backfill records, in one transaction, each SOS record of recs as
+// RecordSpooled does, and returns the entries whose vehicle state changed:
+// SOS the store did not know yet. Records of other kinds are skipped. The
+// agent calls it with the SOS lane of its spool at start, so an SOS whose
+// record was lost to a crash between the spool commit and Record is
+// recorded anyway.
+func (s *Store) Backfill(recs []protocol.Record, spoolID string) ([]Entry, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return nil, ErrNotOpen
+	}
+	var changedEntries []Entry
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(entriesBucket)
+		for i := range recs {
+			rec := &recs[i]
+			if rec.Kind != protocol.KindSOS || rec.SOS == nil {
+				continue
+			}
+			if protocol.ValidateVehicleID(rec.VehicleID) != nil || protocol.ValidateSOSID(rec.SOS.ID) != nil {
+				continue
+			}
+			key := entryKey(rec.VehicleID, rec.SOS.ID)
+			var e Entry
+			v := b.Get(key)
+			if v != nil {
+				if err := decodeEntry(v, &e); err != nil {
+					return fmt.Errorf("SOS %s of vehicle %s: %w", rec.SOS.ID, rec.VehicleID, err)
+				}
+			}
+			write, changed := s.recordEntry(&e, v != nil, rec, spoolID)
+			if !write {
+				continue
+			}
+			if err := putEntry(b, key, &e); err != nil {
+				return err
+			}
+			if changed {
+				changedEntries = append(changedEntries, e)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backfill local SOS store: %w", err)
+	}
+	return changedEntries, nil
+}
+
+// recordEntry applies the SOS record rec to e, the stored entry when
+// found, following Record's rules, and reports whether e must be stored
+// and whether the vehicle's state changed.
+func (s *Store) recordEntry(e *Entry, found bool, rec *protocol.Record, spoolID string) (write, changed bool) {
+	sos := rec.SOS
+	switch {
+	case !found, !e.Active() && rec.ReceivedAt.After(e.StateAt):
+		*e = Entry{
+			VehicleID: rec.VehicleID, SOSID: sos.ID,
+			State: protocol.SOSStateReceived, StateAt: rec.ReceivedAt.UTC(),
+			Message: s.message(protocol.SOSStateReceived),
+		}
+		changed = true
+	case e.ReceivedAt.IsZero():
+		// The hub announced this SOS before the vehicle's copy arrived.
+	case e.SpoolSeq == 0 && rec.Seq != 0:
+		// Known, but recorded without its place in the spool.
+		e.SpoolID, e.SpoolSeq = spoolID, rec.Seq
+		e.UpdatedAt = s.cfg.Now().UTC()
+		return true, false
+	default:
+		return false, false
+	}
+	e.Kind, e.Note = sos.Kind, sos.Note
+	e.HasLocation, e.Lat, e.Lon = sos.HasLocation, sos.Lat, sos.Lon
+	e.ReceivedAt, e.UpdatedAt = rec.ReceivedAt.UTC(), s.cfg.Now().UTC()
+	if rec.Seq != 0 {
+		e.SpoolID, e.SpoolSeq = spoolID, rec.Seq
+	}
+	return true, changed
 }
 
 // Apply stores a state the hub sent and reports whether the vehicle's
@@ -307,6 +455,67 @@ func (s *Store) MarkLocalAck(vehicleID, sosID, actor string, at time.Time) (Entr
 	return out, changed, err
 }
 
+// MarkLocalAckReported records that the local acknowledgement of an SOS
+// is in the spool for the hub (see Entry.LocalAckReported).
+func (s *Store) MarkLocalAckReported(vehicleID, sosID string) (Entry, error) {
+	var out Entry
+	err := s.update(vehicleID, sosID, func(e *Entry, found bool) (bool, error) {
+		switch {
+		case !found:
+			return false, fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, ErrNotFound)
+		case e.LocalAckBy == "":
+			out = *e
+			return false, fmt.Errorf("%w: SOS %s of vehicle %s has no local acknowledgement", ErrInvalid, sosID, vehicleID)
+		case e.LocalAckReported:
+			out = *e
+			return false, nil
+		}
+		e.LocalAckReported = true
+		e.UpdatedAt = s.cfg.Now().UTC()
+		out = *e
+		return true, nil
+	})
+	return out, err
+}
+
+// UpdateNotification runs fn on the SOS's notification on channel to
+// address in one write transaction and stores it when fn returns true.
+// found is false for a notification the entry does not have yet. fn then
+// gets one with Channel and Address set, which is added when stored. It
+// returns the notification as stored, ErrNotFound for an unknown SOS and
+// ErrInvalid for an empty channel or address.
+func (s *Store) UpdateNotification(vehicleID, sosID, channel, address string, fn func(n *Notification, found bool) (bool, error)) (Notification, error) {
+	if channel == "" || address == "" {
+		return Notification{}, fmt.Errorf("%w: notification channel and address must not be empty", ErrInvalid)
+	}
+	var out Notification
+	err := s.update(vehicleID, sosID, func(e *Entry, found bool) (bool, error) {
+		if !found {
+			return false, fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, ErrNotFound)
+		}
+		i := slices.IndexFunc(e.Notifications, func(n Notification) bool { return n.Channel == channel && n.Address == address })
+		n := Notification{Channel: channel, Address: address}
+		if i >= 0 {
+			n = e.Notifications[i]
+		}
+		write, err := fn(&n, i >= 0)
+		if err != nil || !write {
+			out = n
+			return false, err
+		}
+		n.Channel, n.Address = channel, address
+		if i >= 0 {
+			e.Notifications[i] = n
+		} else {
+			e.Notifications = append(e.Notifications, n)
+		}
+		e.UpdatedAt = s.cfg.Now().UTC()
+		out = n
+		return true, nil
+	})
+	return out, err
+}
+
 // Get returns one SOS, or an error wrapping ErrNotFound.
 func (s *Store) Get(vehicleID, sosID string) (Entry, error) {
 	var e Entry
@@ -323,6 +532,17 @@ func (s *Store) Get(vehicleID, sosID string) (Entry, error) {
 // ListActive returns every SOS not yet resolved or cancelled, oldest
 // received first.
 func (s *Store) ListActive() ([]Entry, error) {
+	return s.list(func(e *Entry) bool { return e.Active() })
+}
+
+// List returns every SOS the store keeps, closed ones included, oldest
+// received first.
+func (s *Store) List() ([]Entry, error) {
+	return s.list(func(*Entry) bool { return true })
+}
+
+// list returns the entries keep selects, oldest received first.
+func (s *Store) list(keep func(e *Entry) bool) ([]Entry, error) {
 	var out []Entry
 	err := s.view(func(b *bolt.Bucket) error {
 		return b.ForEach(func(k, v []byte) error {
@@ -330,7 +550,7 @@ func (s *Store) ListActive() ([]Entry, error) {
 			if err := decodeEntry(v, &e); err != nil {
 				return fmt.Errorf("entry %q: %w", k, err)
 			}
-			if e.Active() {
+			if keep(&e) {
 				out = append(out, e)
 			}
 			return nil
@@ -418,12 +638,17 @@ func (s *Store) update(vehicleID, sosID string, fn func(e *Entry, found bool) (b
 		if err != nil || !store {
 			return err
 		}
-		data, err := json.Marshal(&e)
-		if err != nil {
-			return fmt.Errorf("encode SOS %s of vehicle %s: %w", sosID, vehicleID, err)
-		}
-		return b.Put(key, data)
+		return putEntry(b, key, &e)
 	})
+}
+
+// putEntry stores e under key.
+func putEntry(b *bolt.Bucket, key []byte, e *Entry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode SOS %s of vehicle %s: %w", e.SOSID, e.VehicleID, err)
+	}
+	return b.Put(key, data)
 }
 
 // view runs fn on the bucket in a read transaction.

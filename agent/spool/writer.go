@@ -98,7 +98,8 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 	for i := range recs {
 		rec := recs[i]
 		switch rec.Kind {
-		case protocol.KindFix, protocol.KindSOS, protocol.KindSOSCancel, protocol.KindStatus:
+		case protocol.KindFix, protocol.KindSOS, protocol.KindSOSCancel, protocol.KindStatus,
+			protocol.KindSOSAck, protocol.KindSOSNotified:
 		default:
 			return fmt.Errorf("append record %d of %d: unknown kind %q", i+1, len(recs), rec.Kind)
 		}

@@ -3,6 +3,7 @@ package uplink_test
 import (
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/xpress-ops/tower/agent/internal/hubtest"
 	"github.com/xpress-ops/tower/agent/uplink"
@@ -67,5 +68,25 @@ func TestUplink_SOSStatesReachCallback(t *testing.T) {
 		if m.topic == protocol.SOSStateUpdateTopic("agent-other", "taxi-9", "sos-9") {
 			t.Errorf("received another agent's state: %+v", m)
 		}
+	}
+}
+
+func TestUplink_StateSinceFollowsConnection(t *testing.T) {
+	hub := hubtest.Start(t, "127.0.0.1:0")
+	before := time.Now()
+	u, _ := startUplink(t, openSpool(t), hub.URL(), nil)
+	if since := u.StateSince(); since.Before(before) || since.After(time.Now()) {
+		t.Errorf("StateSince after Open = %v, want between %v and now", since, before)
+	}
+	eventually(t, "the connection", func() bool { return u.State() == uplink.StateConnected })
+	connectedSince := u.StateSince()
+	if connectedSince.Before(before) {
+		t.Errorf("StateSince when connected = %v, want the time of the connect, after %v", connectedSince, before)
+	}
+
+	hub.Close()
+	eventually(t, "the disconnect", func() bool { return u.State() == uplink.StateDisconnected })
+	if since := u.StateSince(); since.Before(connectedSince) {
+		t.Errorf("StateSince when disconnected = %v, want the disconnect, after the connect at %v", since, connectedSince)
 	}
 }

@@ -241,6 +241,9 @@ type Uplink struct {
 	metrics *metrics
 
 	state atomic.Int32
+	// stateSince is when the uplink entered its state, in Unix
+	// nanoseconds by the agent clock: at Open, or the last change.
+	stateSince atomic.Int64
 
 	ackedMu sync.Mutex
 	// acked is the highest sequence number per lane the hub acknowledged
@@ -351,6 +354,7 @@ func (u *Uplink) Open() error {
 		return fmt.Errorf("register uplink metrics: %w", err)
 	}
 	u.opened.Store(true)
+	u.stateSince.Store(u.cfg.Now().UnixNano())
 	go u.run()
 	u.log.Info("uplink started", "hub", u.cfg.HubURL, "spool", u.cfg.Spool.SpoolID())
 	return nil
@@ -387,8 +391,21 @@ func (u *Uplink) Acked() map[protocol.Lane]uint64 {
 	return out
 }
 
+// StateSince returns when the uplink entered its current state, by the
+// agent clock: its last connect or disconnect, or Open when it has not
+// connected yet. It is zero before Open.
+func (u *Uplink) StateSince() time.Time {
+	ns := u.stateSince.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
 func (u *Uplink) setState(s State) {
-	u.state.Store(int32(s))
+	if State(u.state.Swap(int32(s))) != s {
+		u.stateSince.Store(u.cfg.Now().UnixNano())
+	}
 }
 
 func (u *Uplink) ackedThrough(lane protocol.Lane) uint64 {

@@ -58,6 +58,10 @@ var agentFlagNames = map[string]string{
 	"UplinkMaxInflightBatches": "uplink-max-inflight",
 	"UplinkMaxBatchRecords":    "uplink-max-batch-records",
 	"UplinkMaxBatchBytes":      "uplink-max-batch-bytes",
+	"OutageNotifyAfter":        "outage-notify-after",
+	"OutageNotifyTo":           "outage-notify-to",
+	"OutageNotifyLanguage":     "outage-notify-language",
+	"OutageSMS":                "twilio-account-sid",
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -132,8 +136,10 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	var af agentFlags
 	var lf logFlags
+	var of outageFlags
 	af.register(fs)
 	lf.register(fs)
+	of.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
@@ -143,6 +149,9 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	}
 
 	cfg := af.config()
+	if err := of.apply(e, log, &cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return renameToFlags(err, agentFlagNames)
 	}

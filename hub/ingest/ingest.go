@@ -27,6 +27,7 @@ import (
 
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/internal/mqttlistener"
+	"github.com/xpress-ops/tower/internal/retainguard"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -100,6 +101,8 @@ type Server struct {
 
 	mu     sync.Mutex
 	broker *mqtt.Server
+	// guard orders Publish's retained messages with agents' subscribes.
+	guard  *retainguard.Guard
 	ln     net.Listener
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -177,6 +180,11 @@ func (s *Server) Open() error {
 		ln.Close()
 		return fmt.Errorf("open ingest: add hook: %w", err)
 	}
+	guard := retainguard.New()
+	if err := broker.AddHook(guard, nil); err != nil {
+		ln.Close()
+		return fmt.Errorf("open ingest: add retained-message guard hook: %w", err)
+	}
 	// mochi's own listeners can deadlock on Close; see mqttlistener.
 	if err := broker.AddListener(mqttlistener.New("agents", ln, broker, s.cfg.Logger.With("component", "ingest.listener"))); err != nil {
 		ln.Close()
@@ -184,7 +192,7 @@ func (s *Server) Open() error {
 	}
 
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.broker, s.ln = broker, ln
+	s.broker, s.guard, s.ln = broker, guard, ln
 	if err := broker.Serve(); err != nil {
 		s.cancel()
 		ln.Close()
@@ -211,24 +219,18 @@ var ErrNotOpen = errors.New("ingest server is not open")
 // through mochi's inline client, and keeps it as the topic's retained
 // message when retain is set. An empty retained payload deletes the
 // retained message, as MQTT specifies. Agents receive only topics the
-// ACL gives them (see the hook's OnACLCheck).
-//
-// NOTE: mochi v2.7.9 reads a topic's retained-message path without a lock
-// while it sends the retained messages of a new wildcard subscription
-// (TopicsIndex.scanMessages). A retained publish while an agent subscribes
-// is therefore a data race inside mochi, and the race detector reports it.
+// ACL gives them (see the hook's OnACLCheck). A retained publish waits
+// for the retained-message scans of agents' subscribes in progress (see
+// retainguard.Guard).
 func (s *Server) Publish(topic string, payload []byte, retain bool) error {
 	s.mu.Lock()
-	broker := s.broker
+	broker, guard := s.broker, s.guard
 	usable := s.opened && !s.closed && broker != nil
 	s.mu.Unlock()
 	if !usable {
 		return fmt.Errorf("publish to %s: %w", topic, ErrNotOpen)
 	}
-	if err := broker.Publish(topic, payload, retain, 1); err != nil {
-		return fmt.Errorf("publish to %s: %w", topic, err)
-	}
-	return nil
+	return guard.Publish(broker, topic, payload, retain, 1)
 }
 
 // Close stops accepting connections, disconnects every agent, waits for

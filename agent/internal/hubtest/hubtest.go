@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/xpress-ops/tower/internal/mqttlistener"
+	"github.com/xpress-ops/tower/internal/retainguard"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -24,6 +25,9 @@ import (
 type Hub struct {
 	t      testing.TB
 	server *mqtt.Server
+	// guard orders retained publishes with the agents' subscribes, as in
+	// the hub's ingest.
+	guard *retainguard.Guard
 	// Addr is the host:port the hub listens on.
 	Addr string
 
@@ -49,6 +53,10 @@ func Start(t testing.TB, addr string) *Hub {
 	if err := h.server.AddHook(&hubHook{hub: h}, nil); err != nil {
 		t.Fatal(err)
 	}
+	h.guard = retainguard.New()
+	if err := h.server.AddHook(h.guard, nil); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("test hub listen on %s: %v", addr, err)
@@ -72,7 +80,7 @@ func (h *Hub) Close() {
 // Publish sends payload on topic to the connected agents with QoS 1, as
 // the hub sends SOS states, and retains it when retain is set.
 func (h *Hub) Publish(topic string, payload []byte, retain bool) error {
-	return h.server.Publish(topic, payload, retain, 1)
+	return h.guard.Publish(h.server, topic, payload, retain, 1)
 }
 
 // URL returns the hub's address as an MQTT URL.

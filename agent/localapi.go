@@ -1,0 +1,338 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/xpress-ops/tower/agent/localsos"
+	"github.com/xpress-ops/tower/notify"
+	"github.com/xpress-ops/tower/protocol"
+)
+
+// MaxLocalAckBody is the largest body of a local acknowledgement, in bytes.
+const MaxLocalAckBody = 16 << 10
+
+// linkReport is the hub link in the local API.
+type linkReport struct {
+	// State is "connected" or "disconnected".
+	State string `json:"state"`
+	// Since is when the link entered State, by the agent clock. An agent
+	// that started during an outage counts it from its start.
+	Since time.Time `json:"since,omitzero"`
+	// UnreachableSeconds is how long the hub has been unreachable, 0
+	// while connected.
+	UnreachableSeconds float64 `json:"unreachable_seconds"`
+}
+
+// infoResponse is the body of GET /api/v1/info.
+type infoResponse struct {
+	// Mode is "regional": the agent's page serves one region's office.
+	Mode   string     `json:"mode"`
+	Agent  string     `json:"agent"`
+	Region string     `json:"region"`
+	Uplink linkReport `json:"uplink"`
+	// OutageSMS describes the agent's own SMS during an outage.
+	OutageSMS outageSMSReport `json:"outage_sms"`
+}
+
+// outageSMSReport describes Config.OutageNotifyAfter and its recipients.
+type outageSMSReport struct {
+	Enabled      bool    `json:"enabled"`
+	AfterSeconds float64 `json:"after_seconds,omitempty"`
+	Recipients   int     `json:"recipients,omitempty"`
+}
+
+// localSOSResponse is the body of GET /api/v1/local/sos.
+type localSOSResponse struct {
+	infoResponse
+	// Now is the agent clock.
+	Now time.Time `json:"now"`
+	// Store is "open", or "unavailable" when the local SOS store could
+	// not be opened or read; SOS is then empty.
+	Store string `json:"store"`
+	// StoreError is the reason the store is unavailable.
+	StoreError string `json:"store_error,omitempty"`
+	// SOS are the region's open SOS alerts, oldest received first.
+	SOS []localSOS `json:"sos"`
+}
+
+// localSOS is one SOS in the local API.
+type localSOS struct {
+	VehicleID   string           `json:"vehicle"`
+	SOSID       string           `json:"sos_id"`
+	Kind        protocol.SOSKind `json:"kind,omitempty"`
+	HasLocation bool             `json:"has_location"`
+	Lat         float64          `json:"lat,omitempty"`
+	Lon         float64          `json:"lon,omitempty"`
+	// MapURL links to the position on a map, empty without one.
+	MapURL string `json:"map_url,omitempty"`
+	Note   string `json:"note,omitempty"`
+	// ReceivedAt is the agent clock when the SOS arrived, in UTC, and
+	// ReceivedAtManila the same time in Philippine time, as the SMS shows
+	// it. Both are empty for an SOS known only from the hub.
+	ReceivedAt       time.Time `json:"received_at,omitzero"`
+	ReceivedAtManila string    `json:"received_at_manila,omitempty"`
+	// State is received, acknowledged or dispatched.
+	State   string    `json:"state"`
+	StateAt time.Time `json:"state_at"`
+	// IncidentID is the hub's incident, 0 until the hub reported one.
+	IncidentID int64 `json:"incident,omitempty"`
+	// HubReceived reports whether the hub has the SOS: it reported an
+	// incident, or acknowledged the spool record.
+	HubReceived bool `json:"hub_received"`
+	// LocalAckBy and LocalAckAt record an acknowledgement on this page.
+	LocalAckBy string    `json:"local_ack_by,omitempty"`
+	LocalAckAt time.Time `json:"local_ack_at,omitzero"`
+	// LocalAckQueued reports whether that acknowledgement is in the spool
+	// for the hub.
+	LocalAckQueued bool `json:"local_ack_queued,omitempty"`
+	// Notifications are the agent's own SMS about the SOS.
+	Notifications []localNotification `json:"notifications,omitempty"`
+}
+
+// localNotification is one of the agent's own notifications.
+type localNotification struct {
+	Channel    string `json:"channel"`
+	Address    string `json:"address"`
+	State      string `json:"state"`
+	Attempts   int    `json:"attempts"`
+	ProviderID string `json:"provider_id,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// localAckResponse is the body of a successful local acknowledgement.
+type localAckResponse struct {
+	SOS localSOS `json:"sos"`
+	// AlreadyAcknowledged is set when the SOS was acknowledged on this
+	// page before. The first acknowledgement is kept.
+	AlreadyAcknowledged bool `json:"already_acknowledged"`
+	// HubRecord is "queued" when the acknowledgement is in the spool for
+	// the hub, or "pending" when the spool did not take it yet and the
+	// agent retries.
+	HubRecord string `json:"hub_record"`
+}
+
+// apiError is a failed local API request: its status and the message for
+// the client.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func apiErrorf(status int, format string, args ...any) *apiError {
+	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+// info returns the agent's identity, hub link and outage SMS settings.
+func (a *Agent) info() infoResponse {
+	r := infoResponse{Mode: "regional", Agent: a.cfg.ID, Region: a.cfg.Region}
+	r.Uplink.State = a.uplink.State().String()
+	r.Uplink.Since = a.uplink.StateSince().UTC()
+	if since, down := a.hubDownSince(); down {
+		r.Uplink.UnreachableSeconds = max(a.cfg.Now().Sub(since), 0).Round(time.Millisecond).Seconds()
+	}
+	if a.cfg.OutageNotifyAfter > 0 {
+		r.OutageSMS = outageSMSReport{Enabled: true, AfterSeconds: a.cfg.OutageNotifyAfter.Seconds(), Recipients: len(a.cfg.OutageNotifyTo)}
+	}
+	return r
+}
+
+// handleInfo serves GET /api/v1/info.
+func (a *Agent) handleInfo(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.info())
+}
+
+// handleLocalSOS serves GET /api/v1/local/sos: the open SOS alerts of the
+// agent's vehicles with the hub link's state, for the regional page.
+func (a *Agent) handleLocalSOS(w http.ResponseWriter, r *http.Request) {
+	resp := localSOSResponse{infoResponse: a.info(), Now: a.cfg.Now().UTC(), Store: "open", SOS: []localSOS{}}
+	entries, err := a.sos.ListActive()
+	if err != nil {
+		a.log.Error("local SOS list failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		resp.Store, resp.StoreError = "unavailable", err.Error()
+		writeJSON(w, http.StatusServiceUnavailable, resp)
+		return
+	}
+	firstPending := a.firstPendingSOSSeq()
+	for i := range entries {
+		resp.SOS = append(resp.SOS, a.localSOSOf(&entries[i], firstPending))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// handleLocalAck serves POST
+// /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge with body
+// {"actor": "<staff name>"}. It checks, in order, the Content-Type (415),
+// the ids (400), the body (400, or 413 past MaxLocalAckBody) and the name
+// (400, the hub's rule for operator names), then acknowledges through the
+// relay: 404 for an unknown SOS, 409 for a closed one, 503 when the local
+// SOS store is unavailable.
+//
+// NOTE: requiring application/json keeps other sites from posting: an
+// HTML form cannot send that type, and a script on another origin can
+// send it only after a CORS preflight, which the agent does not approve.
+// Staff identify themselves only by the name they type, as at the hub.
+func (a *Agent) handleLocalAck(w http.ResponseWriter, r *http.Request) {
+	vehicleID, sosID := r.PathValue("vehicle"), r.PathValue("sos_id")
+	actor, err := a.checkLocalAck(w, r, vehicleID, sosID)
+	if err != nil {
+		a.writeAPIError(w, r, err, vehicleID, sosID)
+		return
+	}
+
+	before, err := a.sos.Get(vehicleID, sosID)
+	if err != nil {
+		a.writeAPIError(w, r, err, vehicleID, sosID)
+		return
+	}
+	e, err := a.relay.AcknowledgeLocally(vehicleID, sosID, actor)
+	resp := localAckResponse{AlreadyAcknowledged: before.LocalAckBy != "", HubRecord: "queued"}
+	switch {
+	case errors.Is(err, localsos.ErrNotReported):
+		// The acknowledgement is recorded and the vehicle informed. The
+		// relay appends the record for the hub later.
+		resp.HubRecord = "pending"
+	case err != nil:
+		a.writeAPIError(w, r, err, vehicleID, sosID)
+		return
+	}
+	if !e.LocalAckReported {
+		resp.HubRecord = "pending"
+	}
+	resp.SOS = a.localSOSOf(&e, a.firstPendingSOSSeq())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// checkLocalAck checks a local acknowledgement request and returns the
+// staff name.
+func (a *Agent) checkLocalAck(w http.ResponseWriter, r *http.Request, vehicleID, sosID string) (string, error) {
+	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+		return "", err
+	}
+	if err := protocol.ValidateVehicleID(vehicleID); err != nil {
+		return "", apiErrorf(http.StatusBadRequest, "invalid vehicle id: %v", err)
+	}
+	if err := protocol.ValidateSOSID(sosID); err != nil {
+		return "", apiErrorf(http.StatusBadRequest, "invalid SOS id: %v", err)
+	}
+	var body struct {
+		Actor *string `json:"actor"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxLocalAckBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		var tooLarge *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooLarge):
+			return "", apiErrorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
+		case errors.Is(err, io.EOF):
+			return "", apiErrorf(http.StatusBadRequest, `empty request body: send {"actor": "<your name>"}`)
+		}
+		return "", apiErrorf(http.StatusBadRequest, `invalid request body: %v; send {"actor": "<your name>"}`, err)
+	}
+	if dec.More() {
+		return "", apiErrorf(http.StatusBadRequest, "invalid request body: send exactly one JSON object")
+	}
+	if body.Actor == nil {
+		return "", apiErrorf(http.StatusBadRequest, `missing field "actor": send your name`)
+	}
+	if err := protocol.ValidateOperatorName(*body.Actor); err != nil {
+		return "", apiErrorf(http.StatusBadRequest, "%v: use 1 to %d printable characters, without spaces at either end", err, protocol.MaxOperatorName)
+	}
+	return *body.Actor, nil
+}
+
+// checkJSONContentType accepts application/json, with charset=utf-8 at most.
+func checkJSONContentType(value string) error {
+	mediaType, params, err := mime.ParseMediaType(value)
+	if err == nil && mediaType == "application/json" {
+		ok := true
+		for name, v := range params {
+			ok = ok && name == "charset" && strings.EqualFold(v, "utf-8")
+		}
+		if ok {
+			return nil
+		}
+	}
+	shown := value
+	if len(shown) > 60 {
+		shown = shown[:60] + "..."
+	}
+	return apiErrorf(http.StatusUnsupportedMediaType, "unsupported Content-Type %q: send application/json", shown)
+}
+
+// writeAPIError sends err as a JSON error and logs it with the ids:
+// client mistakes at Info level (unknown SOS at Debug), failures at Error.
+// The request counter counts it by status.
+func (a *Agent) writeAPIError(w http.ResponseWriter, r *http.Request, err error, vehicleID, sosID string) {
+	var apiErr *apiError
+	status, msg := http.StatusInternalServerError, "internal error"
+	switch {
+	case errors.As(err, &apiErr):
+		status, msg = apiErr.status, apiErr.msg
+	case errors.Is(err, localsos.ErrNotFound):
+		status, msg = http.StatusNotFound, fmt.Sprintf("SOS %s of vehicle %s not found at this agent", sosID, vehicleID)
+	case errors.Is(err, localsos.ErrSOSClosed):
+		status, msg = http.StatusConflict, err.Error()
+	case errors.Is(err, localsos.ErrInvalid):
+		status, msg = http.StatusBadRequest, err.Error()
+	case errors.Is(err, localsos.ErrNotOpen):
+		status, msg = http.StatusServiceUnavailable, "local SOS store unavailable: acknowledge at the hub, or call the operators"
+	}
+	level := a.log.Info
+	switch {
+	case status >= http.StatusInternalServerError:
+		level = a.log.Error
+	case status == http.StatusNotFound:
+		level = a.log.Debug
+	}
+	level("local API request failed", "method", r.Method, "path", r.URL.Path, "vehicle", vehicleID, "sos", sosID,
+		"status", status, "error", err)
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// localSOSOf returns the API form of e. firstPending is the sequence
+// number of the first SOS-lane record the spool still holds for the hub.
+func (a *Agent) localSOSOf(e *localsos.Entry, firstPending uint64) localSOS {
+	out := localSOS{
+		VehicleID: e.VehicleID, SOSID: e.SOSID, Kind: e.Kind, HasLocation: e.HasLocation, Note: e.Note,
+		State: e.State, StateAt: e.StateAt.UTC(), IncidentID: e.IncidentID,
+		LocalAckBy: e.LocalAckBy, LocalAckAt: e.LocalAckAt, LocalAckQueued: e.LocalAckReported,
+	}
+	if e.HasLocation {
+		out.Lat, out.Lon, out.MapURL = e.Lat, e.Lon, notify.MapLink(e.Lat, e.Lon)
+	}
+	if !e.ReceivedAt.IsZero() {
+		out.ReceivedAt, out.ReceivedAtManila = e.ReceivedAt.UTC(), notify.ManilaTime(e.ReceivedAt)
+	}
+	// The spool deletes SOS-lane records in order once the hub commits
+	// them, so a record before the first one left is at the hub. A record
+	// the hub rejected as invalid leaves the lane too.
+	out.HubReceived = e.IncidentID != 0 ||
+		(e.SpoolSeq != 0 && e.SpoolID == a.spool.SpoolID() && e.SpoolSeq < firstPending)
+	for _, n := range e.Notifications {
+		out.Notifications = append(out.Notifications, localNotification{
+			Channel: n.Channel, Address: n.Address, State: n.State, Attempts: n.Attempts, ProviderID: n.ProviderID, Error: n.Error,
+		})
+	}
+	return out
+}
+
+// firstPendingSOSSeq returns the sequence number of the first record of
+// the spool's SOS lane, or the next one to be appended when the lane is
+// empty, and 0 when the spool is closed.
+func (a *Agent) firstPendingSOSSeq() uint64 {
+	if !a.spoolOpen.Load() {
+		return 0
+	}
+	st := a.spool.Stats()[protocol.LaneSOS]
+	return st.NextSeq - uint64(st.Records)
+}

@@ -1,0 +1,242 @@
+// Regional page of an agent: the open SOS alerts of the office's
+// vehicles, polled from the agent's local API, and the acknowledge action
+// that regional staff take while the hub is unreachable. The page never
+// builds HTML from data: every value goes in with textContent.
+'use strict';
+
+(function () {
+  const POLL_MS = 2000;
+  const NOTICE_MS = 8000;
+  const ACTOR_KEY = 'xpress.localActor';
+  const TITLE = document.title;
+
+  const el = (id) => document.getElementById(id);
+  const state = { data: null, pending: new Set(), noticeTimer: null };
+
+  function formatDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  function cell(text, className) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  }
+
+  function showNotice(text) {
+    const n = el('notice');
+    n.textContent = text;
+    n.hidden = false;
+    clearTimeout(state.noticeTimer);
+    state.noticeTimer = setTimeout(() => { n.hidden = true; }, NOTICE_MS);
+  }
+
+  function showError(text) {
+    const e = el('error');
+    e.textContent = text;
+    e.hidden = !text;
+  }
+
+  function renderLink(data) {
+    const hub = el('hub');
+    const down = data.uplink.state !== 'connected';
+    hub.className = 'conn ' + (down ? 'conn-reconnecting' : 'conn-connected');
+    hub.textContent = down ? 'Hub: UNREACHABLE' : 'Hub: connected';
+    el('office').textContent = `${data.region} office, agent ${data.agent}`;
+
+    const outage = el('outage');
+    const calm = el('calm');
+    if (down) {
+      let text = `HUB UNREACHABLE for ${formatDuration(data.uplink.unreachable_seconds)}. ` +
+        'Acknowledge SOS here: the driver is told at once, and the hub records it when the link returns.';
+      if (data.outage_sms && data.outage_sms.enabled) {
+        text += ` Unacknowledged SOS are sent by SMS to ${data.outage_sms.recipients} number(s) after ` +
+          `${formatDuration(data.outage_sms.after_seconds)} of outage.`;
+      }
+      outage.textContent = text;
+      outage.hidden = false;
+      calm.hidden = true;
+      document.title = 'HUB DOWN: ' + TITLE;
+    } else {
+      outage.hidden = true;
+      calm.textContent = 'Hub connected. Operators handle SOS on the hub dashboard; this page is the fallback for a hub outage.';
+      calm.hidden = false;
+      document.title = TITLE;
+    }
+    return down;
+  }
+
+  function smsCell(sos) {
+    const td = document.createElement('td');
+    const list = document.createElement('ul');
+    list.className = 'sms-list';
+    for (const n of sos.notifications || []) {
+      const li = document.createElement('li');
+      li.className = 'sms-' + n.state;
+      li.textContent = `${n.address}: ${n.state}` + (n.error ? ` (${n.error})` : '');
+      list.appendChild(li);
+    }
+    if (list.children.length === 0) {
+      td.textContent = '–';
+    } else {
+      td.appendChild(list);
+    }
+    return td;
+  }
+
+  function locationCell(sos) {
+    const td = document.createElement('td');
+    if (!sos.has_location || !sos.map_url) {
+      td.textContent = 'unknown';
+      return td;
+    }
+    const a = document.createElement('a');
+    a.href = sos.map_url;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer';
+    a.textContent = `${sos.lat.toFixed(5)}, ${sos.lon.toFixed(5)}`;
+    td.appendChild(a);
+    return td;
+  }
+
+  function actionCell(sos) {
+    const td = document.createElement('td');
+    td.className = 'actions';
+    if (sos.local_ack_by) {
+      td.textContent = `Acknowledged here by ${sos.local_ack_by}` + (sos.local_ack_queued ? '' : ' (not yet queued for the hub)');
+      return td;
+    }
+    const div = document.createElement('div');
+    div.className = 'row-actions';
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'primary';
+    button.dataset.action = 'acknowledge';
+    button.dataset.vehicle = sos.vehicle;
+    button.dataset.sos = sos.sos_id;
+    button.textContent = 'Acknowledge';
+    const key = sos.vehicle + '/' + sos.sos_id;
+    button.disabled = state.pending.has(key);
+    div.appendChild(button);
+    td.appendChild(div);
+    return td;
+  }
+
+  function render(data) {
+    const down = renderLink(data);
+    const list = data.sos || [];
+    const body = el('sos').tBodies[0];
+    body.replaceChildren();
+    let open = 0;
+    for (const sos of list) {
+      const tr = document.createElement('tr');
+      const unacknowledged = sos.state === 'received' && !sos.local_ack_by;
+      if (unacknowledged) open++;
+      tr.className = 'state-' + (unacknowledged ? 'open' : sos.state);
+      tr.dataset.vehicle = sos.vehicle;
+      tr.dataset.sos = sos.sos_id;
+      tr.appendChild(cell(sos.vehicle));
+      tr.appendChild(cell(sos.sos_id));
+      tr.appendChild(cell(sos.kind || '–'));
+      tr.appendChild(cell(sos.received_at_manila || '–'));
+      tr.appendChild(cell(sos.state));
+      tr.appendChild(cell(sos.hub_received ? 'yes' : 'not yet', sos.hub_received ? 'hub-yes' : 'hub-no'));
+      tr.appendChild(locationCell(sos));
+      tr.appendChild(cell(sos.note || '', 'note'));
+      tr.appendChild(smsCell(sos));
+      tr.appendChild(actionCell(sos));
+      body.appendChild(tr);
+    }
+    el('sos').hidden = list.length === 0;
+    el('sos-empty').hidden = list.length !== 0;
+    el('sos-count').textContent = String(list.length);
+    el('sos-panel').classList.toggle('has-open', down && open > 0);
+    if (data.store !== 'open') {
+      showError('The local SOS store is unavailable: ' + (data.store_error || 'unknown error'));
+    }
+  }
+
+  // load reads the local API and shows it.
+  async function load() {
+    try {
+      const resp = await fetch('/api/v1/local/sos', { cache: 'no-store' });
+      const data = await resp.json();
+      state.data = data;
+      if (resp.ok) showError('');
+      render(data);
+    } catch (err) {
+      showError('Cannot reach this agent: ' + err.message);
+    }
+    el('clock').textContent = new Date().toLocaleTimeString('en-GB', { timeZone: 'Asia/Manila' }) + ' PHT';
+  }
+
+  async function poll() {
+    await load();
+    setTimeout(poll, POLL_MS);
+  }
+
+  async function acknowledge(button) {
+    const actorInput = el('actor');
+    const help = el('actor-help');
+    const actor = actorInput.value.trim();
+    if (!actor) {
+      actorInput.classList.add('missing');
+      help.textContent = 'Enter your name to acknowledge';
+      help.hidden = false;
+      actorInput.focus();
+      return;
+    }
+    actorInput.classList.remove('missing');
+    help.hidden = true;
+
+    const vehicle = button.dataset.vehicle;
+    const sosID = button.dataset.sos;
+    const key = vehicle + '/' + sosID;
+    state.pending.add(key);
+    button.disabled = true;
+    try {
+      const url = `/api/v1/local/sos/${encodeURIComponent(vehicle)}/${encodeURIComponent(sosID)}/acknowledge`;
+      const resp = await fetch(url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ actor }),
+      });
+      const body = await resp.json().catch(() => ({}));
+
+      if (!resp.ok) {
+        showError(`Acknowledging SOS ${sosID} of ${vehicle} failed: ${body.error || resp.status}`);
+        return;
+      }
+      localStorage.setItem(ACTOR_KEY, actor);
+
+      let text = `Acknowledged SOS ${sosID} of vehicle ${vehicle}: the driver has been told.`;
+      if (body.already_acknowledged) {
+        text = `SOS ${sosID} of vehicle ${vehicle} was already acknowledged here by ${body.sos.local_ack_by}.`;
+      }
+      if (body.hub_record !== 'queued') {
+        text += ' It is not yet queued for the hub; the agent keeps trying.';
+      }
+      showNotice(text);
+      showError('');
+    } catch (err) {
+      showError(`Acknowledging SOS ${sosID} of ${vehicle} failed: ${err.message}`);
+    } finally {
+      state.pending.delete(key);
+      await load();
+    }
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    el('actor').value = localStorage.getItem(ACTOR_KEY) || '';
+    el('sos').addEventListener('click', (ev) => {
+      const button = ev.target.closest('button[data-action=acknowledge]');
+      if (button) acknowledge(button);
+    });
+    poll();
+  });
+})();
