@@ -269,8 +269,10 @@ func localAckName(name string) string {
 // ApplyLocalAck applies an acknowledgement that staff gave on agent
 // agentID's local page during a hub outage, and returns the event to add,
 // without its ID. An open incident moves to acknowledged, with
-// AcknowledgedAt the agent's time clamped to between OpenedAt and now,
-// because the hub opens the incident only once the outage ends. Any other
+// AcknowledgedAt the agent's time clamped to between the agent's receipt
+// of the SOS (ReceivedAt) and now, so time-to-acknowledge figures count
+// from the press even though the hub opened the incident only once the
+// outage ended. Any other
 // incident gets a note that it was also acknowledged at the agent.
 func ApplyLocalAck(inc *Incident, agentID string, ack *protocol.LocalAck, now time.Time) IncidentEvent {
 	actor := LocalAckActor(agentID, ack.Actor)
@@ -284,8 +286,8 @@ func ApplyLocalAck(inc *Incident, agentID string, ack *protocol.LocalAck, now ti
 		return ev
 	}
 	acknowledged := at
-	if acknowledged.Before(inc.OpenedAt) {
-		acknowledged = inc.OpenedAt
+	if acknowledged.Before(inc.ReceivedAt) {
+		acknowledged = inc.ReceivedAt
 	}
 	if acknowledged.After(now) {
 		acknowledged = now

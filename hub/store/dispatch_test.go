@@ -74,13 +74,17 @@ func TestStateError_NotificationMessage(t *testing.T) {
 }
 
 func TestApplyLocalAck_ClampsTime(t *testing.T) {
+	// The agent received the SOS during the outage; the hub opened the
+	// incident 10 minutes later, when the link returned.
+	received := dispatchNow.Add(-20 * time.Minute)
 	opened := dispatchNow.Add(-10 * time.Minute)
 	for name, tc := range map[string]struct{ at, want time.Time }{
-		"between opening and now": {opened.Add(time.Minute), opened.Add(time.Minute)},
-		"before the opening":      {opened.Add(-time.Hour), opened},
-		"after now":               {dispatchNow.Add(time.Hour), dispatchNow},
+		"during the outage":  {received.Add(time.Minute), received.Add(time.Minute)},
+		"after the opening":  {opened.Add(time.Minute), opened.Add(time.Minute)},
+		"before the receipt": {received.Add(-time.Hour), received},
+		"after now":          {dispatchNow.Add(time.Hour), dispatchNow},
 	} {
-		inc := store.Incident{ID: 1, State: store.StateOpen, OpenedAt: opened}
+		inc := store.Incident{ID: 1, State: store.StateOpen, ReceivedAt: received, OpenedAt: opened}
 		ev := store.ApplyLocalAck(&inc, "ncr-1", &protocol.LocalAck{SOSID: "s", Actor: "Maria", At: tc.at}, dispatchNow)
 		if inc.State != store.StateAcknowledged || !inc.AcknowledgedAt.Equal(tc.want) || !inc.UpdatedAt.Equal(dispatchNow) {
 			t.Errorf("%s: state %s acknowledged at %s updated %s, want acknowledged at %s", name, inc.State, inc.AcknowledgedAt, inc.UpdatedAt, tc.want)
