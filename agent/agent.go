@@ -16,6 +16,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -77,6 +78,15 @@ type Config struct {
 	// HTTPAddr is the listen address of /metrics, /healthz, /readyz, the
 	// regional page and its local API. Empty means DefaultHTTPAddr (":9090").
 	HTTPAddr string
+	// HTTPTLS, when set, makes HTTPAddr serve HTTPS with this configuration.
+	HTTPTLS *tls.Config
+	// MQTTTLSAddr, when set, is a second address where vehicles connect
+	// over MQTT over TLS with MQTTTLS, next to the plain MQTTAddr.
+	MQTTTLSAddr string
+	MQTTTLS     *tls.Config
+	// HubTLS configures the uplink's TLS when HubURL's scheme is tls or
+	// ssl, for example to trust a private CA. Nil means the system roots.
+	HubTLS *tls.Config
 	// Logger receives every component's logs. Nil means discard.
 	Logger *slog.Logger
 	// Registerer receives every component's metrics. Nil means a private registry.
@@ -147,6 +157,15 @@ type Config struct {
 	// OutageSMS sends the agent's own SMS, usually a *notify.Twilio.
 	// Required with OutageNotifyAfter.
 	OutageSMS outage.SMSSender
+	// PublicURL is the address where regional staff open the agent's
+	// page, such as https://agent-ncr.example.ph:9090/, linked in the
+	// agent's own SMS. Empty names the agent and region in the SMS instead.
+	PublicURL string
+	// HTTPAllowedHosts are the host names the HTTP server serves besides
+	// IP addresses and localhost. A request with another Host header is
+	// rejected, so a DNS rebinding page cannot reach the acknowledge
+	// endpoint. Ports are ignored, and names match in any case.
+	HTTPAllowedHosts []string
 }
 
 // Validate checks the required fields, the region and the ranges of the
@@ -208,6 +227,8 @@ type Agent struct {
 	// notifier sends the agent's own SMS during a hub outage; nil when
 	// Config.OutageNotifyAfter is zero.
 	notifier *outage.Notifier
+	// contact tracks the last time the hub was reachable.
+	contact *hubContact
 
 	httpServer   *http.Server
 	httpListener net.Listener
@@ -260,6 +281,7 @@ func New(cfg Config) (*Agent, error) {
 	logger := cfg.Logger.With("agent", cfg.ID)
 
 	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer, httpRequests: newHTTPRequests()}
+	a.contact = newHubContact(a)
 	a.spool = spool.New(spool.Config{
 		Path:            filepath.Join(cfg.DataDir, SpoolFile),
 		Logger:          logger,
@@ -274,6 +296,8 @@ func New(cfg Config) (*Agent, error) {
 	})
 	a.broker = broker.New(broker.Config{
 		Addr:          cfg.MQTTAddr,
+		TLSAddr:       cfg.MQTTTLSAddr,
+		TLS:           cfg.MQTTTLS,
 		Spool:         a.spool,
 		Authenticator: cfg.VehicleAuthenticator,
 		Logger:        logger,
@@ -298,13 +322,16 @@ func New(cfg Config) (*Agent, error) {
 		Registerer: cfg.Registerer,
 		Now:        cfg.Now,
 	})
+	// The uplink adds the agent id to its log lines itself, so it gets
+	// the logger without it.
 	a.uplink = uplink.New(uplink.Config{
 		AgentID:         cfg.ID,
 		Region:          cfg.Region,
 		HubURL:          cfg.HubURL,
+		TLS:             cfg.HubTLS,
 		Password:        cfg.HubPassword,
 		Spool:           a.spool,
-		Logger:          logger,
+		Logger:          cfg.Logger,
 		Registerer:      cfg.Registerer,
 		Now:             cfg.Now,
 		MaxBatchRecords: cfg.UplinkMaxBatchRecords,
@@ -317,7 +344,10 @@ func New(cfg Config) (*Agent, error) {
 		PingTimeout:        cfg.PingTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		MaxBackoff:         cfg.MaxBackoff,
-		OnSOSState:         a.relay.HubState,
+		OnSOSState: func(topic string, payload []byte) {
+			a.contact.noteHubMessage()
+			a.relay.HubState(topic, payload)
+		},
 	})
 	if cfg.OutageNotifyAfter > 0 {
 		n, err := a.newNotifier(logger)
@@ -376,6 +406,7 @@ func (a *Agent) open(ctx context.Context) error {
 	} else {
 		a.sosOpen.Store(true)
 	}
+	a.contact.load()
 
 	if err := a.broker.Open(); err != nil {
 		return errors.Join(err, a.Close())
@@ -390,6 +421,9 @@ func (a *Agent) open(ctx context.Context) error {
 	if err := a.uplink.Open(); err != nil {
 		return errors.Join(err, a.Close())
 	}
+	if err := a.contact.start(); err != nil {
+		return errors.Join(fmt.Errorf("register hub contact metrics: %w", err), a.Close())
+	}
 	if a.notifier != nil {
 		if err := a.notifier.Start(); err != nil {
 			return errors.Join(err, a.Close())
@@ -403,6 +437,9 @@ func (a *Agent) open(ctx context.Context) error {
 	if err != nil {
 		a.cfg.Registerer.Unregister(a.httpRequests)
 		return errors.Join(fmt.Errorf("listen for HTTP on %s: %w", a.cfg.HTTPAddr, err), a.Close())
+	}
+	if a.cfg.HTTPTLS != nil {
+		ln = tls.NewListener(ln, a.cfg.HTTPTLS)
 	}
 	a.httpListener = ln
 	a.httpServer = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
@@ -421,6 +458,10 @@ func (a *Agent) open(ctx context.Context) error {
 
 // MQTTAddr returns the address vehicles connect to, or nil before Open.
 func (a *Agent) MQTTAddr() net.Addr { return a.broker.Addr() }
+
+// MQTTTLSAddr returns the address vehicles connect to over TLS, or nil
+// when there is none or before Open.
+func (a *Agent) MQTTTLSAddr() net.Addr { return a.broker.TLSAddr() }
 
 // HTTPAddr returns the address of the HTTP server, or nil before Open.
 func (a *Agent) HTTPAddr() net.Addr {
@@ -478,6 +519,7 @@ func (a *Agent) Close() error {
 		if a.notifier != nil {
 			errs = append(errs, a.notifier.Close())
 		}
+		a.contact.close()
 		errs = append(errs, a.relay.Close())
 		if a.sosOpen.Load() {
 			a.sosOpen.Store(false)

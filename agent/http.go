@@ -2,14 +2,18 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/xpress-ops/tower/agent/localpage"
+	"github.com/xpress-ops/tower/internal/tlsconfig"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -28,11 +32,61 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/local/sos", a.handleLocalSOS)
 	mux.HandleFunc("POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", a.handleLocalAck)
 	mux.Handle("GET /", localpage.Handler())
-	return securityHeaders(a.instrument(mux))
+	return securityHeaders(a.instrument(a.checkHost(mux)))
+}
+
+// routeHostRejected is the route label of requests checkHost rejected.
+const routeHostRejected = "host_rejected"
+
+// checkHost rejects a request whose Host header is not an IP address,
+// localhost or one of Config.HTTPAllowedHosts: 400 without a usable Host,
+// 421 for another name. A page on another site that rebinds its DNS name
+// to the agent's address sends its own name, so it cannot reach the
+// acknowledge endpoint. The request counter counts rejections under the
+// route routeHostRejected.
+func (a *Agent) checkHost(next http.Handler) http.Handler {
+	allowed := map[string]bool{"localhost": true}
+	for _, h := range a.cfg.HTTPAllowedHosts {
+		allowed[normalizeHost(h)] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = normalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+		status := 0
+		switch {
+		case host == "":
+			status = http.StatusBadRequest
+		case net.ParseIP(host) != nil, allowed[host]:
+		default:
+			status = http.StatusMisdirectedRequest
+		}
+		if status == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// instrument reads the route from the request after this returns.
+		r.Pattern = routeHostRejected
+		shown := r.Host
+		if len(shown) > 100 {
+			shown = shown[:100] + "..."
+		}
+		a.log.Warn("HTTP request rejected: Host not allowed", "host", shown, "method", r.Method, "path", r.URL.Path,
+			"remote", r.RemoteAddr, "status", status)
+		writeJSON(w, status, map[string]string{"error": fmt.Sprintf(
+			"host %q is not served by this agent: use its IP address, localhost, or a name given with --http-allowed-hosts", shown)})
+	})
+}
+
+// normalizeHost lowercases a host name and drops a trailing dot.
+func normalizeHost(h string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
 }
 
 // securityHeaders sets the headers every response carries, error pages
-// included, as the hub does.
+// included, and HSTS on every HTTPS response, as the hub does.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -40,6 +94,9 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Content-Security-Policy", contentSecurityPolicy)
 		h.Set("X-Frame-Options", "DENY")
+		if r.TLS != nil {
+			h.Set("Strict-Transport-Security", tlsconfig.HSTS)
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -48,7 +105,7 @@ func securityHeaders(next http.Handler) http.Handler {
 func newHTTPRequests() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "xpress_agent_http_requests_total",
-		Help: "HTTP requests to the agent, by route pattern and status code; unmatched for requests that matched no route.",
+		Help: "HTTP requests to the agent, by route pattern and status code; unmatched for requests that matched no route, host_rejected for requests whose Host header is not allowed.",
 	}, []string{"route", "code"})
 }
 
@@ -106,11 +163,15 @@ type readiness struct {
 	// Broker is "listening" or "stopped".
 	Broker string `json:"broker"`
 	// Uplink is "connected" or "disconnected"; it does not affect Ready.
-	Uplink  string                       `json:"uplink"`
-	Agent   string                       `json:"agent"`
-	Region  string                       `json:"region"`
-	SpoolID string                       `json:"spool_id,omitempty"`
-	Lanes   map[protocol.Lane]laneReport `json:"lanes,omitempty"`
+	Uplink string `json:"uplink"`
+	// HubCredentials is "refused" while the hub refuses the agent's id or
+	// token (see uplink.Uplink.CredentialsRefused), else absent. Like
+	// Uplink it does not affect Ready: the agent keeps spooling.
+	HubCredentials string                       `json:"hub_credentials,omitempty"`
+	Agent          string                       `json:"agent"`
+	Region         string                       `json:"region"`
+	SpoolID        string                       `json:"spool_id,omitempty"`
+	Lanes          map[protocol.Lane]laneReport `json:"lanes,omitempty"`
 	// SpoolSpace reports the spool's size cap and usage; absent when the spool is closed.
 	SpoolSpace *spaceReport `json:"spool_space,omitempty"`
 }
@@ -149,6 +210,9 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 		Uplink: a.uplink.State().String(),
 		Agent:  a.cfg.ID,
 		Region: a.cfg.Region,
+	}
+	if a.uplink.CredentialsRefused() {
+		r.HubCredentials = "refused"
 	}
 	spoolOpen, brokerUp := a.spoolOpen.Load(), a.brokerListen.Load()
 	if spoolOpen {

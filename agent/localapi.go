@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/xpress-ops/tower/agent/localsos"
 	"github.com/xpress-ops/tower/notify"
@@ -26,8 +28,19 @@ type linkReport struct {
 	// that started during an outage counts it from its start.
 	Since time.Time `json:"since,omitzero"`
 	// UnreachableSeconds is how long the hub has been unreachable, 0
-	// while connected.
+	// while it is reachable. It counts from the last contact, across
+	// restarts, and also while the link looks connected but the hub sent
+	// no acknowledgement for longer than the ack timeout.
 	UnreachableSeconds float64 `json:"unreachable_seconds"`
+	// Reachable reports whether the hub responds: the link is connected,
+	// with an acknowledgement or connect within the ack timeout. Local
+	// acknowledgements are rejected while it is set.
+	Reachable bool `json:"reachable"`
+	// LastContact is the last connect, acknowledgement or SOS state from
+	// the hub, by the agent clock, and LastContactSeconds its age. Both
+	// are empty when the agent never reached the hub.
+	LastContact        time.Time `json:"last_contact,omitzero"`
+	LastContactSeconds float64   `json:"last_contact_seconds,omitempty"`
 }
 
 // infoResponse is the body of GET /api/v1/info.
@@ -58,7 +71,9 @@ type localSOSResponse struct {
 	Store string `json:"store"`
 	// StoreError is the reason the store is unavailable.
 	StoreError string `json:"store_error,omitempty"`
-	// SOS are the region's open SOS alerts, oldest received first.
+	// SOS are the region's open SOS alerts, oldest received first, one
+	// row per emergency: the repeat presses of a vehicle within
+	// protocol.SOSRepeatWindow of its first press share the row.
 	SOS []localSOS `json:"sos"`
 }
 
@@ -92,7 +107,17 @@ type localSOS struct {
 	// LocalAckQueued reports whether that acknowledgement is in the spool
 	// for the hub.
 	LocalAckQueued bool `json:"local_ack_queued,omitempty"`
-	// Notifications are the agent's own SMS about the SOS.
+	// Presses counts the SOS ids of the row, and SOSIDs lists them,
+	// first press first. SOSID is the first press.
+	Presses int      `json:"presses"`
+	SOSIDs  []string `json:"sos_ids"`
+	// CancelRequested reports that the driver asked to cancel, with
+	// CancelReason and CancelRequestedAt. A driver may be forced to cancel,
+	// so the SOS stays open until the hub closes it.
+	CancelRequested   bool      `json:"cancel_requested,omitempty"`
+	CancelReason      string    `json:"cancel_reason,omitempty"`
+	CancelRequestedAt time.Time `json:"cancel_requested_at,omitzero"`
+	// Notifications are the agent's own SMS about the row's SOS ids.
 	Notifications []localNotification `json:"notifications,omitempty"`
 }
 
@@ -110,8 +135,16 @@ type localNotification struct {
 type localAckResponse struct {
 	SOS localSOS `json:"sos"`
 	// AlreadyAcknowledged is set when the SOS was acknowledged on this
-	// page before. The first acknowledgement is kept.
-	AlreadyAcknowledged bool `json:"already_acknowledged"`
+	// page before, also by a request that ran at the same time. The first
+	// acknowledgement is kept, and AcknowledgedBy and AcknowledgedAt name
+	// it. Message is a sentence for staff about the outcome.
+	AlreadyAcknowledged bool      `json:"already_acknowledged"`
+	AcknowledgedBy      string    `json:"acknowledged_by"`
+	AcknowledgedAt      time.Time `json:"acknowledged_at"`
+	Message             string    `json:"message"`
+	// AcknowledgedSOSIDs are the SOS ids of the row this request
+	// acknowledged: the requested one and its repeat presses.
+	AcknowledgedSOSIDs []string `json:"acknowledged_sos_ids"`
 	// HubRecord is "queued" when the acknowledgement is in the spool for
 	// the hub, or "pending" when the spool did not take it yet and the
 	// agent retries.
@@ -136,8 +169,15 @@ func (a *Agent) info() infoResponse {
 	r := infoResponse{Mode: "regional", Agent: a.cfg.ID, Region: a.cfg.Region}
 	r.Uplink.State = a.uplink.State().String()
 	r.Uplink.Since = a.uplink.StateSince().UTC()
+	now := a.cfg.Now()
 	if since, down := a.hubDownSince(); down {
-		r.Uplink.UnreachableSeconds = max(a.cfg.Now().Sub(since), 0).Round(time.Millisecond).Seconds()
+		r.Uplink.UnreachableSeconds = max(now.Sub(since), 0).Round(time.Millisecond).Seconds()
+	} else {
+		r.Uplink.Reachable = !r.Uplink.Since.IsZero()
+	}
+	if last := a.contact.lastContact(); !last.IsZero() {
+		r.Uplink.LastContact = last.UTC()
+		r.Uplink.LastContactSeconds = max(now.Sub(last), 0).Round(time.Millisecond).Seconds()
 	}
 	if a.cfg.OutageNotifyAfter > 0 {
 		r.OutageSMS = outageSMSReport{Enabled: true, AfterSeconds: a.cfg.OutageNotifyAfter.Seconds(), Recipients: len(a.cfg.OutageNotifyTo)}
@@ -161,40 +201,71 @@ func (a *Agent) handleLocalSOS(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, resp)
 		return
 	}
-	firstPending := a.firstPendingSOSSeq()
-	for i := range entries {
-		resp.SOS = append(resp.SOS, a.localSOSOf(&entries[i], firstPending))
+	for _, group := range localsos.GroupRepeats(entries) {
+		resp.SOS = append(resp.SOS, a.localRowOf(group))
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// localRowOf returns the API row of an emergency: the first press of the
+// group with the ids, cancels and notifications of all of them.
+func (a *Agent) localRowOf(group []localsos.Entry) localSOS {
+	row := a.localSOSOf(&group[0])
+	for i := 1; i < len(group); i++ {
+		e := &group[i]
+		row.SOSIDs = append(row.SOSIDs, e.SOSID)
+		if !row.CancelRequested && e.CancelRequested() {
+			row.CancelRequested, row.CancelReason, row.CancelRequestedAt = true, e.CancelReason, e.CancelRequestedAt.UTC()
+		}
+		for _, n := range e.Notifications {
+			row.Notifications = append(row.Notifications, localNotificationOf(&n))
+		}
+	}
+	row.Presses = len(row.SOSIDs)
+	// A press after the row's acknowledgement leaves the row open, so
+	// staff see the button again; acknowledging covers the new press.
+	for i := range group {
+		if group[i].LocalAckBy == "" && row.LocalAckBy != "" {
+			row.LocalAckBy, row.LocalAckAt, row.LocalAckQueued = "", time.Time{}, false
+			break
+		}
+	}
+	return row
+}
+
 // handleLocalAck serves POST
 // /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge with body
-// {"actor": "<staff name>"}. It checks, in order, the Content-Type (415),
-// the ids (400), the body (400, or 413 past MaxLocalAckBody) and the name
-// (400, the hub's rule for operator names), then acknowledges through the
-// relay: 404 for an unknown SOS, 409 for a closed one, 503 when the local
-// SOS store is unavailable.
+// {"actor": "<staff name>"}. It rejects the request with 409 while the
+// hub is reachable, because operators then acknowledge on the hub's
+// dashboard. It then checks, in order, the Content-Type (415), the ids
+// (400), the body (400, or 413 past MaxLocalAckBody) and the name (400,
+// the hub's rule for operator names). Invalid UTF-8 is rejected, not
+// replaced. Last it acknowledges the SOS and its repeat presses (see
+// localsos.GroupRepeats) through the relay: 404 for an unknown SOS, 409
+// for a closed one, 503 when the local SOS store is unavailable.
 //
 // NOTE: requiring application/json keeps other sites from posting: an
 // HTML form cannot send that type, and a script on another origin can
 // send it only after a CORS preflight, which the agent does not approve.
-// Staff identify themselves only by the name they type, as at the hub.
+// The Host check (see checkHost) keeps DNS rebinding away. Staff identify
+// themselves only by the name they type, as at the hub: the endpoint has
+// no login.
 func (a *Agent) handleLocalAck(w http.ResponseWriter, r *http.Request) {
 	vehicleID, sosID := r.PathValue("vehicle"), r.PathValue("sos_id")
+	if a.contact.reachable() {
+		a.writeAPIError(w, r, apiErrorf(http.StatusConflict,
+			"the hub is reachable: acknowledge on the operators' dashboard; this page takes acknowledgements only while the hub is unreachable"),
+			vehicleID, sosID)
+		return
+	}
 	actor, err := a.checkLocalAck(w, r, vehicleID, sosID)
 	if err != nil {
 		a.writeAPIError(w, r, err, vehicleID, sosID)
 		return
 	}
 
-	before, err := a.sos.Get(vehicleID, sosID)
-	if err != nil {
-		a.writeAPIError(w, r, err, vehicleID, sosID)
-		return
-	}
-	e, err := a.relay.AcknowledgeLocally(vehicleID, sosID, actor)
-	resp := localAckResponse{AlreadyAcknowledged: before.LocalAckBy != "", HubRecord: "queued"}
+	e, recorded, err := a.relay.AcknowledgeLocal(vehicleID, sosID, actor)
+	resp := localAckResponse{AlreadyAcknowledged: !recorded, HubRecord: "queued", AcknowledgedSOSIDs: []string{sosID}}
 	switch {
 	case errors.Is(err, localsos.ErrNotReported):
 		// The acknowledgement is recorded and the vehicle informed. The
@@ -207,8 +278,83 @@ func (a *Agent) handleLocalAck(w http.ResponseWriter, r *http.Request) {
 	if !e.LocalAckReported {
 		resp.HubRecord = "pending"
 	}
-	resp.SOS = a.localSOSOf(&e, a.firstPendingSOSSeq())
+	group := a.repeatGroup(e)
+	for _, other := range group {
+		if other.SOSID == sosID {
+			continue
+		}
+		oe, otherRecorded, err := a.relay.AcknowledgeLocal(vehicleID, other.SOSID, actor)
+		recorded = recorded || otherRecorded
+		switch {
+		case errors.Is(err, localsos.ErrNotReported):
+			resp.HubRecord = "pending"
+		case err != nil:
+			a.log.Warn("repeat press not acknowledged with its first press", "vehicle", vehicleID, "sos", other.SOSID,
+				"first_sos", sosID, "error", err)
+			continue
+		case !oe.LocalAckReported:
+			resp.HubRecord = "pending"
+		}
+		resp.AcknowledgedSOSIDs = append(resp.AcknowledgedSOSIDs, other.SOSID)
+	}
+	// A repeat press after the first press was acknowledged makes this
+	// request a new acknowledgement, not a repeated one.
+	resp.AlreadyAcknowledged = !recorded
+	resp.AcknowledgedBy, resp.AcknowledgedAt = e.LocalAckBy, e.LocalAckAt.UTC()
+	if resp.AlreadyAcknowledged {
+		resp.Message = fmt.Sprintf("SOS %s of vehicle %s was already acknowledged by %s at %s; that acknowledgement stands",
+			sosID, vehicleID, e.LocalAckBy, notify.ManilaTime(e.LocalAckAt))
+	} else {
+		resp.Message = fmt.Sprintf("SOS %s of vehicle %s acknowledged by %s; the driver has been told", sosID, vehicleID, e.LocalAckBy)
+	}
+	resp.SOS = a.localSOSOf(&e)
+	if len(group) > 0 {
+		if fresh, err := a.sos.ListActive(); err == nil {
+			if g := groupOf(fresh, vehicleID, group[0].SOSID); len(g) > 0 {
+				resp.SOS = a.localRowOf(g)
+			}
+		}
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// repeatGroup returns the active SOS alerts of e's emergency (see
+// localsos.GroupRepeats), or none when the store cannot list them.
+func (a *Agent) repeatGroup(e localsos.Entry) []localsos.Entry {
+	active, err := a.sos.ListActive()
+	if err != nil {
+		a.log.Error("repeat presses not looked up: local SOS store unreadable", "vehicle", e.VehicleID, "sos", e.SOSID, "error", err)
+		return nil
+	}
+	return groupOf(active, e.VehicleID, e.SOSID)
+}
+
+// groupOf returns the group of localsos.GroupRepeats that holds the SOS.
+func groupOf(entries []localsos.Entry, vehicleID, sosID string) []localsos.Entry {
+	for _, group := range localsos.GroupRepeats(entries) {
+		for _, g := range group {
+			if g.VehicleID == vehicleID && g.SOSID == sosID {
+				return group
+			}
+		}
+	}
+	return nil
+}
+
+// hubReceived reports whether the hub has an SOS: it reported an
+// incident, or acknowledged the SOS record of the agent's spool. The
+// spool deletes SOS-lane records in order once the hub commits them, so
+// a record before the first one left is at the hub. A record the hub
+// rejected as invalid leaves the lane too. An acknowledgement counts
+// before the delete.
+func (a *Agent) hubReceived(e *localsos.Entry) bool {
+	if e.IncidentID != 0 {
+		return true
+	}
+	if e.SpoolSeq == 0 || e.SpoolID != a.spool.SpoolID() {
+		return false
+	}
+	return e.SpoolSeq < a.firstPendingSOSSeq() || e.SpoolSeq <= a.uplink.Acked()[protocol.LaneSOS]
 }
 
 // checkLocalAck checks a local acknowledgement request and returns the
@@ -226,13 +372,22 @@ func (a *Agent) checkLocalAck(w http.ResponseWriter, r *http.Request, vehicleID,
 	var body struct {
 		Actor *string `json:"actor"`
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxLocalAckBody))
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxLocalAckBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return "", apiErrorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
+	case err != nil:
+		return "", apiErrorf(http.StatusBadRequest, "request body not read: %v", err)
+	case !utf8.Valid(raw):
+		// The JSON decoder would replace invalid bytes with U+FFFD and
+		// store a name the person never typed.
+		return "", apiErrorf(http.StatusBadRequest, "request body is not valid UTF-8: send the name in UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		var tooLarge *http.MaxBytesError
 		switch {
-		case errors.As(err, &tooLarge):
-			return "", apiErrorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
 		case errors.Is(err, io.EOF):
 			return "", apiErrorf(http.StatusBadRequest, `empty request body: send {"actor": "<your name>"}`)
 		}
@@ -299,9 +454,8 @@ func (a *Agent) writeAPIError(w http.ResponseWriter, r *http.Request, err error,
 	writeJSON(w, status, map[string]string{"error": msg})
 }
 
-// localSOSOf returns the API form of e. firstPending is the sequence
-// number of the first SOS-lane record the spool still holds for the hub.
-func (a *Agent) localSOSOf(e *localsos.Entry, firstPending uint64) localSOS {
+// localSOSOf returns the API form of e.
+func (a *Agent) localSOSOf(e *localsos.Entry) localSOS {
 	out := localSOS{
 		VehicleID: e.VehicleID, SOSID: e.SOSID, Kind: e.Kind, HasLocation: e.HasLocation, Note: e.Note,
 		State: e.State, StateAt: e.StateAt.UTC(), IncidentID: e.IncidentID,
@@ -313,17 +467,21 @@ func (a *Agent) localSOSOf(e *localsos.Entry, firstPending uint64) localSOS {
 	if !e.ReceivedAt.IsZero() {
 		out.ReceivedAt, out.ReceivedAtManila = e.ReceivedAt.UTC(), notify.ManilaTime(e.ReceivedAt)
 	}
-	// The spool deletes SOS-lane records in order once the hub commits
-	// them, so a record before the first one left is at the hub. A record
-	// the hub rejected as invalid leaves the lane too.
-	out.HubReceived = e.IncidentID != 0 ||
-		(e.SpoolSeq != 0 && e.SpoolID == a.spool.SpoolID() && e.SpoolSeq < firstPending)
+	out.HubReceived = a.hubReceived(e)
+	out.SOSIDs, out.Presses = []string{e.SOSID}, 1
+	if e.CancelRequested() {
+		out.CancelRequested, out.CancelReason, out.CancelRequestedAt = true, e.CancelReason, e.CancelRequestedAt.UTC()
+	}
 	for _, n := range e.Notifications {
-		out.Notifications = append(out.Notifications, localNotification{
-			Channel: n.Channel, Address: n.Address, State: n.State, Attempts: n.Attempts, ProviderID: n.ProviderID, Error: n.Error,
-		})
+		out.Notifications = append(out.Notifications, localNotificationOf(&n))
 	}
 	return out
+}
+
+func localNotificationOf(n *localsos.Notification) localNotification {
+	return localNotification{
+		Channel: n.Channel, Address: n.Address, State: n.State, Attempts: n.Attempts, ProviderID: n.ProviderID, Error: n.Error,
+	}
 }
 
 // firstPendingSOSSeq returns the sequence number of the first record of

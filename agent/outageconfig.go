@@ -3,29 +3,45 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/xpress-ops/tower/agent/outage"
-	"github.com/xpress-ops/tower/agent/uplink"
 	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/notify"
 )
 
-// Limits of Config.OutageNotifyAfter. The floor leaves an agent that just
-// started time to reach the hub before it sends SMS of its own: it counts
-// an outage from its start.
+// Limits of Config.OutageNotifyAfter. An outage counts from the last
+// contact with the hub, kept across restarts, or from the agent's first
+// start when it never reached the hub.
 const (
 	MinOutageNotifyAfter = 10 * time.Second
 	MaxOutageNotifyAfter = 24 * time.Hour
 )
+
+// outageStartGrace is how long a started agent waits before it sends SMS
+// of its own, however old the outage is, so the uplink gets one attempt
+// to reach the hub first. A crash-looping agent that lives longer than
+// this still sends.
+const outageStartGrace = 5 * time.Second
 
 // validateOutage checks the settings of the agent's own SMS.
 func (c *Config) validateOutage() []error {
 	var errs []error
 	if !validNotifyLanguage(c.OutageNotifyLanguage) {
 		errs = append(errs, configcheck.Newf("OutageNotifyLanguage", "is %q: use en or fil", c.OutageNotifyLanguage))
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, configcheck.Newf("PublicURL", "is %q: use an absolute http or https URL, such as https://agent-ncr.example.ph:9090/", c.PublicURL))
+		}
+	}
+	for _, h := range c.HTTPAllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/:@ ") {
+			errs = append(errs, configcheck.Newf("HTTPAllowedHosts", "contains %q: give host names without scheme or port, such as agent-ncr.example.ph", h))
+		}
 	}
 	if c.OutageNotifyAfter == 0 {
 		if len(c.OutageNotifyTo) > 0 {
@@ -93,7 +109,9 @@ func (a *Agent) newNotifier(logger *slog.Logger) (*outage.Notifier, error) {
 		Sender:       a.cfg.OutageSMS,
 		Store:        a.sos,
 		Spool:        a.spool,
-		HubDownSince: a.hubDownSince,
+		HubDownSince: a.notifyDownSince,
+		HubReceived:  a.hubReceived,
+		PageURL:      a.cfg.PublicURL,
 		Logger:       logger,
 		Registerer:   a.cfg.Registerer,
 		Now:          a.cfg.Now,
@@ -104,13 +122,29 @@ func (a *Agent) newNotifier(logger *slog.Logger) (*outage.Notifier, error) {
 	return n, nil
 }
 
-// hubDownSince returns since when the hub has been unreachable, and false
-// while the uplink is connected or not yet open. An agent that started
-// during an outage counts it from its start.
+// hubDownSince returns since when the hub has been unreachable: the last
+// contact with it, kept across restarts, or the agent's first start when
+// it never reached the hub. It returns false while the hub is reachable
+// (see hubContact.reachable) and before the uplink is open.
 func (a *Agent) hubDownSince() (time.Time, bool) {
-	if a.uplink.State() == uplink.StateConnected {
+	if a.uplink.StateSince().IsZero() || a.contact.reachable() {
 		return time.Time{}, false
 	}
-	since := a.uplink.StateSince()
-	return since, !since.IsZero()
+	return a.contact.lastOrFirst(), true
+}
+
+// notifyDownSince is hubDownSince for the outage notifier: the outage
+// counts as starting no sooner than OutageNotifyAfter before the end of
+// outageStartGrace after this process's start, so a restarted agent sends
+// nothing before its uplink tried to reach the hub.
+func (a *Agent) notifyDownSince() (time.Time, bool) {
+	since, down := a.hubDownSince()
+	if !down {
+		return since, false
+	}
+	earliest := a.contact.startedAt().Add(outageStartGrace - a.cfg.OutageNotifyAfter)
+	if since.Before(earliest) {
+		since = earliest
+	}
+	return since, true
 }

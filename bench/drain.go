@@ -150,6 +150,7 @@ func RunDrain(ctx context.Context, cfg DrainConfig, opts Options) (*DrainResult,
 	if err != nil {
 		return nil, err
 	}
+	env.noteHub(hubAddr, dbURL) // the hub starts later on this address
 	a, err := env.startAgent(ctx, "bench-drain", hubAddr, nil)
 	if err != nil {
 		return nil, err

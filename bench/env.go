@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -65,6 +66,9 @@ type runEnv struct {
 	compLog  *slog.Logger
 	dir      string
 	cleanups []func() error
+	// hubs maps hub agent listener addresses to their credential
+	// stores (see noteHub).
+	hubs sync.Map
 }
 
 func newRunEnv(opts Options) (*runEnv, error) {
@@ -203,6 +207,7 @@ func (e *runEnv) startHub(ctx context.Context, databaseURL, agentAddr string) (*
 		}
 		return nil
 	})
+	e.noteHub(h.AgentMQTTAddr().String(), h)
 	e.log.Info("hub started", "http", h.HTTPAddr().String(), "agent_mqtt", h.AgentMQTTAddr().String())
 	return h, nil
 }
@@ -222,6 +227,13 @@ func (e *runEnv) startAgent(ctx context.Context, id, hubAddr string, tune func(*
 	}
 	if tune != nil {
 		tune(&cfg)
+	}
+	if cfg.HubPassword == "" {
+		token, err := e.agentToken(ctx, hubAddr, id)
+		if err != nil {
+			return nil, err
+		}
+		cfg.HubPassword = token
 	}
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -185,6 +185,7 @@ func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string) (
 	if h.mqttAddr, err = sp.addr("agent_mqtt"); err != nil {
 		return nil, err
 	}
+	e.noteHub(h.mqttAddr, databaseURL)
 	return h, nil
 }
 
@@ -210,7 +211,11 @@ func (e *runEnv) startAgentProcess(ctx context.Context, exe, id, hubAddr string)
 		"--hub-url", "tcp://" + hubAddr,
 		"--data-dir", filepath.Join(e.dir, "agent-process-"+id),
 	}
-	sp, err := e.startSubprocess(ctx, "agent", exe, args, nil, "agent started")
+	token, err := e.agentToken(ctx, hubAddr, id)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := e.startSubprocess(ctx, "agent", exe, args, []string{"XPRESS_AGENT_TOKEN=" + token}, "agent started")
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func TestBacklog_SOSOvertakesGPSDrain(t *testing.T) {
 	// backlog builds up, so the proxy refuses the agent's connections.
 	wan := faultproxy.Start(t, hub.agentAddr)
 	wan.Delay(25*time.Millisecond, 25*time.Millisecond)
-	a := startFaultAgent(t, "ncr-backlog", wan.Addr(), 0)
+	a := startFaultAgent(t, "ncr-backlog", wan.Addr(), dbURL, 0)
 	pool := openPool(t, dbURL)
 
 	start := time.Now()

@@ -106,7 +106,7 @@ func TestDispatch_SMSSurvivesHubKill(t *testing.T) {
 		t.Fatalf("create contact: %s", resp.Status)
 	}
 
-	a := startFaultAgent(t, "ncr-dispatch", h.agentAddr, 2*time.Second)
+	a := startFaultAgent(t, "ncr-dispatch", h.agentAddr, h.dbURL, 2*time.Second)
 	vehicle := connectVehicle(t, a.MQTTAddr().String(), "ncr-taxi-21")
 	publish(t, vehicle, protocol.VehicleTopicFor("ncr-taxi-21", protocol.TopicSOS), sosPayload("dispatch-1"))
 

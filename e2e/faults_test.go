@@ -47,8 +47,9 @@ func (h *hubProcess) start(t *testing.T) {
 
 // startFaultAgent starts an in-process agent that forwards to hubAddr
 // with the given Ack timeout and a short reconnect backoff, so tests can
-// watch it notice faults quickly.
-func startFaultAgent(t *testing.T, id, hubAddr string, ackTimeout time.Duration) *agent.Agent {
+// watch it notice faults quickly. Its credential is created in the hub
+// database at dbURL.
+func startFaultAgent(t *testing.T, id, hubAddr, dbURL string, ackTimeout time.Duration) *agent.Agent {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	a, err := agent.New(agent.Config{
@@ -63,6 +64,8 @@ func startFaultAgent(t *testing.T, id, hubAddr string, ackTimeout time.Duration)
 		AckTimeout: ackTimeout,
 		MinBackoff: 50 * time.Millisecond,
 		MaxBackoff: 500 * time.Millisecond,
+
+		HubPassword: provisionAgent(t, dbURL, "", id),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +129,7 @@ func TestFaults_SOSDuringSilentBlackhole(t *testing.T) {
 	hub := startHubProcess(t, dbURL)
 	wan := faultproxy.Start(t, hub.agentAddr)
 	const ackTimeout = 2 * time.Second
-	a := startFaultAgent(t, "ncr-blackhole", wan.Addr(), ackTimeout)
+	a := startFaultAgent(t, "ncr-blackhole", wan.Addr(), dbURL, ackTimeout)
 	pool := openPool(t, dbURL)
 
 	vehicle := connectVehicle(t, a.MQTTAddr().String(), "ncr-taxi-11")
@@ -225,7 +228,7 @@ func TestFaults_LostAckThenResetStoresOnce(t *testing.T) {
 	hub := startHubProcess(t, dbURL)
 	wan := faultproxy.Start(t, hub.agentAddr)
 	// A long Ack timeout, so that the reset is what ends the connection.
-	a := startFaultAgent(t, "ncr-lostack", wan.Addr(), time.Minute)
+	a := startFaultAgent(t, "ncr-lostack", wan.Addr(), dbURL, time.Minute)
 	pool := openPool(t, dbURL)
 
 	lostAckSetup(t, a, wan, pool, "ncr-taxi-12")
@@ -249,7 +252,7 @@ func TestFaults_HubKilledAfterCommitStoresOnce(t *testing.T) {
 	hub := startHubProcess(t, dbURL)
 	wan := faultproxy.Start(t, hub.agentAddr)
 	// The Ack timeout notices the dead hub behind the still-open proxied connection.
-	a := startFaultAgent(t, "ncr-hubkill", wan.Addr(), 3*time.Second)
+	a := startFaultAgent(t, "ncr-hubkill", wan.Addr(), dbURL, 3*time.Second)
 	pool := openPool(t, dbURL)
 
 	lostAckSetup(t, a, wan, pool, "ncr-taxi-13")
@@ -288,7 +291,8 @@ func TestFaults_AgentKilledMidBurst(t *testing.T) {
 	mqttAddr, httpAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
 	args := []string{"agent", "--id", "ncr-burst", "--region", "NCR-Manila", "--mqtt-addr", mqttAddr,
 		"--http-addr", httpAddr, "--hub-url", "tcp://" + hub.agentAddr, "--data-dir", dataDir}
-	agentProc := startProcess(t, "agent", nil, args...)
+	agentEnv := []string{"XPRESS_AGENT_TOKEN=" + provisionAgent(t, dbURL, "", "ncr-burst")}
+	agentProc := startProcess(t, "agent", agentEnv, args...)
 	waitHTTP(t, agentProc, "http://"+httpAddr+"/readyz")
 
 	// Every publisher records the messages the agent acknowledged.
@@ -345,7 +349,7 @@ func TestFaults_AgentKilledMidBurst(t *testing.T) {
 		t.Fatalf("all %d fixes were acknowledged before the kill; the burst was not interrupted", burstTotal)
 	}
 
-	agentProc = startProcess(t, "agent restarted", nil, args...)
+	agentProc = startProcess(t, "agent restarted", agentEnv, args...)
 	waitHTTP(t, agentProc, "http://"+httpAddr+"/readyz")
 	agentMetrics := "http://" + httpAddr + "/metrics"
 	waitFor(t, 180*time.Second, "the restarted agent's GPS lane to drain", func() bool {

@@ -3,11 +3,13 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +21,9 @@ import (
 
 	"github.com/xpress-ops/tower/agent"
 	"github.com/xpress-ops/tower/hub"
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/hub/store/embedded"
+	"github.com/xpress-ops/tower/hub/store/postgres"
 	"github.com/xpress-ops/tower/internal/pgtest"
 )
 
@@ -48,6 +53,7 @@ func startHub(t testing.TB, databaseURL string) *hub.Hub {
 	if err := h.Open(ctx); err != nil {
 		t.Fatalf("open hub: %v", err)
 	}
+	inProcessHubs.Store(h.AgentMQTTAddr().String(), h)
 	t.Cleanup(func() {
 		if err := h.Close(); err != nil {
 			t.Errorf("close hub: %v", err)
@@ -67,6 +73,8 @@ func startAgent(t testing.TB, id, hubAddr, dataDir string) *agent.Agent {
 		DataDir:  dataDir,
 		HTTPAddr: "127.0.0.1:0",
 		Logger:   testLogger(t).With("process", "agent"),
+
+		HubPassword: hubToken(t, hubAddr, id),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -280,3 +288,56 @@ func metricValue(t testing.TB, url, name string, labels ...string) float64 {
 }
 
 var _ = pgtest.NewDatabase
+
+// inProcessHubs holds the hubs startHub started, by agent listener
+// address, for hubToken.
+var inProcessHubs sync.Map
+
+// hubToken returns the token of agent id on the hub listening for agents
+// on hubAddr, creating its credential the first time.
+func hubToken(t testing.TB, hubAddr, id string) string {
+	t.Helper()
+	if h, ok := inProcessHubs.Load(hubAddr); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		token, err := h.(*hub.Hub).ProvisionAgent(ctx, id, "NCR-Manila")
+		if err != nil {
+			t.Fatalf("provision agent %s: %v", id, err)
+		}
+		return token
+	}
+	t.Fatalf("no test hub listens for agents on %s", hubAddr)
+	return ""
+}
+
+// provisionAgent creates the credential of agent id in a hub's store, as
+// the admin API does, and returns its token: in PostgreSQL at dbURL, or
+// in the embedded store of the hub data directory hubDir when dbURL is
+// empty, which needs that hub stopped. An existing credential is rotated
+// without grace.
+func provisionAgent(t testing.TB, dbURL, hubDir, id string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var s interface {
+		store.Store
+		Open(context.Context) error
+	}
+	if dbURL != "" {
+		s = postgres.New(postgres.Config{URL: dbURL})
+	} else {
+		s = embedded.New(embedded.Config{Path: filepath.Join(hubDir, hub.EmbeddedStoreFile)})
+	}
+	if err := s.Open(ctx); err != nil {
+		t.Fatalf("open the hub store to provision agent %s: %v", id, err)
+	}
+	defer s.Close()
+	token, _, err := s.CreateAgentCredential(ctx, id, "NCR-Manila")
+	if errors.Is(err, store.ErrConflict) {
+		token, _, err = s.RotateAgentCredential(ctx, id, 0)
+	}
+	if err != nil {
+		t.Fatalf("provision agent %s: %v", id, err)
+	}
+	return token
+}

@@ -88,13 +88,15 @@ func TestOutageMode_LocalAckAndAgentSMS(t *testing.T) {
 	wan := faultproxy.Start(t, hubAgentAddr)
 	wan.Blackhole()
 
-	agentProc := startProcess(t, "agent", []string{"XPRESS_TWILIO_AUTH_TOKEN=" + twilio.AuthToken},
+	agentProc := startProcess(t, "agent", []string{"XPRESS_TWILIO_AUTH_TOKEN=" + twilio.AuthToken,
+		"XPRESS_AGENT_TOKEN=" + provisionAgent(t, dbURL, "", agentID)},
 		"agent", "--id", agentID, "--region", "NCR-Manila",
 		"--mqtt-addr", agentMQTTAddr, "--http-addr", agentHTTPAddr,
 		"--hub-url", wan.URL(), "--data-dir", t.TempDir(),
 		"--uplink-connect-timeout", "1s", "--uplink-min-backoff", "50ms", "--uplink-max-backoff", "500ms",
 		"--outage-notify-after", fmt.Sprintf("%ds", delaySec), "--outage-notify-to", "0917 123 4567",
 		"--twilio-account-sid", twilio.AccountSID, "--twilio-from", "+639170000001", "--twilio-api-url", twilio.URL(),
+		"--public-url", agentURL+"/",
 	)
 	waitHTTP(t, agentProc, agentURL+"/readyz")
 
@@ -151,6 +153,9 @@ func TestOutageMode_LocalAckAndAgentSMS(t *testing.T) {
 	agentSMS := twilio.MessagesTo(phone)[0]
 	if !strings.Contains(agentSMS.Body, sosSMS) || !strings.Contains(agentSMS.Body, vehSMS) || strings.Contains(agentSMS.Body, vehAck) {
 		t.Errorf("agent's SMS %q, want the SOS %s of %s only", agentSMS.Body, sosSMS, vehSMS)
+	}
+	if !strings.Contains(agentSMS.Body, "hub unreachable") || !strings.Contains(agentSMS.Body, agentURL+"/") || strings.Contains(agentSMS.Body, "dashboard") {
+		t.Errorf("agent's SMS %q, want the outage text linking to the agent's page %s/", agentSMS.Body, agentURL)
 	}
 	waitFor(t, 30*time.Second, "the agent to record its SMS", func() bool {
 		getJSON(t, agentURL+"/api/v1/local/sos", &local)
@@ -279,5 +284,13 @@ func TestOutageMode_LocalAckAndAgentSMS(t *testing.T) {
 			}
 		}
 		return len(local.SOS) == 2
+	})
+
+	// With the hub responding again, acknowledgements belong on the
+	// operators' dashboard: the agent rejects them.
+	smsAckURL := fmt.Sprintf("%s/api/v1/local/sos/%s/%s/acknowledge", agentURL, vehSMS, sosSMS)
+	waitFor(t, 30*time.Second, "the agent to reject local acknowledgements", func() bool {
+		code, body := postJSON(t, smsAckURL, `{"actor":"Ben Cruz"}`, nil)
+		return code == http.StatusConflict && strings.Contains(body, "the hub is reachable: acknowledge on the operators' dashboard")
 	})
 }

@@ -31,7 +31,8 @@ func TestOutage_SOSSurvivesAgentKill(t *testing.T) {
 		"--mqtt-addr", agentMQTTAddr, "--http-addr", agentHTTPAddr,
 		"--hub-url", "tcp://" + hubAgentAddr, "--data-dir", dataDir}
 
-	agentProc := startProcess(t, "agent", nil, agentArgs...)
+	agentEnv := []string{"XPRESS_AGENT_TOKEN=" + provisionAgent(t, dbURL, "", "cebu-1")}
+	agentProc := startProcess(t, "agent", agentEnv, agentArgs...)
 	waitHTTP(t, agentProc, "http://"+agentHTTPAddr+"/readyz")
 
 	vehicle := connectVehicle(t, agentMQTTAddr, "cebu-taxi-7")
@@ -43,7 +44,7 @@ func TestOutage_SOSSurvivesAgentKill(t *testing.T) {
 
 	// The PUBACK arrived, so the SOS must be on disk: kill without warning.
 	agentProc.kill(syscall.SIGKILL)
-	agentProc = startProcess(t, "agent restarted", nil, agentArgs...)
+	agentProc = startProcess(t, "agent restarted", agentEnv, agentArgs...)
 	waitHTTP(t, agentProc, "http://"+agentHTTPAddr+"/readyz")
 
 	hubProc := startProcess(t, "hub", []string{"XPRESS_DATABASE_URL=" + dbURL},

@@ -151,7 +151,8 @@ func testDriverHearsBack(t *testing.T, dbURL string) {
 	}
 
 	// The hub is down: the agent alone sends the driver "received".
-	agentProc := startProcess(t, "agent", nil, agentArgs...)
+	agentEnv := []string{"XPRESS_AGENT_TOKEN=" + provisionAgent(t, dbURL, hubDir, "ncr-1")}
+	agentProc := startProcess(t, "agent", agentEnv, agentArgs...)
 	waitHTTP(t, agentProc, "http://"+agentHTTPAddr+"/readyz")
 	first := listenStates(t, agentMQTTAddr, vehicle, "taxi-0917-app")
 	sos := fmt.Sprintf(`{"id":"sos-1","ts":%q,"lat":14.5995,"lon":120.9842,"kind":"medical"}`, time.Now().Format(time.RFC3339))
@@ -185,7 +186,7 @@ func testDriverHearsBack(t *testing.T, dbURL string) {
 	// state from its local SOS store.
 	hubProc.kill(syscall.SIGTERM)
 	agentProc.kill(syscall.SIGKILL)
-	agentProc = startProcess(t, "agent restarted", nil, agentArgs...)
+	agentProc = startProcess(t, "agent restarted", agentEnv, agentArgs...)
 	waitHTTP(t, agentProc, "http://"+agentHTTPAddr+"/readyz")
 	third := listenStates(t, agentMQTTAddr, vehicle, "taxi-0917-app-2")
 	third.expectState(vehicle, "sos-1", protocol.SOSStateAcknowledged)

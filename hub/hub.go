@@ -5,6 +5,7 @@ package hub
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,12 @@ type Config struct {
 	HTTPAddr string
 	// AgentMQTTAddr is the listen address for agents over MQTT. Default ":1884".
 	AgentMQTTAddr string
+	// HTTPTLS, when set, makes HTTPAddr serve HTTPS with this configuration.
+	HTTPTLS *tls.Config
+	// AgentMQTTTLSAddr, when set, is a second listener for agents, MQTT
+	// over TLS with AgentMQTTTLS, next to the plain one on AgentMQTTAddr.
+	AgentMQTTTLSAddr string
+	AgentMQTTTLS     *tls.Config
 	// DatabaseURL is the PostgreSQL URL of the store. Empty means the
 	// embedded store in DataDir, for single-node installs.
 	DatabaseURL string
@@ -45,6 +52,17 @@ type Config struct {
 	// AllowedOrigins are extra Origin host patterns allowed to open the
 	// operator WebSocket; the hub's own origin is always allowed.
 	AllowedOrigins []string
+	// ExtraRegions are the region names a contact may serve besides
+	// protocol.KnownRegions, as the agents' --allow-region allows them.
+	ExtraRegions []string
+	// DisableAgentAuth turns off the agents' credentials check, so any
+	// agent id connects with any password. It is for local experiments
+	// only: Validate refuses it unless the agent listeners are on loopback
+	// addresses, and Open logs a warning.
+	DisableAgentAuth bool
+	// AdminToken is the bearer token of the admin API, which manages the
+	// agents' credentials. Empty disables the admin API.
+	AdminToken string
 	// Logger receives the hub's logs. Nil discards them.
 	Logger *slog.Logger
 	// Registerer and Gatherer hold the hub's metrics. Nil means a private registry.
@@ -67,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		c.DataDir = "./xpress-data"
+	}
+	if c.DisableAgentAuth && (!loopbackAddr(c.AgentMQTTAddr) || c.AgentMQTTTLSAddr != "" && !loopbackAddr(c.AgentMQTTTLSAddr)) {
+		return fmt.Errorf("agent authentication can only be turned off when the agent listeners are on loopback addresses, not %q: keep it on and give each agent a credential (xpress admin agent add)", c.AgentMQTTAddr)
 	}
 	if c.RedisURL != "" {
 		// TODO: Redis fan-out between hub replicas; until then one hub fans out in-process.
@@ -112,6 +133,8 @@ type Hub struct {
 	downlink *downlink.Downlink
 	// dispatcher notifies contacts and escalates incidents.
 	dispatcher *dispatch.Dispatcher
+	// auth checks agent credentials; nil when DisableAgentAuth is set.
+	auth *ingest.StoreAuthenticator
 
 	mu      sync.Mutex
 	agents  map[string]*api.AgentState
@@ -165,8 +188,19 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		FirstSeq: uint64(time.Now().UnixMicro()),
 	})
 
+	var auth ingest.AgentAuthenticator = ingest.AllowAll{}
+	if h.cfg.DisableAgentAuth {
+		h.log.Warn("agent authentication is OFF: any agent id connects with any password; use this for local experiments only",
+			"agent_mqtt", h.cfg.AgentMQTTAddr)
+	} else {
+		h.auth = ingest.NewStoreAuthenticator(h.store, 0)
+		auth = h.auth
+	}
 	h.ingest = ingest.New(ingest.Config{
+		Authenticator: auth,
 		Addr:          h.cfg.AgentMQTTAddr,
+		TLSAddr:       h.cfg.AgentMQTTTLSAddr,
+		TLS:           h.cfg.AgentMQTTTLS,
 		Store:         h.store,
 		Logger:        h.cfg.Logger,
 		Registerer:    h.cfg.Registerer,
@@ -193,6 +227,7 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 
 	dcfg := h.cfg.Dispatch
 	dcfg.Store, dcfg.Bus, dcfg.Logger, dcfg.Registerer = h.store, h.bus, h.cfg.Logger, h.cfg.Registerer
+	dcfg.CatchingUp = h.ingest.CatchingUp
 	if h.dispatcher, err = dispatch.New(dcfg); err != nil {
 		return err
 	}
@@ -212,13 +247,24 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		Agents:         h.agentStates,
 		AllowedOrigins: h.cfg.AllowedOrigins,
 		Dispatch:       h.dispatcher,
+		ExtraRegions:   h.cfg.ExtraRegions,
 		// An operator's action reaches the dashboards as the same event a
 		// committed batch publishes for a changed incident.
 		OnIncidentChange: func(c store.IncidentChange) { h.publish(events.TypeIncidentUpdated, c) },
+		Credentials:      h.store,
+		AdminToken:       h.cfg.AdminToken,
+		OnCredentialChange: func(agentID string) {
+			if h.auth != nil {
+				h.auth.Forget(agentID)
+			}
+		},
 	})
 	ln, err := net.Listen("tcp", h.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen for HTTP on %s: %w", h.cfg.HTTPAddr, err)
+	}
+	if h.cfg.HTTPTLS != nil {
+		ln = tls.NewListener(ln, h.cfg.HTTPTLS)
 	}
 	h.httpLn = ln
 	h.http = &http.Server{
@@ -234,7 +280,8 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		}
 		h.done <- err
 	}()
-	h.log.Info("hub started", "http", ln.Addr().String(), "agent_mqtt", h.ingest.Addr().String())
+	h.log.Info("hub started", "http", ln.Addr().String(), "https", h.cfg.HTTPTLS != nil,
+		"agent_mqtt", h.ingest.Addr().String(), "agent_mqtt_tls", h.cfg.AgentMQTTTLSAddr)
 	return nil
 }
 
@@ -243,6 +290,46 @@ func (h *Hub) HTTPAddr() net.Addr { return h.httpLn.Addr() }
 
 // AgentMQTTAddr returns the bound address of the agent listener.
 func (h *Hub) AgentMQTTAddr() net.Addr { return h.ingest.Addr() }
+
+// Credentials returns the store of the agents' credentials, for
+// provisioning agents in-process (xpress dev, tests). Valid after Open.
+func (h *Hub) Credentials() store.AgentCredentialStore { return h.store }
+
+// ProvisionAgent creates the credential of agent agentID in region and
+// returns its token. When the agent already has a credential it is
+// rotated without grace, so only the returned token works afterwards.
+// xpress dev and tests use it to give in-process agents their tokens.
+func (h *Hub) ProvisionAgent(ctx context.Context, agentID, region string) (string, error) {
+	token, _, err := h.store.CreateAgentCredential(ctx, agentID, region)
+	if errors.Is(err, store.ErrConflict) {
+		token, _, err = h.store.RotateAgentCredential(ctx, agentID, 0)
+		if h.auth != nil {
+			h.auth.Forget(agentID)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("provision agent %s: %w", agentID, err)
+	}
+	return token, nil
+}
+
+// loopbackAddr reports whether the host of the listen address addr is a
+// loopback address or "localhost". An empty host listens everywhere.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// AgentMQTTTLSAddr returns the bound address of the agent TLS listener,
+// or nil when there is none.
+func (h *Hub) AgentMQTTTLSAddr() net.Addr { return h.ingest.TLSAddr() }
 
 // Close stops the hub in order: HTTP and WebSockets, then the dispatcher
 // (waiting for sends in progress), then the downlink, then the agent

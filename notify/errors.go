@@ -40,6 +40,11 @@ type Error struct {
 	Code int
 	// Status is the HTTP status of the provider's reply, or zero.
 	Status int
+	// Auth means the provider rejected the sender's credentials (HTTP 401
+	// or 403: a wrong auth token, a suspended account). Such an error is
+	// transient for the message, which is sent once an operator fixes the
+	// account, but the channel is failing until then.
+	Auth bool
 	// Err is the underlying failure.
 	Err error
 }
@@ -54,6 +59,9 @@ func (e *Error) Error() string {
 		b.WriteString("notification failed")
 	}
 	b.WriteString(" (")
+	if e.Auth {
+		b.WriteString("credentials rejected, ")
+	}
 	if e.Permanent {
 		b.WriteString("permanent")
 	} else {
@@ -78,6 +86,13 @@ func (e *Error) Unwrap() error { return e.Err }
 func IsPermanent(err error) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Permanent
+}
+
+// IsAuthError reports whether err is an *Error whose provider rejected
+// the sender's credentials.
+func IsAuthError(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Auth
 }
 
 // IsUnknownOutcome reports whether err is an *Error whose request may

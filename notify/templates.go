@@ -9,6 +9,8 @@ import (
 	_ "time/tzdata" // Asia/Manila on hosts without a zoneinfo database
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/xpress-ops/tower/protocol"
 )
 
 // Audience is who receives an SOS alert.
@@ -561,28 +563,15 @@ func spokenID(id string) string {
 	return strings.Join(words, " ")
 }
 
-// driverMessages are the texts a driver receives as the SOS moves on.
-var driverMessages = map[string][2]string{
-	DriverStateReceived: {
-		"Your SOS was received. We are getting help to you.",
-		"Natanggap ang iyong SOS. Tinutulungan ka na.",
-	},
-	DriverStateAcknowledged: {
-		"An operator is now handling your SOS. Stay somewhere safe if you can.",
-		"May operator nang umaasikaso sa iyong SOS. Manatili sa ligtas na lugar kung kaya mo.",
-	},
-	DriverStateDispatched: {
-		"Help is on the way to your location. Keep your phone on.",
-		"Papunta na ang tulong sa iyong lokasyon. Huwag patayin ang iyong telepono.",
-	},
-	DriverStateResolved: {
-		"Your SOS is resolved. Thank you, and stay safe.",
-		"Naresolba na ang iyong SOS. Salamat, at mag-ingat ka palagi.",
-	},
-	DriverStateCancelled: {
-		"Your SOS was cancelled. If you still need help, send a new SOS.",
-		"Kinansela na ang iyong SOS. Kung kailangan mo pa ng tulong, magpadala ulit ng SOS.",
-	},
+// driverMessagesFilipino are the Filipino texts a driver receives as the
+// SOS moves on. The English texts are protocol.DefaultSOSStateMessage's,
+// which the agent sends too.
+var driverMessagesFilipino = map[string]string{
+	DriverStateReceived:     "Natanggap ang iyong SOS. Tinutulungan ka na.",
+	DriverStateAcknowledged: "May operator nang umaasikaso sa iyong SOS. Manatili sa ligtas na lugar kung kaya mo.",
+	DriverStateDispatched:   "Papunta na ang tulong sa iyong lokasyon. Huwag patayin ang iyong telepono.",
+	DriverStateResolved:     "Naresolba na ang iyong SOS. Salamat, at mag-ingat ka palagi.",
+	DriverStateCancelled:    "Kinansela na ang iyong SOS. Kung kailangan mo pa ng tulong, magpadala ulit ng SOS.",
 }
 
 // DriverStateMessage returns the short message a driver receives when the
@@ -590,12 +579,82 @@ var driverMessages = map[string][2]string{
 // cancelled), or "" for any other state so that the caller sends nothing.
 // An unknown language falls back to English.
 func DriverStateMessage(lang Language, state string) string {
-	texts, ok := driverMessages[strings.ToLower(strings.TrimSpace(state))]
+	state = strings.ToLower(strings.TrimSpace(state))
+	filipino, ok := driverMessagesFilipino[state]
 	if !ok {
 		return ""
 	}
 	if lang == Filipino {
-		return texts[1]
+		return filipino
 	}
-	return texts[0]
+	return protocol.DefaultSOSStateMessage(state)
+}
+
+// OutageAlertData is the content RenderOutageAlert adds to AlertData: the
+// agent that sends during a hub outage and where regional staff see the SOS.
+type OutageAlertData struct {
+	// AgentID names the agent; Region in AlertData names its office.
+	AgentID string
+	// PageURL is the agent's regional page. Empty names the agent and
+	// region instead.
+	PageURL string
+	// Presses counts the SOS ids of the vehicle within the repeat window
+	// that this SMS covers; below 2 it is not mentioned.
+	Presses int
+	// CancelRequested and CancelReason report that the driver asked to
+	// cancel. A driver may be forced to cancel, so the SMS still goes.
+	CancelRequested bool
+	CancelReason    string
+}
+
+// RenderOutageAlert returns the SOS alert SMS that a regional office's
+// agent sends itself while the hub is unreachable, for responders. The
+// text states that the hub is down and links to the agent's page instead
+// of the operators' dashboard, which staff cannot reach then.
+func RenderOutageAlert(lang Language, d AlertData, o OutageAlertData) string {
+	v := newView(lang, d)
+	agent := cleanField(o.AgentID, maxIDField)
+	presses, cancel, page := "", "", ""
+	if o.Presses > 1 {
+		presses = pick(v.lang, fmt.Sprintf("Pressed %d times.", o.Presses), fmt.Sprintf("Pinindot nang %d beses.", o.Presses))
+	}
+	if o.CancelRequested {
+		reason := cleanField(o.CancelReason, 80)
+		if reason == "" {
+			reason = pick(v.lang, "no reason given", "walang dahilan")
+		}
+		cancel = pick(v.lang, "Driver asked to cancel ("+reason+"); may be forced, check.",
+			"Humiling ang driver na i-cancel ("+reason+"); baka pinilit, suriin.")
+	}
+	if o.PageURL != "" {
+		page = pick(v.lang, "Acknowledge on "+o.PageURL, "Paki-acknowledge sa "+o.PageURL)
+	} else {
+		page = pick(v.lang, "Acknowledge on the page of agent "+agent+", "+v.region+" office.",
+			"Paki-acknowledge sa page ng agent "+agent+", opisina ng "+v.region+".")
+	}
+	if v.lang == Filipino {
+		return join(" ",
+			"XPRESS SOS mula sa agent ng "+v.region+" (hindi maabot ang hub): "+join(", ", v.kind+" mula sa sasakyang "+v.vehicle, v.when)+".",
+			v.incidentSentence(), presses, v.smsLocation(), cancel, page,
+		) + v.refSuffix()
+	}
+	return join(" ",
+		"XPRESS SOS from the "+v.region+" office agent (hub unreachable): "+join(", ", v.kind+", vehicle "+v.vehicle, v.when)+".",
+		v.incidentSentence(), presses, v.smsLocation(), cancel, page,
+	) + v.refSuffix()
+}
+
+// RenderOutageSummary returns the one SMS an agent sends to a number in
+// place of further SOS alerts once it reached its cap during a hub
+// outage: pending SOS alerts it did not send.
+func RenderOutageSummary(lang Language, region, agentID, pageURL string, pending int) string {
+	region, agentID = cleanField(region, maxRegionField), cleanField(agentID, maxIDField)
+	where := pageURL
+	if where == "" {
+		where = pick(lang, "the page of agent "+agentID, "ang page ng agent "+agentID)
+	}
+	if lang == Filipino {
+		return fmt.Sprintf("XPRESS SOS mula sa agent ng %s (hindi maabot ang hub): %d pang SOS ang naghihintay, tingnan ang regional page: %s.", region, pending, where)
+	}
+	return fmt.Sprintf("XPRESS SOS from the %s office agent (hub unreachable): %d more SOS pending, see the regional page: %s.", region, pending, where)
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xpress-ops/tower/protocol"
 )
 
 // sampleAlert is an SOS raised at 10:03 PM Manila time (14:03 UTC).
@@ -325,6 +327,17 @@ func assertContainsNone(t *testing.T, what, text string, unwanted []string) {
 	for _, u := range unwanted {
 		if strings.Contains(text, u) {
 			t.Errorf("%s contains %q:\n%s", what, u, text)
+		}
+	}
+}
+
+// TestDriverStateMessageMatchesAgent checks that the hub's English driver
+// texts are the agent's (protocol.DefaultSOSStateMessage), so a driver
+// reads the same words whether the agent or the hub sends the state.
+func TestDriverStateMessageMatchesAgent(t *testing.T) {
+	for _, state := range []string{DriverStateReceived, DriverStateAcknowledged, DriverStateDispatched, DriverStateResolved, DriverStateCancelled} {
+		if got, want := DriverStateMessage(English, state), protocol.DefaultSOSStateMessage(state); got != want || got == "" {
+			t.Errorf("DriverStateMessage(en, %s) = %q, the agent sends %q", state, got, want)
 		}
 	}
 }

@@ -187,6 +187,9 @@ func NewTwilio(cfg TwilioConfig) (*Twilio, error) {
 // BaseURL returns the API base URL the sender sends to.
 func (t *Twilio) BaseURL() string { return t.baseURL.String() }
 
+// Timeout returns the time limit of each API request.
+func (t *Twilio) Timeout() time.Duration { return t.timeout }
+
 // Send sends an SMS (ChannelSMS) or places a voice call (ChannelVoice) to
 // msg.To, which may be in any form NormalizePhone accepts.
 //
@@ -324,10 +327,11 @@ func withReference(text, key string) string {
 // puts into every SMS. msg.Key is required.
 //
 // For ChannelVoice it lists the calls from the sender's number to msg.To
-// and returns the earliest one created since then. Twilio keeps no text of
-// a call, so two calls to the same number from the same sender after since
-// cannot be distinguished. A caller that places at most one call to a
-// recipient at a time avoids that case.
+// and returns the one created since then. Twilio keeps no text of a call,
+// so two calls to the same number from the same sender after since cannot
+// be distinguished: when more than one matches, Find logs it and reports
+// found=false rather than claim another message's call. A caller that
+// places at most one call to a recipient at a time avoids that case.
 //
 // Find reports found=false when no such message exists. The earlier
 // attempt then did not reach Twilio, and sending again is safe.
@@ -408,6 +412,7 @@ func (t *Twilio) findCall(ctx context.Context, to string, since time.Time) (Resu
 		best        Result
 		bestCreated time.Time
 		found       bool
+		candidates  int
 	)
 	params := &twapi.ListCallParams{}
 	params.SetTo(to).SetFrom(t.from).SetPageSize(findPageSize)
@@ -429,6 +434,7 @@ func (t *Twilio) findCall(ctx context.Context, to string, since time.Time) (Resu
 				continue
 			}
 			allOlder = false
+			candidates++
 			if !found || created.Before(bestCreated) {
 				best = Result{ProviderID: deref(c.Sid), Status: deref(c.Status)}
 				bestCreated = created
@@ -437,6 +443,13 @@ func (t *Twilio) findCall(ctx context.Context, to string, since time.Time) (Resu
 		}
 		next := deref(page.NextPageUri)
 		if allOlder || next == "" {
+			if candidates > 1 {
+				// Claiming one of them could record another notification's
+				// call, so Find returns none.
+				t.log.Warn("twilio find: several calls match, so none is claimed",
+					"to", to, "since", since.UTC().Format(time.RFC3339Nano), "candidates", candidates)
+				return Result{}, false, nil
+			}
 			return best, found, nil
 		}
 		if pages == findMaxPages {
@@ -510,16 +523,32 @@ func (t *Twilio) classify(operation string, err error, req *twilioRequest) *Erro
 			e.Unknown = false
 			e.RetryAfter = 0
 		}
+		markAuth(e)
 	case status >= 300:
 		// An error reply whose body is not Twilio's JSON error.
 		e = classifyHTTPStatus(status, retryAfter, fmt.Errorf("twilio: %s failed with HTTP %d: %w", operation, status, err))
+		markAuth(e)
 	case status >= 200:
 		// Twilio accepted the request but its reply could not be read.
 		e = &Error{Unknown: true, Status: status, Err: fmt.Errorf("twilio: %s: reading the reply to HTTP %d: %w", operation, status, err)}
 	default:
 		e = &Error{Unknown: wrote, Err: fmt.Errorf("twilio: %s: %w", operation, err)}
 	}
+	// Transport errors quote the request URL, which holds the account SID.
+	e.Err = redactError(e.Err)
 	return e
+}
+
+// markAuth marks a reply of HTTP 401 or 403 as a credentials error:
+// Twilio sends these for a wrong auth token (error 20003) and a suspended
+// account, before it creates anything. Every message fails the same way
+// until an operator fixes the account, and then goes out, so the error is
+// transient rather than permanent for the message.
+func markAuth(e *Error) {
+	if e.Status != http.StatusUnauthorized && e.Status != http.StatusForbidden {
+		return
+	}
+	e.Auth, e.Permanent, e.Unknown = true, false, false
 }
 
 func (t *Twilio) logFailure(text string, msg Message, err error) {

@@ -40,6 +40,9 @@ type TwilioStatus struct {
 	ErrorCode int
 	// Final reports whether Status is one Twilio does not change again.
 	Final bool
+	// AccountSID is the account the message or call belongs to
+	// (AccountSid), which the receiver compares with its own.
+	AccountSID string
 }
 
 // Final statuses of messages and calls.
@@ -140,6 +143,7 @@ func ParseTwilioCallback(form url.Values) (TwilioStatus, error) {
 		return TwilioStatus{}, errors.New("twilio callback: form has neither MessageSid nor CallSid")
 	}
 
+	st.AccountSID = form.Get("AccountSid")
 	if raw := form.Get("ErrorCode"); raw != "" {
 		code, err := strconv.Atoi(raw)
 		if err != nil || code < 0 {

@@ -108,7 +108,7 @@ func TestReadTwilioCallbackMessage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReadTwilioCallback: %v", err)
 	}
-	want := TwilioStatus{Channel: ChannelSMS, ProviderID: "SM" + strings.Repeat("a", 32), Status: "undelivered", ErrorCode: 30003, Final: true}
+	want := TwilioStatus{Channel: ChannelSMS, ProviderID: "SM" + strings.Repeat("a", 32), Status: "undelivered", ErrorCode: 30003, Final: true, AccountSID: "AC" + strings.Repeat("1", 32)}
 	if st != want {
 		t.Errorf("status = %+v, want %+v", st, want)
 	}
@@ -126,7 +126,7 @@ func TestReadTwilioCallbackCall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReadTwilioCallback: %v", err)
 	}
-	want := TwilioStatus{Channel: ChannelVoice, ProviderID: "CA" + strings.Repeat("b", 32), Status: "ringing"}
+	want := TwilioStatus{Channel: ChannelVoice, ProviderID: "CA" + strings.Repeat("b", 32), Status: "ringing", AccountSID: "AC" + strings.Repeat("1", 32)}
 	if st != want {
 		t.Errorf("status = %+v, want %+v", st, want)
 	}

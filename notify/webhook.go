@@ -145,10 +145,10 @@ func (w *Webhook) send(ctx context.Context, msg Message) (Result, error) {
 		return Result{}, invalidMessage("webhook: %w", err)
 	}
 	if len(msg.Payload) > MaxWebhookPayload {
-		return Result{}, invalidMessage("webhook: payload to %s has %d bytes, more than %d", target.Redacted(), len(msg.Payload), MaxWebhookPayload)
+		return Result{}, invalidMessage("webhook: payload to %s has %d bytes, more than %d", HostOnly(target.String()), len(msg.Payload), MaxWebhookPayload)
 	}
 	if !json.Valid(msg.Payload) {
-		return Result{}, invalidMessage("webhook: payload to %s is not valid JSON", target.Redacted())
+		return Result{}, invalidMessage("webhook: payload to %s is not valid JSON", HostOnly(target.String()))
 	}
 	// net/http rejects header values with control characters other than
 	// tab, which would otherwise look like a transport failure.
@@ -171,7 +171,7 @@ func (w *Webhook) send(ctx context.Context, msg Message) (Result, error) {
 	timestamp := w.now().Unix()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String(), bytes.NewReader(msg.Payload))
 	if err != nil {
-		return Result{}, invalidMessage("webhook: building request to %s: %w", target.Redacted(), err)
+		return Result{}, invalidMessage("webhook: building request to %s: %w", HostOnly(target.String()), err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "xpress-ops-tower-notify")
@@ -183,7 +183,7 @@ func (w *Webhook) send(ctx context.Context, msg Message) (Result, error) {
 
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return Result{}, &Error{Unknown: wrote.Load(), Err: fmt.Errorf("webhook: POST %s: %w", target.Redacted(), err)}
+		return Result{}, &Error{Unknown: wrote.Load(), Err: redactError(fmt.Errorf("webhook: POST %s: %w", HostOnly(target.String()), err))}
 	}
 	defer resp.Body.Close()
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -192,7 +192,7 @@ func (w *Webhook) send(ctx context.Context, msg Message) (Result, error) {
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return Result{ProviderID: resp.Header.Get("X-Request-Id"), Status: strconv.Itoa(resp.StatusCode)}, nil
 	}
-	err = fmt.Errorf("webhook: POST %s: receiver replied %s: %s", target.Redacted(), resp.Status, printableSnippet(snippet))
+	err = redactError(fmt.Errorf("webhook: POST %s: receiver replied %s: %s", HostOnly(target.String()), resp.Status, printableSnippet(snippet)))
 	return Result{}, classifyHTTPStatus(resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), err)
 }
 

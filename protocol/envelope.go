@@ -209,7 +209,12 @@ type Batch struct {
 	// unacknowledged, or 0 when nothing of the lane was outstanding. The
 	// hub refuses a batch whose Prev is past its cursor: the batch before
 	// it failed, and committing this one would skip that batch's records.
-	Prev    uint64   `json:"prev,omitempty"`
+	Prev uint64 `json:"prev,omitempty"`
+	// More is true when the agent had further records of this lane
+	// waiting behind this batch, so the hub knows it is still catching
+	// up: the hub's dispatcher waits for an agent's SOS-lane reports of
+	// notifications it sent during an outage before notifying itself.
+	More    bool     `json:"more,omitempty"`
 	Records []Record `json:"records"`
 	// SentAt is the agent's clock when it sent the batch.
 	SentAt time.Time `json:"sent_at"`
@@ -221,8 +226,13 @@ func (b *Batch) First() uint64 { return b.Records[0].Seq }
 // Last returns the last sequence number in the batch.
 func (b *Batch) Last() uint64 { return b.Records[len(b.Records)-1].Seq }
 
-// EncodeBatch returns the wire form of b.
+// EncodeBatch returns the wire form of b: its JSON encoding, as
+// json.Marshal returns it. A batch of fix records takes a fast path (see
+// AppendRecordJSON).
 func EncodeBatch(b *Batch) ([]byte, error) {
+	if data, ok := encodeBatchFast(b); ok {
+		return data, nil
+	}
 	data, err := json.Marshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("encode batch: %w", err)
@@ -231,19 +241,24 @@ func EncodeBatch(b *Batch) ([]byte, error) {
 }
 
 // DecodeBatch parses and validates a batch. Records must belong to the
-// batch's lane and have strictly increasing sequence numbers.
+// batch's lane and have strictly increasing sequence numbers. A batch of
+// fix records takes a fast path (see UnmarshalRecordJSON) with the result
+// json.Unmarshal has.
 func DecodeBatch(data []byte) (*Batch, error) {
 	if len(data) > MaxBatchBytes {
 		return nil, fmt.Errorf("%w: batch is %d bytes, limit %d", ErrTooLarge, len(data), MaxBatchBytes)
 	}
-	var b Batch
-	if err := json.Unmarshal(data, &b); err != nil {
-		return nil, fmt.Errorf("%w: batch: %v", ErrMalformed, err)
+	b, err := decodeBatchFast(data)
+	if err != nil {
+		b = &Batch{}
+		if err := json.Unmarshal(data, b); err != nil {
+			return nil, fmt.Errorf("%w: batch: %v", ErrMalformed, err)
+		}
 	}
 	if err := b.Validate(); err != nil {
 		return nil, err
 	}
-	return &b, nil
+	return b, nil
 }
 
 // Validate checks the envelope and every record in it.

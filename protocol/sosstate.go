@@ -198,19 +198,21 @@ func DecodeSOSStateUpdate(data []byte) (SOSStateUpdate, error) {
 
 // DefaultSOSStateMessage returns the built-in English text for a state,
 // used when no message in the driver's language is configured, or "" for
-// an unknown state.
+// an unknown state. It is the one source of the English texts: the
+// agent's local SOS state, the hub's downlink and notify.DriverStateMessage
+// all use it, so a driver reads the same words whichever sends the state.
 func DefaultSOSStateMessage(state string) string {
 	switch state {
 	case SOSStateReceived:
-		return "Your SOS was received. Help is being arranged."
+		return "Your SOS was received. We are getting help to you."
 	case SOSStateAcknowledged:
-		return "An operator is handling your SOS."
+		return "An operator is now handling your SOS. Stay somewhere safe if you can."
 	case SOSStateDispatched:
-		return "Responders are on their way."
+		return "Help is on the way to your location. Keep your phone on."
 	case SOSStateResolved:
-		return "Your SOS is resolved."
+		return "Your SOS is resolved. Thank you, and stay safe."
 	case SOSStateCancelled:
-		return "Your SOS was cancelled."
+		return "Your SOS was cancelled. If you still need help, send a new SOS."
 	}
 	return ""
 }

@@ -10,6 +10,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,11 @@ type Appender interface {
 type Config struct {
 	// Addr is the TCP address to listen on. Empty means DefaultAddr (":1883").
 	Addr string
+	// TLSAddr, when set, is a second address where vehicles connect over
+	// MQTT over TLS with TLS. Both must be set or neither.
+	TLSAddr string
+	// TLS is the server configuration of the TLSAddr listener.
+	TLS *tls.Config
 	// Spool stores every accepted message before its PUBACK. Required.
 	Spool Appender
 	// Authenticator checks each vehicle's password at CONNECT. Nil means
@@ -88,8 +94,9 @@ type Broker struct {
 	metrics *metrics
 	hook    *hook
 
-	server   *mqtt.Server
-	listener *mqttlistener.Listener
+	server      *mqtt.Server
+	listener    *mqttlistener.Listener
+	tlsListener *mqttlistener.Listener
 	// guard orders Publish's retained messages with vehicles' subscribes.
 	guard *retainguard.Guard
 
@@ -173,6 +180,25 @@ func (b *Broker) Open() error {
 	if err := server.AddListener(vl); err != nil {
 		return errors.Join(fmt.Errorf("add vehicle listener: %w", err), ln.Close())
 	}
+	var tl *mqttlistener.Listener
+	if b.cfg.TLSAddr != "" {
+		if b.cfg.TLS == nil {
+			return errors.Join(errors.New("open broker: Config.TLSAddr is set but Config.TLS is nil"), ln.Close())
+		}
+		tlsLn, err := net.Listen("tcp", b.cfg.TLSAddr)
+		if err != nil {
+			return errors.Join(fmt.Errorf("listen for vehicles over TLS on %s: %w", b.cfg.TLSAddr, err), ln.Close())
+		}
+		tl = mqttlistener.NewTLS("vehicles-tls", tlsLn, b.cfg.TLS, server, b.log)
+		if err := server.AddListener(tl); err != nil {
+			return errors.Join(fmt.Errorf("add vehicle TLS listener: %w", err), ln.Close(), tlsLn.Close())
+		}
+		defer func() {
+			if b.server == nil {
+				_ = tlsLn.Close()
+			}
+		}()
+	}
 	if err := b.metrics.register(b.cfg.Registerer, server); err != nil {
 		return errors.Join(fmt.Errorf("register broker metrics: %w", err), ln.Close())
 	}
@@ -180,8 +206,8 @@ func (b *Broker) Open() error {
 		b.metrics.unregister(b.cfg.Registerer)
 		return errors.Join(fmt.Errorf("serve mqtt: %w", err), server.Close())
 	}
-	b.server, b.listener, b.guard = server, vl, guard
-	b.log.Info("broker listening", "addr", ln.Addr().String())
+	b.server, b.listener, b.tlsListener, b.guard = server, vl, tl, guard
+	b.log.Info("broker listening", "addr", ln.Addr().String(), "tls_addr", b.cfg.TLSAddr)
 	return nil
 }
 
@@ -191,6 +217,15 @@ func (b *Broker) Addr() net.Addr {
 		return nil
 	}
 	return b.listener.Addr()
+}
+
+// TLSAddr returns the address of the TLS listener, or nil when there is
+// none or before Open.
+func (b *Broker) TLSAddr() net.Addr {
+	if b.tlsListener == nil {
+		return nil
+	}
+	return b.tlsListener.Addr()
 }
 
 // Publish sends payload on topic to the subscribed vehicles with QoS 1,

@@ -18,6 +18,8 @@ const (
 	stageBackfill = "backfill"
 	// stageReport is appending a local acknowledgement record to the spool.
 	stageReport = "report"
+	// stageScan is reading the spool's SOS lane for the vehicles' cancels.
+	stageScan = "scan"
 )
 
 // relayMetrics are the relay's Prometheus collectors.
@@ -28,6 +30,7 @@ type relayMetrics struct {
 	queueFull  prometheus.Counter
 	backfilled prometheus.Counter
 	localAcks  prometheus.Counter
+	cancels    prometheus.Counter
 }
 
 func newRelayMetrics() *relayMetrics {
@@ -42,7 +45,7 @@ func newRelayMetrics() *relayMetrics {
 		}, []string{"reason"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_sos_state_failures_total",
-			Help: "Failures handling SOS states, by stage: record, apply, publish, prune, republish, backfill or report.",
+			Help: "Failures handling SOS states, by stage: record, apply, publish, prune, republish, backfill, report or scan.",
 		}, []string{"stage"}),
 		queueFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_sos_state_queue_full_total",
@@ -56,19 +59,23 @@ func newRelayMetrics() *relayMetrics {
 			Name: "xpress_agent_sos_local_acks_total",
 			Help: "SOS alerts acknowledged by regional staff on the agent's local page.",
 		}),
+		cancels: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_cancel_requests_total",
+			Help: "Drivers' cancels of open SOS alerts recorded in the local SOS store.",
+		}),
 	}
 	for _, s := range []string{protocol.SOSStateReceived, protocol.SOSStateAcknowledged, protocol.SOSStateDispatched,
 		protocol.SOSStateResolved, protocol.SOSStateCancelled} {
 		m.delivered.WithLabelValues(s)
 	}
-	for _, s := range []string{stageRecord, stageApply, stagePublish, stagePrune, stageRepublish, stageBackfill, stageReport} {
+	for _, s := range []string{stageRecord, stageApply, stagePublish, stagePrune, stageRepublish, stageBackfill, stageReport, stageScan} {
 		m.failures.WithLabelValues(s)
 	}
 	return m
 }
 
 func (m *relayMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures, m.queueFull, m.backfilled, m.localAcks}
+	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures, m.queueFull, m.backfilled, m.localAcks, m.cancels}
 }
 
 // register registers every collector, or none.

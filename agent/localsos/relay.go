@@ -27,6 +27,9 @@ const (
 	// DefaultReportRetryInterval is how often the relay tries again to
 	// append the local acknowledgements the spool did not take.
 	DefaultReportRetryInterval = 10 * time.Second
+	// DefaultScanInterval is how often the relay reads the records newly
+	// added to the spool's SOS lane, for the vehicles' cancels.
+	DefaultScanInterval = 2 * time.Second
 )
 
 // backfillPageRecords and backfillPageBytes bound one spool read of a backfill.
@@ -85,6 +88,11 @@ type RelayConfig struct {
 	Logger *slog.Logger
 	// Registerer receives the relay's metrics on Start. Nil means a private registry.
 	Registerer prometheus.Registerer
+	// ScanInterval is how often the relay reads the records added to the
+	// spool's SOS lane since its last read, to record the vehicles'
+	// cancels (the broker hands over only SOS records). Zero means
+	// DefaultScanInterval (2 s).
+	ScanInterval time.Duration
 	// PruneInterval is how often closed entries older than the store's
 	// KeepClosed are deleted. Zero means DefaultPruneInterval (1 h).
 	PruneInterval time.Duration
@@ -131,6 +139,9 @@ type Relay struct {
 	// unreported is set when a local acknowledgement record could not be
 	// appended to the spool.
 	unreported atomic.Bool
+	// scannedSeq is the last SOS-lane sequence number the relay read;
+	// only the relay's goroutine uses it.
+	scannedSeq uint64
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -158,6 +169,9 @@ func NewRelay(cfg RelayConfig) *Relay {
 	}
 	if cfg.ReportRetryInterval <= 0 {
 		cfg.ReportRetryInterval = DefaultReportRetryInterval
+	}
+	if cfg.ScanInterval <= 0 {
+		cfg.ScanInterval = DefaultScanInterval
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -344,21 +358,39 @@ func (r *Relay) decodeHubState(topic string, payload []byte) (protocol.SOSStateU
 // the record. The acknowledgement is then kept, and the relay appends the
 // record later.
 func (r *Relay) AcknowledgeLocally(vehicleID, sosID, actor string) (Entry, error) {
+	e, _, err := r.AcknowledgeLocal(vehicleID, sosID, actor)
+	return e, err
+}
+
+// AcknowledgeLocal is AcknowledgeLocally that also reports whether this
+// call recorded the acknowledgement. It is false when another one came
+// first, also when both ran at once: the entry then names who
+// acknowledged first (Entry.LocalAckBy) and when.
+func (r *Relay) AcknowledgeLocal(vehicleID, sosID, actor string) (Entry, bool, error) {
 	r.mu.Lock()
-	e, changed, err := r.cfg.Store.MarkLocalAck(vehicleID, sosID, actor, r.cfg.Now())
+	before, err := r.cfg.Store.Get(vehicleID, sosID)
+	var (
+		e       Entry
+		changed bool
+	)
+	if err == nil {
+		e, changed, err = r.cfg.Store.MarkLocalAck(vehicleID, sosID, actor, r.cfg.Now())
+	}
 	if err == nil && changed {
 		r.deliver(e)
 	}
 	r.mu.Unlock()
 	if err != nil {
-		return e, err
+		return e, false, err
 	}
+	recorded := before.LocalAckBy == "" && e.LocalAckBy != ""
 	if changed {
 		r.metrics.localAcks.Inc()
 		r.log.Info("SOS acknowledged on the agent's local page", "vehicle", vehicleID, "sos", sosID,
 			"actor", e.LocalAckBy, "incident", e.IncidentID)
 	}
-	return r.reportLocalAck(vehicleID, sosID)
+	reported, err := r.reportLocalAck(vehicleID, sosID)
+	return reported, recorded, err
 }
 
 // reportLocalAck appends the local acknowledgement of an SOS to the spool
@@ -378,7 +410,11 @@ func (r *Relay) reportLocalAck(vehicleID, sosID string) (Entry, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.AppendTimeout)
 	defer cancel()
-	if err := r.cfg.Spool.Append(ctx, []protocol.Record{rec}); err != nil {
+	// Append sets the sequence number in the slice it gets.
+	recs := []protocol.Record{rec}
+	err = r.cfg.Spool.Append(ctx, recs)
+	rec = recs[0]
+	if err != nil {
 		r.unreported.Store(true)
 		r.metrics.failures.WithLabelValues(stageReport).Inc()
 		r.log.Error("local acknowledgement not appended to the spool; retrying later",
@@ -401,7 +437,7 @@ func (r *Relay) reportLocalAck(vehicleID, sosID string) (Entry, error) {
 // acked names the SOS alerts (entryKey) whose acknowledgement record the
 // spool holds already; those are only marked.
 func (r *Relay) reportPending(acked map[string]bool) {
-	entries, err := r.cfg.Store.List()
+	entries, err := r.cfg.Store.ListTracked()
 	if err != nil {
 		r.metrics.failures.WithLabelValues(stageReport).Inc()
 		r.log.Error("local acknowledgements not checked: local SOS store unreadable", "error", err)
@@ -463,6 +499,8 @@ func (r *Relay) run() {
 	defer prune.Stop()
 	retry := time.NewTicker(r.cfg.ReportRetryInterval)
 	defer retry.Stop()
+	scan := time.NewTicker(r.cfg.ScanInterval)
+	defer scan.Stop()
 	for {
 		select {
 		case rec := <-r.queue:
@@ -476,6 +514,8 @@ func (r *Relay) run() {
 			if r.unreported.Load() {
 				r.reportPending(nil)
 			}
+		case <-scan.C:
+			r.scan()
 		case <-prune.C:
 			r.prune()
 		case <-r.stop:
@@ -503,8 +543,9 @@ func (r *Relay) drainQueue() {
 // logs: "start" or "queue_full".
 func (r *Relay) backfill(trigger string) {
 	var (
-		recs  []protocol.Record
-		after uint64
+		recs    []protocol.Record
+		cancels []protocol.Record
+		after   uint64
 	)
 	acked := map[string]bool{}
 	for {
@@ -523,10 +564,13 @@ func (r *Relay) backfill(trigger string) {
 				recs = append(recs, rec)
 			case rec.Kind == protocol.KindSOSAck && rec.Ack != nil:
 				acked[string(entryKey(rec.VehicleID, rec.Ack.SOSID))] = true
+			case rec.Kind == protocol.KindSOSCancel && rec.Cancel != nil:
+				cancels = append(cancels, rec)
 			}
 		}
 		after = page[len(page)-1].Seq
 	}
+	r.scannedSeq = max(r.scannedSeq, after)
 
 	r.mu.Lock()
 	changed, err := r.cfg.Store.Backfill(recs, r.cfg.Spool.SpoolID())
@@ -549,7 +593,72 @@ func (r *Relay) backfill(trigger string) {
 	}
 	r.log.Log(context.Background(), level, "SOS alerts backfilled from the spool", "trigger", trigger,
 		"spool_sos_records", len(recs), "recorded", len(changed))
+	r.recordCancels(cancels)
 	r.reportPending(acked)
+}
+
+// scan reads the records added to the spool's SOS lane since the last
+// read, records the SOS alerts the store lacks and the vehicles' cancels.
+func (r *Relay) scan() {
+	var sos, cancels []protocol.Record
+	after := r.scannedSeq
+	for {
+		page, err := r.cfg.Spool.Read(protocol.LaneSOS, after, backfillPageRecords, backfillPageBytes)
+		if err != nil {
+			r.metrics.failures.WithLabelValues(stageScan).Inc()
+			r.log.Error("spool SOS lane not scanned for cancels: read failed", "after_seq", after, "error", err)
+			return
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, rec := range page {
+			switch {
+			case rec.Kind == protocol.KindSOS && rec.SOS != nil:
+				sos = append(sos, rec)
+			case rec.Kind == protocol.KindSOSCancel && rec.Cancel != nil:
+				cancels = append(cancels, rec)
+			}
+		}
+		after = page[len(page)-1].Seq
+	}
+	if len(sos) > 0 {
+		// A cancel may be read before the relay's queue recorded its SOS.
+		r.mu.Lock()
+		changed, err := r.cfg.Store.Backfill(sos, r.cfg.Spool.SpoolID())
+		for _, e := range changed {
+			r.deliver(e)
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.metrics.failures.WithLabelValues(stageScan).Inc()
+			r.log.Error("spool SOS lane scan: SOS alerts not recorded; retrying at the next scan", "after_seq", r.scannedSeq, "error", err)
+			return
+		}
+		if len(changed) > 0 {
+			r.metrics.backfilled.Add(float64(len(changed)))
+			r.log.Warn("SOS alerts recorded from the spool before the relay's queue", "trigger", "scan", "recorded", len(changed))
+		}
+	}
+	r.recordCancels(cancels)
+	r.scannedSeq = after
+}
+
+// recordCancels stores the vehicles' cancels of SOS alerts in the store.
+func (r *Relay) recordCancels(cancels []protocol.Record) {
+	for _, rec := range cancels {
+		e, changed, err := r.cfg.Store.RecordCancel(rec)
+		switch {
+		case err != nil:
+			r.metrics.failures.WithLabelValues(stageScan).Inc()
+			r.log.Error("driver's cancel not recorded in the local SOS store", "vehicle", rec.VehicleID,
+				"sos", rec.Cancel.ID, "seq", rec.Seq, "error", err)
+		case changed:
+			r.metrics.cancels.Inc()
+			r.log.Warn("driver asked to cancel an SOS; it stays open until the hub closes it", "vehicle", e.VehicleID,
+				"sos", e.SOSID, "seq", rec.Seq, "reason", e.CancelReason, "incident", e.IncidentID)
+		}
+	}
 }
 
 // prune deletes closed entries older than the store's KeepClosed.

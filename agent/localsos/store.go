@@ -50,6 +50,20 @@ const MaxActor = protocol.MaxOperatorName * utf8.UTFMax
 // entriesBucket holds one JSON Entry per key vehicle id + "/" + SOS id.
 var entriesBucket = []byte("sos")
 
+// trackedBucket holds, with empty values, the keys of the entries that
+// still need work (see tracked), so the readers that run every second do
+// not read the closed entries kept for KeepClosed.
+var trackedBucket = []byte("tracked")
+
+// metaBucket holds the store's own values, such as metaHubContact.
+var metaBucket = []byte("meta")
+
+// Keys of metaBucket; the values are times in RFC 3339 with nanoseconds.
+var (
+	metaHubContact = []byte("hub_contact")
+	metaFirstStart = []byte("first_start")
+)
+
 // Errors of the store.
 var (
 	// ErrNotFound means the store has no SOS with that vehicle and SOS id.
@@ -118,6 +132,12 @@ type Entry struct {
 	// only from the hub.
 	SpoolID  string `json:"spool_id,omitempty"`
 	SpoolSeq uint64 `json:"spool_seq,omitempty"`
+	// CancelRequestedAt is when the vehicle's cancel of the SOS reached
+	// the agent, by the agent clock, and CancelReason the reason it gave.
+	// A driver may be forced to cancel, so the SOS stays open until the
+	// hub closes it. Zero and empty without a cancel.
+	CancelRequestedAt time.Time `json:"cancel_requested_at,omitzero"`
+	CancelReason      string    `json:"cancel_reason,omitempty"`
 	// Notifications are the notifications the agent sent about the SOS
 	// itself while the hub was unreachable, one per channel and address.
 	Notifications []Notification `json:"notifications,omitempty"`
@@ -184,6 +204,24 @@ func (e *Entry) Notification(channel, address string) (Notification, bool) {
 // Active reports whether the SOS is not yet resolved or cancelled.
 func (e *Entry) Active() bool { return !protocol.SOSStateFinal(e.State) }
 
+// CancelRequested reports whether the driver asked to cancel the SOS.
+func (e *Entry) CancelRequested() bool { return !e.CancelRequestedAt.IsZero() }
+
+// tracked reports whether the entry still needs work: it is active, or
+// its local acknowledgement or one of its notifications is not yet
+// finished and reported to the hub.
+func (e *Entry) tracked() bool {
+	if e.Active() || (e.LocalAckBy != "" && !e.LocalAckReported) {
+		return true
+	}
+	for _, n := range e.Notifications {
+		if !n.Done() || !n.Reported {
+			return true
+		}
+	}
+	return false
+}
+
 // SOSState returns the vehicle payload of the entry's state.
 func (e *Entry) SOSState() protocol.SOSState {
 	return protocol.SOSState{State: e.State, TS: e.StateAt, Message: e.Message}
@@ -237,14 +275,40 @@ func (s *Store) Open() (err error) {
 	if err != nil {
 		return fmt.Errorf("open local SOS store %s: %w", s.cfg.Path, err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(entriesBucket)
-		return err
-	}); err != nil {
+	if err := db.Update(initBuckets); err != nil {
 		return errors.Join(fmt.Errorf("initialise local SOS store %s: %w", s.cfg.Path, err), db.Close())
 	}
 	s.db = db
 	return nil
+}
+
+// initBuckets creates the buckets, and the index of tracked entries from
+// the entries when a store written by an older agent has none.
+func initBuckets(tx *bolt.Tx) error {
+	entries, err := tx.CreateBucketIfNotExists(entriesBucket)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.CreateBucketIfNotExists(metaBucket); err != nil {
+		return err
+	}
+	if tx.Bucket(trackedBucket) != nil {
+		return nil
+	}
+	index, err := tx.CreateBucket(trackedBucket)
+	if err != nil {
+		return err
+	}
+	return entries.ForEach(func(k, v []byte) error {
+		var e Entry
+		if err := decodeEntry(v, &e); err != nil {
+			return fmt.Errorf("entry %q: %w", k, err)
+		}
+		if !e.tracked() {
+			return nil
+		}
+		return index.Put(bytes.Clone(k), nil)
+	})
 }
 
 // Close closes the file. It is safe to call more than once.
@@ -325,7 +389,7 @@ func (s *Store) Backfill(recs []protocol.Record, spoolID string) ([]Entry, error
 			if !write {
 				continue
 			}
-			if err := putEntry(b, key, &e); err != nil {
+			if err := putEntry(tx, key, &e); err != nil {
 				return err
 			}
 			if changed {
@@ -530,9 +594,46 @@ func (s *Store) Get(vehicleID, sosID string) (Entry, error) {
 }
 
 // ListActive returns every SOS not yet resolved or cancelled, oldest
-// received first.
+// received first. It reads the tracked entries only.
 func (s *Store) ListActive() ([]Entry, error) {
-	return s.list(func(e *Entry) bool { return e.Active() })
+	return s.listTracked(func(e *Entry) bool { return e.Active() })
+}
+
+// ListTracked returns the entries that still need work, oldest received
+// first: the active ones, and the closed ones whose local acknowledgement
+// or notifications are not yet finished and reported. It reads only
+// those, not the closed entries kept for KeepClosed.
+func (s *Store) ListTracked() ([]Entry, error) {
+	return s.listTracked(func(*Entry) bool { return true })
+}
+
+// listTracked returns the tracked entries keep selects, oldest received first.
+func (s *Store) listTracked(keep func(e *Entry) bool) ([]Entry, error) {
+	var out []Entry
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return nil, ErrNotOpen
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		entries := tx.Bucket(entriesBucket)
+		return tx.Bucket(trackedBucket).ForEach(func(k, _ []byte) error {
+			v := entries.Get(k)
+			if v == nil {
+				return nil
+			}
+			var e Entry
+			if err := decodeEntry(v, &e); err != nil {
+				return fmt.Errorf("entry %q: %w", k, err)
+			}
+			if keep(&e) {
+				out = append(out, e)
+			}
+			return nil
+		})
+	})
+	sortEntries(out)
+	return out, err
 }
 
 // List returns every SOS the store keeps, closed ones included, oldest
@@ -556,13 +657,18 @@ func (s *Store) list(keep func(e *Entry) bool) ([]Entry, error) {
 			return nil
 		})
 	})
+	sortEntries(out)
+	return out, err
+}
+
+// sortEntries sorts entries oldest received first, then by key.
+func sortEntries(out []Entry) {
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].ReceivedAt.Equal(out[j].ReceivedAt) {
 			return out[i].ReceivedAt.Before(out[j].ReceivedAt)
 		}
 		return string(entryKey(out[i].VehicleID, out[i].SOSID)) < string(entryKey(out[j].VehicleID, out[j].SOSID))
 	})
-	return out, err
 }
 
 // Prune deletes the closed SOS entries last changed more than KeepClosed
@@ -596,8 +702,12 @@ func (s *Store) Prune(now time.Time) (int, error) {
 		if err != nil {
 			return err
 		}
+		index := tx.Bucket(trackedBucket)
 		for _, k := range expired {
 			if err := b.Delete(k); err != nil {
+				return err
+			}
+			if err := index.Delete(k); err != nil {
 				return err
 			}
 		}
@@ -638,17 +748,23 @@ func (s *Store) update(vehicleID, sosID string, fn func(e *Entry, found bool) (b
 		if err != nil || !store {
 			return err
 		}
-		return putEntry(b, key, &e)
+		return putEntry(tx, key, &e)
 	})
 }
 
-// putEntry stores e under key.
-func putEntry(b *bolt.Bucket, key []byte, e *Entry) error {
+// putEntry stores e under key and keeps the index of tracked entries.
+func putEntry(tx *bolt.Tx, key []byte, e *Entry) error {
 	data, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encode SOS %s of vehicle %s: %w", e.SOSID, e.VehicleID, err)
 	}
-	return b.Put(key, data)
+	if err := tx.Bucket(entriesBucket).Put(key, data); err != nil {
+		return err
+	}
+	if e.tracked() {
+		return tx.Bucket(trackedBucket).Put(key, nil)
+	}
+	return tx.Bucket(trackedBucket).Delete(key)
 }
 
 // view runs fn on the bucket in a read transaction.

@@ -41,6 +41,11 @@ const (
 	DefaultMaxConcurrent = 4
 	// DefaultAppendTimeout bounds the append of a KindSOSNotified record.
 	DefaultAppendTimeout = 10 * time.Second
+	// DefaultMaxPerNumber caps the SOS alert SMS to one number within
+	// DefaultCapWindow. Past it a number gets one summary SMS per window.
+	DefaultMaxPerNumber = 10
+	// DefaultCapWindow is the window of DefaultMaxPerNumber.
+	DefaultCapWindow = 10 * time.Minute
 )
 
 // channelSMS is the channel of the agent's notifications.
@@ -81,6 +86,21 @@ type Config struct {
 	// HubDownSince returns since when the hub has been unreachable, and
 	// false while the agent is connected to it. Required.
 	HubDownSince func() (time.Time, bool)
+	// HubReceived reports whether the hub has an SOS although it sent no
+	// state for it yet: the hub acknowledged its spool record. The hub's
+	// dispatcher then notifies, so the agent does not. An SOS with an
+	// incident id is the hub's in any case. Nil means the incident id
+	// alone decides.
+	HubReceived func(e *localsos.Entry) bool
+	// PageURL is the agent's regional page, linked in the SMS. Empty
+	// names the agent and region instead.
+	PageURL string
+	// MaxPerNumber caps the SOS alert SMS to one number within CapWindow.
+	// Past it the number gets one summary SMS per window that counts the
+	// SOS alerts left pending. Zero means DefaultMaxPerNumber (10).
+	MaxPerNumber int
+	// CapWindow is the window of MaxPerNumber. Zero means DefaultCapWindow (10 min).
+	CapWindow time.Duration
 	// Logger receives the notifier's logs. Nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the notifier's metrics on Start. Nil means a
@@ -141,6 +161,13 @@ type Notifier struct {
 	// storeFailing is set while the store cannot be read, so the failure
 	// is logged once.
 	storeFailing bool
+	// starts are, per number, the start times of its SOS alert SMS within
+	// the last CapWindow, and summaryAt is when its last summary SMS went.
+	// Only the check goroutine uses them. The first check fills starts
+	// from the store, so a restart keeps counting.
+	starts    map[string][]time.Time
+	summaryAt map[string]time.Time
+	seeded    bool
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -180,19 +207,30 @@ func New(cfg Config) (*Notifier, error) {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxConcurrent
 	}
+	if cfg.MaxPerNumber <= 0 {
+		cfg.MaxPerNumber = DefaultMaxPerNumber
+	}
+	if cfg.CapWindow <= 0 {
+		cfg.CapWindow = DefaultCapWindow
+	}
+	if cfg.HubReceived == nil {
+		cfg.HubReceived = func(*localsos.Entry) bool { return false }
+	}
 	if cfg.RetryDelay == nil {
 		cfg.RetryDelay = func(err error, attempt int) time.Duration { return notify.RetryDelay(err, attempt, nil) }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Notifier{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "outage"),
-		metrics: newMetrics(),
-		ctx:     ctx,
-		cancel:  cancel,
-		working: map[workKey]bool{},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "outage"),
+		metrics:   newMetrics(),
+		ctx:       ctx,
+		cancel:    cancel,
+		working:   map[workKey]bool{},
+		starts:    map[string][]time.Time{},
+		summaryAt: map[string]time.Time{},
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}, nil
 }
 
@@ -246,9 +284,12 @@ func (n *Notifier) run() {
 }
 
 // check reports finished notifications not yet in the spool, resumes
-// notifications left "sending", and starts the notifications that are due.
+// notifications left "sending", and starts the notifications that are
+// due. Each emergency gets one per number, and the repeat presses of a
+// vehicle within protocol.SOSRepeatWindow are one emergency. A number
+// gets at most MaxPerNumber within CapWindow.
 func (n *Notifier) check() {
-	entries, err := n.cfg.Store.List()
+	entries, err := n.cfg.Store.ListTracked()
 	n.mu.Lock()
 	wasFailing := n.storeFailing
 	n.storeFailing = err != nil
@@ -263,8 +304,12 @@ func (n *Notifier) check() {
 	if wasFailing {
 		n.log.Info("outage notifications resumed: local SOS store readable again")
 	}
+	now := n.cfg.Now()
+	if !n.seeded {
+		n.seedStarts(entries)
+	}
 
-	down := n.hubDownLongEnough()
+	var active []localsos.Entry
 	for _, e := range entries {
 		for _, rec := range e.Notifications {
 			// A worker reports a finished notification, or resumes one
@@ -273,15 +318,106 @@ func (n *Notifier) check() {
 				n.startWork(workKey{e.VehicleID, e.SOSID, rec.Address})
 			}
 		}
-		if !down || !due(&e) {
-			continue
+		if e.Active() {
+			active = append(active, e)
 		}
-		for _, to := range n.cfg.To {
-			if _, ok := e.Notification(channelSMS, to); !ok {
-				n.startWork(workKey{e.VehicleID, e.SOSID, to})
+	}
+	if !n.hubDownLongEnough() {
+		return
+	}
+	for _, to := range n.cfg.To {
+		var skipped int
+		for _, group := range localsos.GroupRepeats(active) {
+			carrier, ok := n.carrier(group, to)
+			if !ok {
+				continue
+			}
+			if !n.allow(to, now) {
+				skipped++
+				continue
+			}
+			if n.startWork(workKey{carrier.VehicleID, carrier.SOSID, to}) {
+				n.starts[to] = append(n.starts[to], now)
+			}
+		}
+		if skipped > 0 {
+			n.summarize(to, skipped, now)
+		}
+	}
+}
+
+// carrier returns the SOS of an emergency that carries its SMS to to: the
+// first due SOS of the group. ok is false when the group needs no SMS to
+// that number, one of its SOS already has one, or the hub has one of them
+// (it attaches the repeat presses to that incident and notifies itself).
+func (n *Notifier) carrier(group []localsos.Entry, to string) (localsos.Entry, bool) {
+	var out localsos.Entry
+	found := false
+	for i := range group {
+		if _, ok := group[i].Notification(channelSMS, to); ok {
+			return localsos.Entry{}, false
+		}
+		if group[i].IncidentID != 0 || n.cfg.HubReceived(&group[i]) {
+			return localsos.Entry{}, false
+		}
+		if !found && n.due(&group[i]) {
+			out, found = group[i], true
+		}
+	}
+	return out, found
+}
+
+// allow reports whether to may get another SOS alert SMS at now, within
+// MaxPerNumber per CapWindow.
+func (n *Notifier) allow(to string, now time.Time) bool {
+	recent := n.starts[to][:0]
+	for _, t := range n.starts[to] {
+		if now.Sub(t) < n.cfg.CapWindow {
+			recent = append(recent, t)
+		}
+	}
+	n.starts[to] = recent
+	return len(recent) < n.cfg.MaxPerNumber
+}
+
+// seedStarts counts the SMS the store records as started within the
+// last CapWindow, so a restarted agent does not send a new batch.
+func (n *Notifier) seedStarts(entries []localsos.Entry) {
+	n.seeded = true
+	now := n.cfg.Now()
+	for _, e := range entries {
+		for _, rec := range e.Notifications {
+			if rec.Channel == channelSMS && now.Sub(rec.FirstAttemptAt) < n.cfg.CapWindow {
+				n.starts[rec.Address] = append(n.starts[rec.Address], rec.FirstAttemptAt)
 			}
 		}
 	}
+}
+
+// summarize sends to, once per CapWindow, one SMS that counts the SOS
+// alerts the cap held back, and logs and counts them.
+func (n *Notifier) summarize(to string, pending int, now time.Time) {
+	last, sent := n.summaryAt[to]
+	if sent && now.Sub(last) < n.cfg.CapWindow {
+		return
+	}
+	n.metrics.capped.Add(float64(pending))
+	n.summaryAt[to] = now
+	n.log.Error("outage SMS cap reached: SOS alerts not sent one by one; sending one summary SMS",
+		"to", to, "pending", pending, "max_per_number", n.cfg.MaxPerNumber, "window", n.cfg.CapWindow)
+	key := fmt.Sprintf("agent/%s/summary/%s/%d", n.cfg.AgentID, to, now.UnixMilli())
+	msg := notify.Message{
+		Channel: notify.ChannelSMS, To: to, Language: n.cfg.Language, Key: key,
+		Text: notify.RenderOutageSummary(n.cfg.Language, n.cfg.Region, n.cfg.AgentID, n.cfg.PageURL, pending),
+	}
+	res, err := n.send(msg)
+	if err != nil {
+		n.metrics.sms.WithLabelValues(outcomeSummaryFailed).Inc()
+		n.log.Error("outage summary SMS failed; the next one goes after the cap window", "to", to, "pending", pending, "error", err)
+		return
+	}
+	n.metrics.sms.WithLabelValues(outcomeSummary).Inc()
+	n.log.Warn("outage summary SMS sent", "to", to, "pending", pending, "provider_id", res.ProviderID)
 }
 
 // hubDownLongEnough reports whether the hub has been unreachable for at
@@ -292,23 +428,26 @@ func (n *Notifier) hubDownLongEnough() bool {
 }
 
 // due reports whether an SOS needs the agent's SMS: the vehicle's SOS is
-// open and neither the hub nor regional staff acknowledged it. An SOS the
-// agent learned about only from the hub is the hub's to notify.
-func due(e *localsos.Entry) bool {
-	return e.Active() && e.State == protocol.SOSStateReceived && e.LocalAckBy == "" && !e.ReceivedAt.IsZero()
+// open, the hub does not have it yet (no incident id, its spool record
+// not acknowledged) and neither the hub nor regional staff acknowledged
+// it. Once the hub has an SOS, its dispatcher notifies. An SOS the agent
+// learned about only from the hub is the hub's to notify.
+func (n *Notifier) due(e *localsos.Entry) bool {
+	return e.Active() && e.State == protocol.SOSStateReceived && e.LocalAckBy == "" && !e.ReceivedAt.IsZero() &&
+		e.IncidentID == 0 && !n.cfg.HubReceived(e)
 }
 
 // startWork starts a worker for k unless one runs or MaxConcurrent do; a
 // notification left out is picked up by a later check.
-func (n *Notifier) startWork(k workKey) {
+func (n *Notifier) startWork(k workKey) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.working[k] || len(n.working) >= n.cfg.MaxConcurrent {
-		return
+		return false
 	}
 	select {
 	case <-n.stop:
-		return
+		return false
 	default:
 	}
 	n.working[k] = true
@@ -322,4 +461,5 @@ func (n *Notifier) startWork(k workKey) {
 		}()
 		n.work(k)
 	}()
+	return true
 }

@@ -256,16 +256,17 @@ func TestNotifier_OneSMSPerNumberAfterDelay(t *testing.T) {
 // the hub, gets no SMS; nor does any SOS while the hub is reachable.
 func TestNotifier_NoSMSWhenNotNeeded(t *testing.T) {
 	h := newHarness(t)
-	h.pressSOS("sos-local")
-	if _, _, err := h.store.MarkLocalAck(testVehicle, "sos-local", "Ana Reyes", time.Now()); err != nil {
+	// Other vehicles than sos-open's, so they are not repeat presses of it.
+	h.pressAt("taxi-local", "sos-local", time.Now())
+	if _, _, err := h.store.MarkLocalAck("taxi-local", "sos-local", "Ana Reyes", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	h.pressSOS("sos-hub")
-	if _, _, err := h.store.Apply(protocol.SOSStateUpdate{VehicleID: testVehicle, SOSID: "sos-hub", IncidentID: 4,
+	h.pressAt("taxi-hub", "sos-hub", time.Now())
+	if _, _, err := h.store.Apply(protocol.SOSStateUpdate{VehicleID: "taxi-hub", SOSID: "sos-hub", IncidentID: 4,
 		State: protocol.SOSState{State: protocol.SOSStateAcknowledged, TS: time.Now(), Message: "An operator is handling your SOS."}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := h.store.Apply(protocol.SOSStateUpdate{VehicleID: testVehicle, SOSID: "sos-hub-only", IncidentID: 5,
+	if _, _, err := h.store.Apply(protocol.SOSStateUpdate{VehicleID: "taxi-hub-only", SOSID: "sos-hub-only", IncidentID: 5,
 		State: protocol.SOSState{State: protocol.SOSStateReceived, TS: time.Now(), Message: "received"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -63,9 +63,9 @@ func (n *Notifier) work(k workKey) {
 		}
 		since, down := n.cfg.HubDownSince()
 		switch {
-		case !due(&e) || !down:
+		case !n.due(&e) || !down:
 			if found {
-				reason := "not sent: " + notDueReason(&e, down)
+				reason := "not sent: " + n.notDueReason(&e, down)
 				if rec.Error != "" {
 					reason += "; last error: " + rec.Error
 				}
@@ -140,7 +140,7 @@ func (n *Notifier) load(k workKey, log *slog.Logger) (e localsos.Entry, rec loca
 
 // notDueReason returns why an SOS no longer needs the agent's SMS. down
 // reports whether the hub is unreachable.
-func notDueReason(e *localsos.Entry, down bool) string {
+func (n *Notifier) notDueReason(e *localsos.Entry, down bool) string {
 	switch {
 	case !down:
 		return "the hub is reachable again"
@@ -148,17 +148,20 @@ func notDueReason(e *localsos.Entry, down bool) string {
 		return "the SOS is " + e.State
 	case e.LocalAckBy != "":
 		return "acknowledged at the agent by " + e.LocalAckBy
+	case e.IncidentID != 0 || n.cfg.HubReceived(e):
+		return "the hub has the SOS and its dispatcher notifies"
 	default:
 		return "the hub reports the SOS " + e.State
 	}
 }
 
-// message renders the SOS alert SMS of e to to. Its key names the agent,
-// the SOS with its receive time (an SOS id may be reused after the SOS
+// message renders the outage SOS alert SMS of e to to, with the presses
+// of its emergency and the driver's cancel. Its key names the agent, the
+// SOS with its receive time (an SOS id may be reused after the SOS
 // closed) and the recipient, so Find recognises this SMS only.
 func (n *Notifier) message(e *localsos.Entry, to string) notify.Message {
 	key := fmt.Sprintf("agent/%s/%s/%s/%d/sms/%s", n.cfg.AgentID, e.VehicleID, e.SOSID, e.ReceivedAt.UnixMilli(), to)
-	_, text := notify.RenderAlert(n.cfg.Language, notify.AlertData{
+	text := notify.RenderOutageAlert(n.cfg.Language, notify.AlertData{
 		Audience:    notify.AudienceResponders,
 		SOSID:       e.SOSID,
 		VehicleID:   e.VehicleID,
@@ -170,8 +173,28 @@ func (n *Notifier) message(e *localsos.Entry, to string) notify.Message {
 		Time:        e.ReceivedAt,
 		Note:        e.Note,
 		Ref:         notify.Reference(key),
+	}, notify.OutageAlertData{
+		AgentID: n.cfg.AgentID, PageURL: n.cfg.PageURL, Presses: n.presses(e),
+		CancelRequested: e.CancelRequested(), CancelReason: e.CancelReason,
 	})
 	return notify.Message{Channel: notify.ChannelSMS, To: to, Text: text, Language: n.cfg.Language, Key: key}
+}
+
+// presses returns how many SOS ids of e's vehicle form e's emergency
+// (see localsos.GroupRepeats), 1 when the store cannot be read.
+func (n *Notifier) presses(e *localsos.Entry) int {
+	active, err := n.cfg.Store.ListActive()
+	if err != nil {
+		return 1
+	}
+	for _, group := range localsos.GroupRepeats(active) {
+		for _, g := range group {
+			if g.VehicleID == e.VehicleID && g.SOSID == e.SOSID {
+				return len(group)
+			}
+		}
+	}
+	return 1
 }
 
 func (n *Notifier) send(msg notify.Message) (notify.Result, error) {
@@ -275,12 +298,16 @@ func (n *Notifier) report(e localsos.Entry, rec localsos.Notification) {
 	log := n.log.With("vehicle", e.VehicleID, "sos", e.SOSID, "to", rec.Address, "state", rec.State)
 	ctx, cancel := context.WithTimeout(n.ctx, DefaultAppendTimeout)
 	defer cancel()
-	if err := n.cfg.Spool.Append(ctx, []protocol.Record{record}); err != nil {
+	// Append sets the sequence number in the slice it gets.
+	recs := []protocol.Record{record}
+	err := n.cfg.Spool.Append(ctx, recs)
+	record = recs[0]
+	if err != nil {
 		n.metrics.failures.WithLabelValues(stageReport).Inc()
 		log.Error("outage SMS outcome not appended to the spool; retrying later", "error", err)
 		return
 	}
-	_, err := n.cfg.Store.UpdateNotification(e.VehicleID, e.SOSID, rec.Channel, rec.Address, func(r *localsos.Notification, found bool) (bool, error) {
+	_, err = n.cfg.Store.UpdateNotification(e.VehicleID, e.SOSID, rec.Channel, rec.Address, func(r *localsos.Notification, found bool) (bool, error) {
 		if !found || r.Reported {
 			return false, nil
 		}

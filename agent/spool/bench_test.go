@@ -89,3 +89,31 @@ func evictedGPS(b *testing.B, reg *prometheus.Registry) float64 {
 	b.Fatal("xpress_agent_spool_evicted_records_total{lane=\"gps\"} not found")
 	return 0
 }
+
+// BenchmarkSpool_Read1000 measures reading a batch of 1000 fixes, as the
+// uplink does before each GPS batch.
+func BenchmarkSpool_Read1000(b *testing.B) {
+	s := spool.New(spool.Config{Path: filepath.Join(b.TempDir(), "spool.db"), Registerer: prometheus.NewRegistry()})
+	if err := s.Open(); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	batch := make([]protocol.Record, 1000)
+	for i := range batch {
+		batch[i] = gpsFix(i)
+	}
+	if err := s.Append(context.Background(), batch); err != nil {
+		b.Fatal(err)
+	}
+
+	b.ReportAllocs()
+	for b.Loop() {
+		recs, err := s.Read(protocol.LaneGPS, 0, 1000, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(recs) != 1000 {
+			b.Fatalf("read %d records, want 1000", len(recs))
+		}
+	}
+}

@@ -2,7 +2,6 @@ package spool
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -63,10 +62,10 @@ func (s *Spool) read(bucket func(*bolt.Tx) *bolt.Bucket, afterSeq uint64, max, m
 				break
 			}
 			seq := binary.BigEndian.Uint64(k)
-			// Unmarshal copies every string and byte slice out of v, which
-			// bbolt reuses once the transaction ends.
+			// The decoder copies every string and byte slice out of v,
+			// which bbolt reuses once the transaction ends.
 			var rec protocol.Record
-			if err := json.Unmarshal(v, &rec); err != nil {
+			if err := protocol.UnmarshalRecordJSON(v, &rec); err != nil {
 				return fmt.Errorf("%w: decode record %d: %v", ErrCorrupt, seq, err)
 			}
 			rec.Seq = seq

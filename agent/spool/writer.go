@@ -105,7 +105,7 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 		}
 		// The key carries the sequence number, so the value never does.
 		rec.Seq = 0
-		value, err := json.Marshal(&rec)
+		value, err := protocol.AppendRecordJSON(nil, &rec)
 		if err != nil {
 			return fmt.Errorf("encode record %d of %d: %w", i+1, len(recs), err)
 		}
@@ -199,40 +199,90 @@ func (s *Spool) run() {
 }
 
 // collect returns first plus the requests that join its group: those
-// already waiting, and with a CommitInterval those arriving within it,
-// up to MaxBatch records.
+// already waiting, then those arriving within CommitInterval, or, when
+// it is zero, those the pacer waits for (see groupPacer), up to MaxBatch
+// records.
 func (s *Spool) collect(first *request) []*request {
-	group := []*request{first}
-	records := first.size()
-
-	var deadline <-chan time.Time
-	if s.cfg.CommitInterval > 0 {
-		timer := time.NewTimer(s.cfg.CommitInterval)
-		defer timer.Stop()
-		deadline = timer.C
-	}
-	for records < s.cfg.MaxBatch {
-		if deadline == nil {
-			select {
-			case req := <-s.requests:
-				group = append(group, req)
-				records += req.size()
-				continue
-			default:
-				return group
-			}
+	start := time.Now()
+	g := &gathering{group: []*request{first}, records: first.size(), maxRecords: s.cfg.MaxBatch}
+	g.takeWaiting(s.requests)
+	switch {
+	case s.cfg.CommitInterval > 0:
+		g.wait(s, s.cfg.CommitInterval-time.Since(start))
+	case !s.noPacing:
+		if target, wait, gap := s.pacer.plan(len(g.group), s.cfg.MaxBatch); wait > 0 {
+			g.waitPaced(s, wait, gap, target)
 		}
+	}
+	s.pacer.collected(start, len(g.group))
+	return g.group
+}
+
+// gathering is a group of requests being collected.
+type gathering struct {
+	group      []*request
+	records    int
+	maxRecords int
+}
+
+func (g *gathering) add(req *request) {
+	g.group = append(g.group, req)
+	g.records += req.size()
+}
+
+// takeWaiting adds the requests already waiting.
+func (g *gathering) takeWaiting(requests <-chan *request) {
+	for g.records < g.maxRecords {
+		select {
+		case req := <-requests:
+			g.add(req)
+		default:
+			return
+		}
+	}
+}
+
+// wait adds arriving requests for up to d, until the group holds
+// maxRecords records or the spool closes.
+func (g *gathering) wait(s *Spool, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for g.records < g.maxRecords {
 		select {
 		case req := <-s.requests:
-			group = append(group, req)
-			records += req.size()
-		case <-deadline:
-			return group
+			g.add(req)
+		case <-timer.C:
+			return
 		case <-s.quit:
-			return group
+			return
 		}
 	}
-	return group
+}
+
+// waitPaced adds arriving requests for up to d, until the group holds
+// target requests or maxRecords records, no request arrived for gap, or
+// the spool closes.
+func (g *gathering) waitPaced(s *Spool, d, gap time.Duration, target int) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	idle := time.NewTimer(gap)
+	defer idle.Stop()
+	for g.records < g.maxRecords && len(g.group) < target {
+		select {
+		case req := <-s.requests:
+			g.add(req)
+			idle.Reset(gap)
+		case <-idle.C:
+			return
+		case <-deadline.C:
+			return
+		case <-s.quit:
+			return
+		}
+	}
 }
 
 // laneState is a lane's statistics as a transaction changes them; it
@@ -290,7 +340,9 @@ func (s *Spool) storeStates(states map[protocol.Lane]*laneState) {
 func (s *Spool) commit(group []*request) {
 	s.maybeLiftDiskLimit()
 	for attempt := 0; ; attempt++ {
+		start := time.Now()
 		gc, err := s.apply(group)
+		s.pacer.committed(time.Since(start))
 		if err == nil {
 			s.finish(group, gc)
 			return

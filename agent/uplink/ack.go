@@ -10,8 +10,9 @@ import (
 // handleAck applies one Ack from the hub.
 //
 // An Ack is ignored when it names another agent or spool (a stale spool
-// id). Otherwise the records through Ack.Through are deleted from the
-// spool, but never past the highest sequence number sent, and every
+// id). Otherwise the records through Ack.Through are released for
+// deletion from the spool (see releaser), but never past the highest
+// sequence number sent, and every
 // batch of the lane that the Ack covers is settled: one Ack may settle
 // several batches. An Ack that carries an error belongs to the lane's
 // oldest batch still in flight, because the hub acknowledges a
@@ -45,13 +46,12 @@ func (s *session) handleAck(ack protocol.Ack) {
 
 	if through > acked {
 		// The hub has the records, so this process never sends them again,
-		// even if the delete fails. A later delete or a restart cleans them
-		// up, and the hub skips the duplicates a restart sends.
+		// even before the releaser deleted them or if the delete fails. A
+		// later delete or a restart cleans them up, and the hub skips the
+		// duplicates a restart sends.
 		s.checkSkipped(ls, acked, through, log)
 		u.setAcked(ack.Lane, through)
-		if err := u.cfg.Spool.DeleteThrough(ack.Lane, through); err != nil {
-			log.Error("delete acknowledged records from the spool failed", "error", err)
-		}
+		u.releaser.release(ack.Lane, through)
 		acked = through
 		s.progressed = true
 		if !ls.retrying {
@@ -140,6 +140,8 @@ func (s *session) failOldest(ls *laneState, ack protocol.Ack, log *slog.Logger) 
 		batchLog.Error("hub rejected SOS batch permanently; keeping it in the spool and retrying, check the hub's logs",
 			"attempt", u.transientErrors+1)
 	case ack.Permanent:
+		// Acknowledged records still waiting for their delete must not move.
+		u.releaser.flushLane(ls.lane)
 		moved, err := u.cfg.Spool.RejectThrough(ls.lane, f.last)
 		if err == nil {
 			u.metrics.rejectedRecords.WithLabelValues(string(ls.lane)).Add(float64(moved))

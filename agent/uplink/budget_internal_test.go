@@ -8,9 +8,12 @@ import (
 // link is a simulated WAN link for the GPS budget: a bottleneck of rate
 // bytes per second that sends one batch after another, and a fixed delay
 // (the rest of the round trip, the hub's commit included) until the Ack.
+// perBatch, when set, is a fixed time the bottleneck spends on every
+// batch besides its bytes, like the hub's transaction per batch.
 type link struct {
 	rate     float64
 	delay    time.Duration
+	perBatch time.Duration
 	linkFree time.Time
 }
 
@@ -20,7 +23,7 @@ func (l *link) ackTime(now time.Time, size int) time.Time {
 	if l.linkFree.After(start) {
 		start = l.linkFree
 	}
-	l.linkFree = start.Add(time.Duration(float64(size) / l.rate * float64(time.Second)))
+	l.linkFree = start.Add(l.perBatch + time.Duration(float64(size)/l.rate*float64(time.Second)))
 	return l.linkFree.Add(l.delay)
 }
 
@@ -100,6 +103,37 @@ func TestGPSBudget_BoundsQueueAndKeepsLinkBusy(t *testing.T) {
 				t.Errorf("delivered %.0f bytes/s, want at least 90%% of the link's %.0f", rate, tc.rate)
 			}
 		})
+	}
+}
+
+// On loopback the bottleneck is the hub, which spends a fixed time on
+// every batch (its transaction) besides the bytes. The budget must let
+// batches grow so that fixed time does not dominate, while it still
+// bounds the hub's work queued ahead of an SOS.
+func TestGPSBudget_GrowsBatchesWhenHubBound(t *testing.T) {
+	const (
+		rate     = 20 << 20
+		perBatch = 4 * time.Millisecond
+	)
+	sim := newBudgetSim(rate, 200*time.Microsecond)
+	sim.link.perBatch = perBatch
+	sim.run(30 * time.Second)
+	start := sim.now
+	maxInflight, delivered := sim.run(5 * time.Minute)
+	got := float64(delivered) / sim.now.Sub(start).Seconds()
+
+	// Batches of 256 KiB, about 1000 fixes (the default record cap), would
+	// reach rate × size / (size + rate × perBatch). Without minPipeTime the
+	// batches stayed at the floor and reached less than a quarter of it.
+	full := float64(256 << 10)
+	best := rate * full / (full + rate*perBatch.Seconds())
+	if got < 0.7*best {
+		t.Errorf("delivered %.0f bytes/s, want at least 70%% of the %.0f that batches of 256 KiB reach", got, best)
+	}
+	// The work queued ahead of an SOS stays within minPipeTime and a batch.
+	queued := time.Duration(float64(maxInflight) / got * float64(time.Second))
+	if bound := minPipeTime + perBatch + time.Duration(full/rate*float64(time.Second)); queued > bound {
+		t.Errorf("GPS in flight reached %d bytes, %s of the hub's work, want at most %s", maxInflight, queued, bound)
 	}
 }
 

@@ -68,8 +68,9 @@
 // during a long GPS drain is published at once, even when the GPS window
 // is full, and before any further GPS batch. On the wire it follows the
 // GPS batches already sent. Those are bounded in bytes, not only in
-// number (see GPS bytes in flight), so the hub commits the SOS within
-// about one round trip plus the time to send one small GPS batch.
+// number (see GPS bytes in flight). So the hub commits the SOS within
+// about one round trip plus the time to send one GPS batch, and a round
+// trip counts as at least 50 ms here.
 //
 // # GPS bytes in flight
 //
@@ -77,10 +78,25 @@
 // seconds to send, and an SOS published behind them would wait that
 // long. So the uplink also bounds the GPS bytes in flight on each
 // connection: to what the link drains in a round trip (the measured
-// delivery rate times the shortest round trip), plus a floor of 16 KiB
-// and one batch. GPS batches are capped so that several fit in that
-// budget. The budget starts at the floor on each connection and grows
-// with the measured rate; gpsBudget in budget.go has the details.
+// delivery rate times the shortest round trip, counted as at least 50 ms),
+// plus a floor of 16 KiB and one batch. GPS batches are capped so that
+// several fit in that budget. The budget starts at the floor on each
+// connection and grows with the measured rate; gpsBudget in budget.go has
+// the details, including why a round trip counts as at least 50 ms: on a
+// fast link the hub's fixed cost per batch would otherwise keep batches
+// at the floor.
+//
+// NOTE: when the agent's or the hub's CPU is saturated, every step of a
+// batch waits for a CPU, so the round trip grows without the bytes in
+// flight being the cause. The budget reads that as a queue and keeps GPS
+// batches small, which slows forwarding further until the load drops.
+//
+// # Deleting acknowledged records
+//
+// The session goroutine does not wait for the spool to delete what an Ack
+// settled: a releaser goroutine deletes it (see releaser in release.go),
+// so the next batch leaves while the spool's writer is busy with the
+// vehicles' appends. Releases waiting together become one delete.
 //
 // # Batch sizing
 //

@@ -11,6 +11,8 @@ type metrics struct {
 	connected       prometheus.Gauge
 	connectAttempts prometheus.Counter
 	connectFailures prometheus.Counter
+	authRefused     prometheus.Counter
+	credsRefused    prometheus.Gauge
 	ackedSeq        *prometheus.GaugeVec
 	batchesSent     *prometheus.CounterVec
 	recordsSent     *prometheus.CounterVec
@@ -44,6 +46,14 @@ func newMetrics() *metrics {
 		connectFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_connect_failures_total",
 			Help: "Connection attempts to the hub that failed.",
+		}),
+		authRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_uplink_auth_refused_total",
+			Help: "Connection attempts the hub refused for bad credentials (unknown agent id or wrong token).",
+		}),
+		credsRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xpress_agent_uplink_credentials_refused",
+			Help: "1 while the hub's answer to the last connection attempt refused the agent's credentials, else 0.",
 		}),
 		ackedSeq: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "xpress_agent_uplink_acked_seq",
@@ -139,7 +149,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.ackedSeq, m.batchesSent,
+	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.authRefused, m.credsRefused, m.ackedSeq, m.batchesSent,
 		m.recordsSent, m.roundTrip, m.ackTimeouts, m.acksIgnored, m.batchErrors, m.rejectedRecords, m.inflight,
 		m.batchRecords, m.batchBytes, m.batchTarget, m.reconnects, m.linkDead, m.hubSkipped,
 		m.ackTimeout, m.gpsInflight, m.gpsLimit}

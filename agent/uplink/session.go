@@ -6,6 +6,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -131,6 +132,8 @@ func (u *Uplink) connect() (*conn, error) {
 		SetPassword(u.cfg.Password).
 		// The spool holds the data and resends it, so paho keeps no session.
 		SetCleanSession(true).
+		// Explicit, so paho does not repeat a refused CONNECT as MQTT 3.1.
+		SetProtocolVersion(4).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetConnectTimeout(u.cfg.ConnectTimeout).
@@ -143,6 +146,9 @@ func (u *Uplink) connect() (*conn, error) {
 			default:
 			}
 		})
+	if u.cfg.TLS != nil {
+		opts.SetTLSConfig(u.cfg.TLS.Clone())
+	}
 	c.client = paho.NewClient(opts)
 
 	tok := c.client.Connect()
@@ -151,8 +157,14 @@ func (u *Uplink) connect() (*conn, error) {
 		return nil, fmt.Errorf("connect to %s: timed out after %s", u.cfg.HubURL, u.cfg.ConnectTimeout)
 	}
 	if err := tok.Error(); err != nil {
+		if errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(err, packets.ErrorRefusedNotAuthorised) {
+			u.credentialsRefused(err)
+			return nil, fmt.Errorf("connect to %s: %w: %w", u.cfg.HubURL, ErrCredentialsRefused, err)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", u.cfg.HubURL, err)
 	}
+	u.refusals.Store(0)
+	u.metrics.credsRefused.Set(0)
 	c.up = u.cfg.Now()
 
 	ackTopic := protocol.AckTopic(u.cfg.AgentID)
@@ -229,4 +241,20 @@ func (u *Uplink) linkLost(err error) error {
 	}
 	u.metrics.linkDead.WithLabelValues(cause).Inc()
 	return fmt.Errorf("%w (%s): %v", ErrConnectionLost, cause, err)
+}
+
+// credentialsRefused counts a CONNACK that refused the agent's
+// credentials and logs it at error with the fix: the first refusal and
+// every logEveryAttempts-th after it. The uplink keeps retrying with
+// backoff, since the hub may be in the middle of a rotation.
+func (u *Uplink) credentialsRefused(err error) {
+	u.metrics.authRefused.Inc()
+	u.metrics.credsRefused.Set(1)
+	n := u.refusals.Add(1)
+	if n == 1 || n%logEveryAttempts == 0 {
+		u.log.Error("hub refused the agent's credentials; vehicles' data stays in the spool until the hub accepts them. "+
+			"Fix: give the agent the token of its id on the hub in XPRESS_AGENT_TOKEN or XPRESS_AGENT_TOKEN_FILE "+
+			"(create one with 'xpress admin agent add "+u.cfg.AgentID+" --region ...', or 'xpress admin agent rotate "+u.cfg.AgentID+"')",
+			"hub", u.cfg.HubURL, "token_set", u.cfg.Password != "", "refusals", n, "error", err)
+	}
 }

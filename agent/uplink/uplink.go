@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"cmp"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,9 @@ var (
 	ErrAckTimeout = errors.New("no ack from the hub in time")
 	// ErrConnectionLost means the MQTT connection to the hub dropped.
 	ErrConnectionLost = errors.New("connection to the hub lost")
+	// ErrCredentialsRefused means the hub refused the agent id or its
+	// token at CONNECT.
+	ErrCredentialsRefused = errors.New("hub refused the agent's credentials")
 )
 
 // Spool is the part of the agent's spool the uplink uses; *spool.Spool
@@ -88,8 +92,12 @@ type Config struct {
 	// HubURL is the hub's MQTT address, e.g. "tcp://127.0.0.1:1884".
 	// Empty means DefaultHubURL ("tcp://localhost:1884").
 	HubURL string
-	// Password is sent with the agent id at CONNECT. Empty sends none;
-	// agents have no hub credentials yet.
+	// TLS configures the connection when HubURL's scheme is tls or ssl,
+	// for example to trust a private CA. Nil means the system roots.
+	TLS *tls.Config
+	// Password is the agent's hub token, sent with the agent id at
+	// CONNECT. Empty sends none, which a hub with agent authentication
+	// refuses.
 	Password string
 	// Spool is the queue to drain. Required.
 	Spool Spool
@@ -244,6 +252,9 @@ type Uplink struct {
 	// stateSince is when the uplink entered its state, in Unix
 	// nanoseconds by the agent clock: at Open, or the last change.
 	stateSince atomic.Int64
+	// refusals counts the CONNACKs in a row that refused the agent's
+	// credentials; 0 once the hub accepts them.
+	refusals atomic.Int64
 
 	ackedMu sync.Mutex
 	// acked is the highest sequence number per lane the hub acknowledged
@@ -264,6 +275,9 @@ type Uplink struct {
 	// connectedBefore is set once a connection came up, so later ones
 	// count as reconnects.
 	connectedBefore bool
+
+	// releaser deletes acknowledged records from the spool.
+	releaser *releaser
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -333,6 +347,7 @@ func New(cfg Config) *Uplink {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	u.releaser = newReleaser(cfg.Spool, u.log)
 	u.metrics.batchTarget.Set(float64(u.sizer.target))
 	u.metrics.ackTimeout.Set(u.ackWait.current.Seconds())
 	return u
@@ -355,6 +370,7 @@ func (u *Uplink) Open() error {
 	}
 	u.opened.Store(true)
 	u.stateSince.Store(u.cfg.Now().UnixNano())
+	u.releaser.start()
 	go u.run()
 	u.log.Info("uplink started", "hub", u.cfg.HubURL, "spool", u.cfg.Spool.SpoolID())
 	return nil
@@ -370,11 +386,16 @@ func (u *Uplink) Close() error {
 			return
 		}
 		<-u.done
+		u.releaser.close()
 		u.metrics.unregister(u.cfg.Registerer)
 		u.log.Info("uplink stopped")
 	})
 	return nil
 }
+
+// CredentialsRefused reports whether the hub refused the agent's
+// credentials at the last connection attempt that got an answer.
+func (u *Uplink) CredentialsRefused() bool { return u.refusals.Load() > 0 }
 
 // State returns whether the uplink is connected to the hub.
 func (u *Uplink) State() State { return State(u.state.Load()) }

@@ -179,6 +179,14 @@ func TestUplink_SendsSOSFirstInSequenceOrder(t *testing.T) {
 	if got, want := batchShape(hub.Received()), "sos:1-2 status:1-1 gps:1-2 gps:3-4 gps:5-5"; got != want {
 		t.Errorf("batches = %s, want %s", got, want)
 	}
+	// More says whether records wait behind a batch, not whether it is full.
+	var more []string
+	for _, b := range hub.Received() {
+		more = append(more, fmt.Sprintf("%s:%d-%d:%v", b.Lane, b.First(), b.Last(), b.More))
+	}
+	if got, want := strings.Join(more, " "), "sos:1-2:false status:1-1:false gps:1-2:true gps:3-4:true gps:5-5:false"; got != want {
+		t.Errorf("batches with More = %s, want %s", got, want)
+	}
 	if got := len(hub.Committed(protocol.LaneGPS)); got != 5 {
 		t.Errorf("hub committed %d gps records, want 5", got)
 	}

@@ -170,6 +170,12 @@ func (s *session) canSend(ls *laneState) bool {
 	return len(ls.flights) < ls.window
 }
 
+// lastSeqer is implemented by a spool that can tell the sequence number
+// of its newest record in a lane (*spool.Spool does).
+type lastSeqer interface {
+	LastSeq(lane protocol.Lane) uint64
+}
+
 // readBatch reads the lane's next batch, or nil when the lane has nothing
 // unsent. full reports whether the batch reached the GPS size target.
 func (s *session) readBatch(ls *laneState) (batch *protocol.Batch, full bool, err error) {
@@ -197,15 +203,23 @@ func (s *session) readBatch(ls *laneState) (batch *protocol.Batch, full bool, er
 	if n := len(ls.flights); n > 0 {
 		prev = ls.flights[n-1].last
 	}
+	// More tells the hub the lane is still catching up. A spool that
+	// cannot tell its newest record counts a full batch as having more.
+	full = len(recs) == limit
+	more := full
+	if h, ok := u.cfg.Spool.(lastSeqer); ok {
+		more = recs[len(recs)-1].Seq < h.LastSeq(ls.lane)
+	}
 	return &protocol.Batch{
 		AgentID: u.cfg.AgentID,
 		Region:  u.cfg.Region,
 		SpoolID: u.cfg.Spool.SpoolID(),
 		Lane:    ls.lane,
 		Prev:    prev,
+		More:    more,
 		Records: recs,
 		SentAt:  u.cfg.Now().UTC(),
-	}, len(recs) == limit, nil
+	}, full, nil
 }
 
 // publish hands the batch to paho and records it as in flight. paho

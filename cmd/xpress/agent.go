@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -62,6 +63,8 @@ var agentFlagNames = map[string]string{
 	"OutageNotifyTo":           "outage-notify-to",
 	"OutageNotifyLanguage":     "outage-notify-language",
 	"OutageSMS":                "twilio-account-sid",
+	"PublicURL":                "public-url",
+	"HTTPAllowedHosts":         "http-allowed-hosts",
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -72,7 +75,8 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.mqttAddr, "mqtt-addr", ":1883", "address where vehicles connect over MQTT")
 	fs.StringVar(&f.hubURL, "hub-url", "tcp://localhost:1884", "MQTT URL of the hub's agent listener")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-agent-data", "directory of the agent's spool")
-	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz, /readyz, the regional outage page (/) "+
+		"and its local API, including the SOS acknowledge endpoint POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge, which has no login yet: keep it on the office network")
 	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, fmt.Sprintf(
 		"cap on records waiting in the spool, from %s to %s; past it the oldest GPS fixes are evicted, then status records, never SOS (0: 2 GiB, negative: no cap)",
 		configcheck.FormatBytes(agent.MinSpoolMaxBytes), configcheck.FormatBytes(agent.MaxSpoolMaxBytes)))
@@ -137,7 +141,9 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	var af agentFlags
 	var lf logFlags
 	var of outageFlags
+	var tf agentTLSFlags
 	af.register(fs)
+	tf.register(fs)
 	lf.register(fs)
 	of.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
@@ -149,11 +155,17 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	}
 
 	cfg := af.config()
+	if cfg.HubPassword, err = agentToken(e, log); err != nil {
+		return err
+	}
 	if err := of.apply(e, log, &cfg); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return renameToFlags(err, agentFlagNames)
+	}
+	if err := tf.apply(&cfg, log); err != nil {
+		return err
 	}
 	cfg.Logger, cfg.Registerer = log, newRegistry()
 	a, err := agent.New(cfg)
@@ -163,7 +175,11 @@ func runAgent(ctx context.Context, args []string, e env) error {
 	if err := a.Open(ctx); err != nil {
 		return err
 	}
+	stopRedirect, err := tf.http.startRedirect(a.HTTPAddr().String(), log)
+	if err != nil {
+		return errors.Join(err, a.Close())
+	}
 	<-ctx.Done()
 	log.Info("shutting down", "reason", context.Cause(ctx))
-	return a.Close()
+	return errors.Join(stopRedirect(), a.Close())
 }

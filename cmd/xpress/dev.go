@@ -96,6 +96,7 @@ func runDev(ctx context.Context, args []string, e env) error {
 		AgentMQTTAddr: "127.0.0.1:0",
 		DatabaseURL:   df.databaseURL,
 		DataDir:       filepath.Join(df.dataDir, "hub"),
+		ExtraRegions:  splitList(df.allowRegions),
 		Logger:        log.With("process", "hub"),
 		Registerer:    reg,
 		Gatherer:      reg,
@@ -128,6 +129,9 @@ func runDev(ctx context.Context, args []string, e env) error {
 		}
 		if err := cfg.Validate(); err != nil {
 			return renameToFlags(err, devAgentFlagNames)
+		}
+		if cfg.HubPassword, err = h.ProvisionAgent(ctx, id, region); err != nil {
+			return err
 		}
 		a, err := agent.New(cfg)
 		if err != nil {

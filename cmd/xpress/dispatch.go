@@ -13,6 +13,7 @@ import (
 
 	"github.com/xpress-ops/tower/hub/dispatch"
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/notify"
 )
 
@@ -52,8 +53,41 @@ func (f *dispatchFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.webhookURLs, "webhook-url", "URL that receives a signed JSON copy of each new incident; repeat the flag or separate URLs with commas; the signing secret comes from "+envWebhookSecret+" or "+envWebhookSecret+"_FILE")
 	fs.DurationVar(&f.escalateAfter, "escalate-after", dispatch.DefaultEscalateAfter, "how long after the agent received an SOS the region's supervisors are alerted if the incident is still open")
 	fs.DurationVar(&f.voiceAfter, "voice-after", dispatch.DefaultVoiceAfter, "how long after the supervisors' alert they are called if the incident is still open")
-	fs.DurationVar(&f.notifyTimeout, "notify-timeout", dispatch.DefaultSendTimeout, "time limit of one notification send; after a crash mid-send, the notification is checked at Twilio and retried this long plus 15s after the send began")
+	fs.DurationVar(&f.notifyTimeout, "notify-timeout", dispatch.DefaultSendTimeout, "time limit of one notification send and of each Twilio request in it (1s to 2m); after a crash mid-send, the notification is checked at Twilio and retried this long plus 5s after the send began")
 	fs.StringVar(&f.publicURL, "public-url", "", "the hub's URL as Twilio and operators reach it, e.g. https://ops.example.ph; needed for Twilio status callbacks")
+}
+
+// durationRange is the accepted range of one dispatcher duration flag.
+type durationRange struct {
+	field, flag string
+	value       func(*dispatchFlags) time.Duration
+	lo, hi      time.Duration
+}
+
+// dispatchDurationRanges are the accepted ranges of the dispatcher's
+// durations. An escalation timer under 5 s would alert supervisors before
+// an operator can read the incident, and one over an hour leaves an SOS
+// unescalated too long. A send needs at least a second and is cut at two
+// minutes, since a crash mid-send delays the notification by this much.
+var dispatchDurationRanges = []durationRange{
+	{"EscalateAfter", "escalate-after", func(f *dispatchFlags) time.Duration { return f.escalateAfter }, 5 * time.Second, time.Hour},
+	{"VoiceAfter", "voice-after", func(f *dispatchFlags) time.Duration { return f.voiceAfter }, 5 * time.Second, time.Hour},
+	{"SendTimeout", "notify-timeout", func(f *dispatchFlags) time.Duration { return f.notifyTimeout }, time.Second, 2 * time.Minute},
+}
+
+// check checks one duration with configcheck and names the flag and its
+// environment twin in the error. Zero is rejected too: the flags default
+// to a positive value, so zero was set explicitly.
+func (r durationRange) check(f *dispatchFlags) error {
+	d := r.value(f)
+	err := configcheck.Duration(r.field, d, r.lo, r.hi)
+	if d == 0 {
+		err = configcheck.Newf(r.field, "must be between %s and %s, got 0s", r.lo, r.hi)
+	}
+	if err == nil {
+		return nil
+	}
+	return renameToFlags(err, map[string]string{r.field: r.flag})
 }
 
 // urlList is a repeatable flag whose values may also be comma lists.
@@ -77,14 +111,10 @@ func (l *urlList) Set(value string) error {
 func (f *dispatchFlags) config(e env, log *slog.Logger) (dispatch.Config, error) {
 	var cfg dispatch.Config
 	var errs []error
-	if f.escalateAfter <= 0 {
-		errs = append(errs, fmt.Errorf("invalid %s %s: use a positive duration such as 30s", flagLabel("escalate-after"), f.escalateAfter))
-	}
-	if f.voiceAfter <= 0 {
-		errs = append(errs, fmt.Errorf("invalid %s %s: use a positive duration such as 30s", flagLabel("voice-after"), f.voiceAfter))
-	}
-	if f.notifyTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("invalid %s %s: use a positive duration such as 30s", flagLabel("notify-timeout"), f.notifyTimeout))
+	for _, r := range dispatchDurationRanges {
+		if err := r.check(f); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if f.publicURL != "" {
 		if err := checkHTTPURL(f.publicURL); err != nil {
@@ -136,11 +166,18 @@ func (f *dispatchFlags) twilio(e env, log *slog.Logger, cfg *dispatch.Config) er
 		return fmt.Errorf("invalid %s: %w", flagLabel("twilio-api-url"), err)
 	}
 
+	if err := checkTwilioAuthToken(token); err != nil {
+		return err
+	}
+
+	// Each Twilio request may use the whole send time limit, so a slow
+	// but working Twilio is not cut off before the send is.
 	tc := notify.TwilioConfig{
 		AccountSID: f.twilioAccountSID,
 		AuthToken:  token,
 		From:       f.twilioFrom,
 		BaseURL:    f.twilioAPIURL,
+		Timeout:    cfg.SendTimeout,
 		Logger:     log,
 	}
 	if cfg.PublicURL != "" {
@@ -157,7 +194,35 @@ func (f *dispatchFlags) twilio(e env, log *slog.Logger, cfg *dispatch.Config) er
 	cfg.Senders[notify.ChannelSMS] = tw
 	cfg.Senders[notify.ChannelVoice] = tw
 	cfg.Finder = tw
+	cfg.TwilioAccountSID = f.twilioAccountSID
 	return nil
+}
+
+// checkTwilioAuthToken checks the auth token's form without showing it:
+// Twilio's console shows an account's auth token as 32 hex characters.
+// Other letters and digits are accepted too, for API key secrets.
+func checkTwilioAuthToken(token string) error {
+	for _, c := range token {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return fmt.Errorf("%s (or the file in %s_FILE) is not a Twilio auth token: it contains %s; expected the 32 hex characters shown in the Twilio console",
+				envTwilioAuthToken, envTwilioAuthToken, describeRune(c))
+		}
+	}
+	return nil
+}
+
+// describeRune names a character of a secret for an error: a space or
+// punctuation as itself, anything else by its kind only.
+func describeRune(c rune) string {
+	switch {
+	case c == ' ' || c == '\t':
+		return "white space"
+	case c < 0x20 || c == 0x7f:
+		return "a control character"
+	case c > 0x7f:
+		return "a non-ASCII character"
+	}
+	return "punctuation"
 }
 
 // smtp adds the email sender when --smtp-addr is set.
@@ -193,7 +258,7 @@ func (f *dispatchFlags) smtp(e env, log *slog.Logger, cfg *dispatch.Config) erro
 
 	mail, err := notify.NewSMTP(notify.SMTPConfig{
 		Host: host, Port: port, Username: f.smtpUsername, Password: password,
-		From: f.smtpFrom, TLS: mode, Logger: log,
+		From: f.smtpFrom, TLS: mode, Timeout: cfg.SendTimeout, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("--smtp-addr, --smtp-from, --smtp-tls: %w", err)

@@ -136,9 +136,15 @@ func TestDispatchFlags_Errors(t *testing.T) {
 		{"webhook without secret", []string{"--webhook-url", "https://hooks.example.ph/a"}, nil, "XPRESS_WEBHOOK_SECRET"},
 		{"short webhook secret", []string{"--webhook-url", "https://hooks.example.ph/a"}, map[string]string{"XPRESS_WEBHOOK_SECRET": "short"}, "XPRESS_WEBHOOK_SECRET"},
 		{"bad webhook URL", []string{"--webhook-url", "hooks.example.ph"}, map[string]string{"XPRESS_WEBHOOK_SECRET": testSecret(t)}, "invalid --webhook-url"},
-		{"zero escalate-after", []string{"--escalate-after", "0s"}, nil, "invalid --escalate-after"},
-		{"negative voice-after", []string{"--voice-after", "-1s"}, nil, "invalid --voice-after"},
-		{"zero notify-timeout", []string{"--notify-timeout", "0s"}, nil, "invalid --notify-timeout"},
+		{"zero escalate-after", []string{"--escalate-after", "0s"}, nil, "--escalate-after (XPRESS_ESCALATE_AFTER) must be between 5s and 1h0m0s"},
+		{"short escalate-after", []string{"--escalate-after", "1s"}, nil, "--escalate-after (XPRESS_ESCALATE_AFTER) must be at least 5s, got 1s"},
+		{"long escalate-after", nil, map[string]string{"XPRESS_ESCALATE_AFTER": "2h"}, "--escalate-after (XPRESS_ESCALATE_AFTER) must be at most 1h0m0s, got 2h0m0s"},
+		{"negative voice-after", []string{"--voice-after", "-1s"}, nil, "--voice-after (XPRESS_VOICE_AFTER) must be at least 5s"},
+		{"long voice-after", []string{"--voice-after", "61m"}, nil, "--voice-after (XPRESS_VOICE_AFTER) must be at most 1h0m0s"},
+		{"zero notify-timeout", []string{"--notify-timeout", "0s"}, nil, "--notify-timeout (XPRESS_NOTIFY_TIMEOUT) must be between 1s and 2m0s"},
+		{"short notify-timeout", []string{"--notify-timeout", "500ms"}, nil, "--notify-timeout (XPRESS_NOTIFY_TIMEOUT) must be at least 1s"},
+		{"long notify-timeout", []string{"--notify-timeout", "3m"}, nil, "--notify-timeout (XPRESS_NOTIFY_TIMEOUT) must be at most 2m0s"},
+		{"token with punctuation", sid, map[string]string{"XPRESS_TWILIO_AUTH_TOKEN": "abc-" + testSecret(t)}, "XPRESS_TWILIO_AUTH_TOKEN (or the file in XPRESS_TWILIO_AUTH_TOKEN_FILE) is not a Twilio auth token: it contains punctuation; expected the 32 hex characters"},
 		{"bad public URL", []string{"--public-url", "ops.example.ph"}, nil, "invalid --public-url"},
 	}
 	for _, c := range cases {
@@ -165,4 +171,43 @@ func TestDispatchFlags_NoSecretFlags(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestDispatchFlags_TwilioTimeoutFollowsNotifyTimeout(t *testing.T) {
+	for _, timeout := range []string{"25s", "90s"} {
+		cfg, err := dispatchConfig(t, []string{
+			"--twilio-account-sid", "AC0123456789abcdef0123456789abcdef", "--twilio-from", "+639170000001",
+			"--twilio-api-url", "http://127.0.0.1:9", "--notify-timeout", timeout,
+		}, map[string]string{"XPRESS_TWILIO_AUTH_TOKEN": testSecret(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := time.ParseDuration(timeout)
+		tw, ok := cfg.Senders[notify.ChannelSMS].(*notify.Twilio)
+		if !ok || tw.Timeout() != want || cfg.SendTimeout != want {
+			t.Errorf("--notify-timeout %s: Twilio request timeout %v, send timeout %s; want both %s", timeout, tw.Timeout(), cfg.SendTimeout, want)
+		}
+	}
+}
+
+func TestHubFlags_AllowRegion(t *testing.T) {
+	parse := func(args ...string) (*hubFlags, error) {
+		fs := flag.NewFlagSet("hub", flag.ContinueOnError)
+		var hf hubFlags
+		hf.register(fs)
+		if err := parseFlags(fs, args, testEnv(nil)); err != nil {
+			return nil, err
+		}
+		return &hf, hf.checkRegions()
+	}
+	hf, err := parse("--allow-region", "Bohol, Palawan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hf.config().ExtraRegions; len(got) != 2 || got[0] != "Bohol" || got[1] != "Palawan" {
+		t.Errorf("ExtraRegions = %q, want Bohol and Palawan", got)
+	}
+	if _, err := parse("--allow-region", "Bohol/East"); err == nil || !strings.Contains(err.Error(), "invalid --allow-region (XPRESS_ALLOW_REGION)") {
+		t.Errorf("--allow-region Bohol/East: error %v, want one naming the flag", err)
+	}
 }

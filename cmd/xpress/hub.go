@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"path"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/xpress-ops/tower/hub"
+	"github.com/xpress-ops/tower/protocol"
 )
 
 // hubFlags are the flags of xpress hub, also used by xpress dev.
@@ -21,6 +23,8 @@ type hubFlags struct {
 	dataDir        string
 	redisURL       string
 	allowedOrigins string
+	agentAuth      bool
+	allowRegions   string
 }
 
 func (f *hubFlags) register(fs *flag.FlagSet) {
@@ -29,7 +33,21 @@ func (f *hubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.databaseURL, "database-url", "", "PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/xpress (prefer XPRESS_DATABASE_URL: a flag shows in ps)")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-data", "directory for the hub's local files")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL for fan-out between hub replicas; empty fans out in-process")
+	fs.BoolVar(&f.agentAuth, "agent-auth", true, "require each agent's token (xpress admin agent add); false is allowed only with a loopback --agent-mqtt-addr, for local experiments")
 	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated extra Origin hosts allowed to open the operator WebSocket")
+	fs.StringVar(&f.allowRegions, "allow-region", "", "comma-separated region names contacts may serve besides "+strings.Join(protocol.KnownRegions, ", ")+
+		"; give the agents of a new office the same --allow-region")
+}
+
+// checkRegions checks the --allow-region names as the agents check theirs.
+func (f *hubFlags) checkRegions() error {
+	var errs []error
+	for _, name := range splitList(f.allowRegions) {
+		if err := protocol.ValidateRegionName(name); err != nil {
+			errs = append(errs, fmt.Errorf("invalid %s: %w", flagLabel("allow-region"), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // checkOrigins checks the --allowed-origins patterns before the hub does,
@@ -48,12 +66,14 @@ func (f *hubFlags) checkOrigins() error {
 func (f *hubFlags) config() hub.Config {
 	origins := splitList(f.allowedOrigins)
 	return hub.Config{
-		HTTPAddr:       f.httpAddr,
-		AgentMQTTAddr:  f.agentMQTTAddr,
-		DatabaseURL:    f.databaseURL,
-		DataDir:        f.dataDir,
-		RedisURL:       f.redisURL,
-		AllowedOrigins: origins,
+		HTTPAddr:         f.httpAddr,
+		AgentMQTTAddr:    f.agentMQTTAddr,
+		DatabaseURL:      f.databaseURL,
+		DataDir:          f.dataDir,
+		RedisURL:         f.redisURL,
+		AllowedOrigins:   origins,
+		DisableAgentAuth: !f.agentAuth,
+		ExtraRegions:     splitList(f.allowRegions),
 	}
 }
 
@@ -69,7 +89,9 @@ func runHub(ctx context.Context, args []string, e env) error {
 	var hf hubFlags
 	var lf logFlags
 	var df dispatchFlags
+	var tf hubTLSFlags
 	hf.register(fs)
+	tf.register(fs)
 	lf.register(fs)
 	df.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
@@ -83,7 +105,19 @@ func runHub(ctx context.Context, args []string, e env) error {
 	if err := hf.checkOrigins(); err != nil {
 		return err
 	}
+	if err := hf.checkRegions(); err != nil {
+		return err
+	}
 	cfg := hf.config()
+	if cfg.AdminToken, err = secretFromEnv(e, envAdminToken); err != nil {
+		return err
+	}
+	if cfg.AdminToken == "" {
+		log.Info("admin API disabled: set " + envAdminToken + " or " + envAdminToken + "_FILE to manage agent credentials")
+	}
+	if err := tf.apply(&cfg, log); err != nil {
+		return err
+	}
 	if cfg.Dispatch, err = df.config(e, log); err != nil {
 		return err
 	}
@@ -96,7 +130,11 @@ func runHub(ctx context.Context, args []string, e env) error {
 	if err := h.Open(ctx); err != nil {
 		return err
 	}
+	stopRedirect, err := tf.http.startRedirect(h.HTTPAddr().String(), log)
+	if err != nil {
+		return errors.Join(err, h.Close())
+	}
 	<-ctx.Done()
 	log.Info("shutting down", "reason", context.Cause(ctx))
-	return h.Close()
+	return errors.Join(stopRedirect(), h.Close())
 }

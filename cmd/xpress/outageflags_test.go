@@ -40,6 +40,9 @@ func TestRun_AgentOutageFlagErrors(t *testing.T) {
 		{"numbers without delay", nil, []string{"--outage-notify-to", "09171234567"},
 			"--outage-notify-to (XPRESS_OUTAGE_NOTIFY_TO) is set but --outage-notify-after (XPRESS_OUTAGE_NOTIFY_AFTER) is 0"},
 		{"unknown language", nil, []string{"--outage-notify-language", "de"}, `--outage-notify-language (XPRESS_OUTAGE_NOTIFY_LANGUAGE) is "de"`},
+		{"page URL without scheme", nil, []string{"--public-url", "agent-ncr:9090"}, `--public-url (XPRESS_PUBLIC_URL) is "agent-ncr:9090"`},
+		{"allowed host with port", nil, []string{"--http-allowed-hosts", "agent-ncr.example.ph:9090"},
+			`--http-allowed-hosts (XPRESS_HTTP_ALLOWED_HOSTS) contains "agent-ncr.example.ph:9090"`},
 	} {
 		code, out := runAgentArgs(t, tc.vars, tc.args...)
 		if code != 1 {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -169,9 +170,13 @@ func incidentID(r *http.Request) (int64, error) {
 // empty, null or {}. Unknown members, a second JSON value and a body over
 // MaxActionBody bytes are rejected.
 func decodeActionBody(w http.ResponseWriter, r *http.Request, field string) (string, error) {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxActionBody))
+	rawBody, err := readTextBody(w, r)
+	if err != nil {
+		return "", err
+	}
+	dec := json.NewDecoder(bytes.NewReader(rawBody))
 	var body map[string]json.RawMessage
-	err := dec.Decode(&body)
+	err = dec.Decode(&body)
 	switch {
 	case errors.Is(err, io.EOF) && field == "":
 		return "", nil
@@ -206,6 +211,9 @@ func decodeActionBody(w http.ResponseWriter, r *http.Request, field string) (str
 	var value string
 	if err := json.Unmarshal(raw, &value); err != nil {
 		return "", badRequest("invalid field %q: send it as a JSON string", field)
+	}
+	if err := checkReplacement(raw, field, value); err != nil {
+		return "", err
 	}
 	return value, nil
 }

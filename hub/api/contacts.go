@@ -1,14 +1,17 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/notify"
@@ -43,6 +46,19 @@ type contactBody struct {
 // contactResponse is the body of a saved contact.
 type contactResponse struct {
 	Contact store.Contact `json:"contact"`
+	// Warnings lists what was saved but may not work as the operator
+	// expects, such as a landline for a role that gets SMS.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// contactWarnings returns the warnings of a saved contact: a phone that
+// is not a mobile number although the contact's role gets SMS. Such a
+// phone is kept, since a supervisor may take the voice calls on it.
+func contactWarnings(c store.Contact) []string {
+	if c.Phone == "" || c.Role == store.RoleDriver || notify.IsMobilePhone(c.Phone) {
+		return nil
+	}
+	return []string{fmt.Sprintf("phone %s is not a mobile number, so the SMS alerts a %s gets may not arrive; add a mobile number or an email address", c.Phone, c.Role)}
 }
 
 // contactRoutes mounts an incident's notification list and, when a
@@ -116,7 +132,7 @@ func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	c, err := body.contact(id)
+	c, err := body.contact(id, s.cfg.ExtraRegions)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -134,11 +150,15 @@ func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("contact saved", "operator", operator, "contact", saved.ID, "role", saved.Role,
 		"region", saved.Region, "vehicle", saved.VehicleID, "created", id == 0)
+	warnings := contactWarnings(saved)
+	for _, warning := range warnings {
+		s.log.Warn("contact saved with a warning", "operator", operator, "contact", saved.ID, "role", saved.Role, "warning", warning)
+	}
 	code := http.StatusOK
 	if id == 0 {
 		code = http.StatusCreated
 	}
-	s.writeJSON(w, r, code, contactResponse{Contact: saved})
+	s.writeJSON(w, r, code, contactResponse{Contact: saved, Warnings: warnings})
 }
 
 // handleDeleteContact removes a contact. It takes no body but requires
@@ -213,9 +233,13 @@ func contactID(r *http.Request) (int64, error) {
 // of contactBody, at most MaxActionBody bytes.
 func decodeContactBody(w http.ResponseWriter, r *http.Request) (contactBody, error) {
 	var body contactBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxActionBody))
+	raw, err := readTextBody(w, r)
+	if err != nil {
+		return body, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(&body)
+	err = dec.Decode(&body)
 	switch {
 	case errors.Is(err, io.EOF):
 		return body, badRequest("empty request body: send a JSON object with name, role, region or vehicle_id, phone or email, and language")
@@ -229,13 +253,58 @@ func decodeContactBody(w http.ResponseWriter, r *http.Request) (contactBody, err
 	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
 		return body, badRequest("invalid request body: send exactly one JSON object")
 	}
+	for _, f := range []struct{ name, value string }{
+		{"name", body.Name}, {"region", body.Region}, {"vehicle_id", body.VehicleID}, {"phone", body.Phone}, {"email", body.Email},
+	} {
+		if err := checkReplacement(raw, f.name, f.value); err != nil {
+			return body, err
+		}
+	}
 	return body, nil
+}
+
+// readTextBody reads a request body of at most MaxActionBody bytes and
+// rejects one that is not valid UTF-8. encoding/json would silently
+// replace each invalid byte with U+FFFD, so a contact's name or an
+// operator's note would be stored altered.
+func readTextBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxActionBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, tooLarge
+		}
+		return nil, badRequest("reading the request body failed: %v", err)
+	}
+	if !utf8.Valid(raw) {
+		return nil, badRequest("invalid request body: it is not valid UTF-8; send text fields as UTF-8")
+	}
+	return raw, nil
+}
+
+// checkReplacement rejects a decoded string field that contains U+FFFD
+// although the body has no U+FFFD: encoding/json put it there for an
+// escaped lone surrogate such as "\ud800", which is not valid text.
+func checkReplacement(raw []byte, field, value string) error {
+	if !strings.ContainsRune(value, utf8.RuneError) {
+		return nil
+	}
+	lower := bytes.ToLower(raw)
+	if bytes.ContainsRune(raw, utf8.RuneError) || bytes.Contains(lower, []byte(`\ufffd`)) {
+		return nil
+	}
+	return badRequest("invalid field %q: it contains an escaped lone surrogate, which is not valid UTF-8 text", field)
 }
 
 // contact checks the body and returns the contact to save: the phone
 // number normalised to E.164 and every rule of store.ValidateContact
 // checked, so the client gets the exact reason for a 400.
-func (b contactBody) contact(id int64) (store.Contact, error) {
+//
+// A responder's or supervisor's region is normalised as the agents
+// normalise theirs (protocol.CanonicalRegion), so "davao" is saved as
+// "Davao" and matches the incidents of that region. An unknown region is
+// rejected with the list of known ones unless extra allows it.
+func (b contactBody) contact(id int64, extra []string) (store.Contact, error) {
 	c := store.Contact{
 		ID:        id,
 		Name:      b.Name,
@@ -251,6 +320,15 @@ func (b contactBody) contact(id int64) (store.Contact, error) {
 			return c, badRequest("invalid phone: %v", err)
 		}
 		c.Phone = normalized
+	}
+	if c.Region != "" && c.Role.Valid() && !c.Role.VehicleRole() {
+		region, ok := protocol.CanonicalRegion(c.Region, extra)
+		if !ok {
+			return c, badRequest("unknown region %q: use one of %s (in any case), or start the hub with --allow-region %q",
+				protocol.TruncateRegionName(c.Region), strings.Join(append(append([]string(nil), protocol.KnownRegions...), extra...), ", "),
+				protocol.TruncateRegionName(c.Region))
+		}
+		c.Region = region
 	}
 	if err := store.ValidateContact(c); err != nil {
 		return c, badRequest("%v", err)

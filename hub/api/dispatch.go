@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/xpress-ops/tower/hub/dispatch"
@@ -22,6 +23,8 @@ type Dispatch interface {
 	ReadTwilioStatus(r *http.Request) (notify.TwilioStatus, error)
 	// ApplyTwilioStatus records a verified status on its notification.
 	ApplyTwilioStatus(ctx context.Context, st notify.TwilioStatus) (store.Notification, error)
+	// RetryNotification makes a pending or failed notification due now.
+	RetryNotification(ctx context.Context, incidentID, id int64, actor string) (store.Notification, error)
 }
 
 var _ Dispatch = (*dispatch.Dispatcher)(nil)
@@ -39,6 +42,46 @@ func (s *Server) dispatchRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+dispatch.TwilioStatusPath, s.handleTwilioStatus)
 	mux.HandleFunc("GET /api/health", s.handleHubHealth)
 	mux.HandleFunc("GET /api/emergency/health", s.handleEmergencyHealth)
+	mux.HandleFunc("POST /api/v1/incidents/{id}/notifications/{nid}/retry", s.handleRetryNotification)
+}
+
+// handleRetryNotification makes a pending or failed notification due now,
+// for an operator who fixed its cause (a contact's number, the provider's
+// credentials) or will not wait for its backoff. Like the incident actions
+// it needs the operator header, which the audit event names; it takes no
+// body. A notification being sent or already sent gets 409.
+func (s *Server) handleRetryNotification(w http.ResponseWriter, r *http.Request) {
+	operator, err := operatorName(r.Header)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, err := incidentID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	raw := r.PathValue("nid")
+	nid, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || nid <= 0 {
+		s.writeError(w, r, badRequest("invalid notification id %q: use a positive integer", truncate(raw, 40)))
+		return
+	}
+	if s.cfg.Dispatch == nil {
+		s.writeError(w, r, errors.Join(store.ErrNotFound, errors.New("this hub has no dispatcher")))
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+	defer cancel()
+	n, err := s.cfg.Dispatch.RetryNotification(ctx, id, nid, "operator:"+operator)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("notification retry requested", "operator", operator, "incident", id, "notification", nid)
+	n.Address = store.DescribeAddress(n.Channel, n.Address)
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"notification": n})
 }
 
 // handleTwilioStatus applies a Twilio status callback. A bad signature
@@ -54,6 +97,9 @@ func (s *Server) handleTwilioStatus(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, notify.ErrTwilioSignature):
 		s.writeJSON(w, r, http.StatusForbidden, map[string]string{"error": "invalid " + notify.TwilioSignatureHeader})
+		return
+	case errors.Is(err, dispatch.ErrWrongAccount):
+		s.writeJSON(w, r, http.StatusForbidden, map[string]string{"error": "AccountSid is not this hub's Twilio account"})
 		return
 	case err != nil:
 		s.writeError(w, r, badRequest("%v", err))
@@ -166,8 +212,8 @@ func (s *Server) handleEmergencyHealth(w http.ResponseWriter, r *http.Request) {
 		body.Problems = append(body.Problems, channelProblems(h)...)
 	}
 	if body.OpenUnacknowledged > 0 && body.OldestUnacknowledgedSeconds > limit.Seconds() {
-		body.Problems = append(body.Problems, fmt.Sprintf("%d open incidents unacknowledged, the oldest (incident %d) for %.0f s",
-			body.OpenUnacknowledged, body.OldestIncidentID, body.OldestUnacknowledgedSeconds))
+		body.Problems = append(body.Problems, fmt.Sprintf("%s unacknowledged, the oldest (incident %d) for %.0f s",
+			countNoun(body.OpenUnacknowledged, "open incident", "open incidents"), body.OldestIncidentID, body.OldestUnacknowledgedSeconds))
 	}
 
 	for _, a := range s.cfg.Agents() {
@@ -179,7 +225,7 @@ func (s *Server) handleEmergencyHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	slices.Sort(body.AgentsOffline)
 	if len(body.AgentsOffline) > 0 {
-		body.Problems = append(body.Problems, fmt.Sprintf("%d agents offline", len(body.AgentsOffline)))
+		body.Problems = append(body.Problems, countNoun(len(body.AgentsOffline), "agent", "agents")+" offline")
 	}
 	if len(body.Problems) > 0 {
 		body.Status = "degraded"
@@ -187,19 +233,35 @@ func (s *Server) handleEmergencyHealth(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, http.StatusOK, body)
 }
 
-// channelProblems lists the SMS channel disabled and every channel whose
-// last attempt failed.
+// channelProblems lists the SMS channel disabled, every channel with a
+// problem of its own (the provider rejecting the credentials), and every
+// channel with a failed attempt in the last 5 minutes or whose last
+// attempt failed.
 func channelProblems(h dispatch.Health) []string {
 	var out []string
 	for _, ch := range h.Channels {
 		switch {
 		case !ch.Enabled && ch.Channel == string(notify.ChannelSMS):
 			out = append(out, "SMS is disabled: responders get no SMS")
+		case ch.Enabled && ch.Problem != "":
+			out = append(out, fmt.Sprintf("%s: %s (last error: %s)", ch.Channel, ch.Problem, ch.LastError))
+		case ch.Enabled && ch.RecentFailures > 0:
+			out = append(out, fmt.Sprintf("%s: %s in the last 5 minutes, the last: %s",
+				ch.Channel, countNoun(ch.RecentFailures, "failed attempt", "failed attempts"), ch.LastError))
 		case ch.Enabled && !ch.LastFailure.IsZero() && ch.LastFailure.After(ch.LastSuccess):
 			out = append(out, fmt.Sprintf("%s: last attempt failed: %s", ch.Channel, ch.LastError))
 		}
 	}
 	return out
+}
+
+// countNoun returns "1 agent" or "2 agents": n with the singular or
+// plural noun.
+func countNoun(n int, singular, plural string) string {
+	if n == 1 {
+		return "1 " + singular
+	}
+	return strconv.Itoa(n) + " " + plural
 }
 
 // openIncidents reads the open incidents, up to maxOpenScan, and reports

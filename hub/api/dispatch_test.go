@@ -43,7 +43,7 @@ type dispatchServer struct {
 	agents []api.AgentState
 }
 
-func newDispatchServer(t *testing.T) *dispatchServer {
+func newDispatchServer(t *testing.T, configure ...func(*api.Config)) *dispatchServer {
 	t.Helper()
 	ds := &dispatchServer{reg: prometheus.NewRegistry()}
 	ds.store = embedded.New(embedded.Config{Path: filepath.Join(t.TempDir(), "hub.db"), Now: func() time.Time { return testNow }, Registerer: prometheus.NewRegistry()})
@@ -61,27 +61,32 @@ func newDispatchServer(t *testing.T) *dispatchServer {
 	}
 
 	ds.d, err = dispatch.New(dispatch.Config{
-		Store:           ds.store,
-		Bus:             ds.bus,
-		Senders:         map[notify.Channel]notify.Sender{notify.ChannelSMS: tw, notify.ChannelVoice: tw},
-		Finder:          tw,
-		TwilioAuthToken: ds.twilio.AuthToken,
-		PublicURL:       dispatchPublicURL,
-		Clock:           dispatchtest.NewClock(testNow),
-		Registerer:      ds.reg,
+		Store:            ds.store,
+		Bus:              ds.bus,
+		Senders:          map[notify.Channel]notify.Sender{notify.ChannelSMS: tw, notify.ChannelVoice: tw},
+		Finder:           tw,
+		TwilioAuthToken:  ds.twilio.AuthToken,
+		TwilioAccountSID: ds.twilio.AccountSID,
+		PublicURL:        dispatchPublicURL,
+		Clock:            dispatchtest.NewClock(testNow),
+		Registerer:       ds.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	srv := api.New(api.Config{
+	cfg := api.Config{
 		Store:      ds.store,
 		Bus:        ds.bus,
 		Registerer: ds.reg,
 		Dispatch:   ds.d,
 		Agents:     func() []api.AgentState { return ds.agents },
 		Now:        func() time.Time { return testNow.Add(45 * time.Second) },
-	})
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	srv := api.New(cfg)
 	ds.Server = httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
 		srv.Close()
@@ -330,7 +335,7 @@ func TestTwilioStatusCallback(t *testing.T) {
 		t.Error("no incident.updated event after the callback")
 	}
 
-	unknown := url.Values{"MessageSid": {"SM" + strings.Repeat("0", 32)}, "MessageStatus": {"delivered"}}
+	unknown := url.Values{"MessageSid": {"SM" + strings.Repeat("0", 32)}, "MessageStatus": {"delivered"}, "AccountSid": {ds.twilio.AccountSID}}
 	code, body = ds.postCallback(t, unknown, dispatchtest.SignTwilio(ds.twilio.AuthToken, dispatchPublicURL+dispatch.TwilioStatusPath, unknown))
 	if code != http.StatusOK || !strings.Contains(string(body), "unknown SID") {
 		t.Errorf("callback for an unknown SID = %d %s, want 200 ignored", code, body)
@@ -409,7 +414,8 @@ func TestHealthEndpoints(t *testing.T) {
 			t.Errorf("channel %s enabled = %v, want %v", ch.Channel, ch.Enabled, want)
 		}
 	}
-	if !strings.Contains(strings.Join(h.Problems, "; "), "unacknowledged") {
-		t.Errorf("problems %v do not mention the unacknowledged incident", h.Problems)
+	problems := strings.Join(h.Problems, "; ")
+	if !strings.Contains(problems, "1 open incident unacknowledged") || !strings.Contains(problems, "1 agent offline") {
+		t.Errorf("problems %v: want \"1 open incident unacknowledged\" and \"1 agent offline\" in the singular", h.Problems)
 	}
 }

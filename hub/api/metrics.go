@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "xpress_api_request_duration_seconds",
-			Help:    "Time to serve an HTTP request, by route pattern. A WebSocket stream counts until it disconnects.",
+			Help:    "Time to serve an HTTP request, by route pattern. A WebSocket stream counts until its upgrade is done.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"route"}),
 		wsClients: prometheus.NewGauge(prometheus.GaugeOpts{

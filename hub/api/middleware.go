@@ -4,13 +4,16 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/xpress-ops/tower/internal/tlsconfig"
 )
 
 // contentSecurityPolicy allows only same-origin resources and no inline
 // script or style, and forbids framing.
 const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
-// securityHeaders sets the headers every response carries, error pages included.
+// securityHeaders sets the headers every response carries, error pages
+// included, and HSTS on every HTTPS response.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -18,6 +21,9 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Content-Security-Policy", contentSecurityPolicy)
 		h.Set("X-Frame-Options", "DENY")
+		if r.TLS != nil {
+			h.Set("Strict-Transport-Security", tlsconfig.HSTS)
+		}
 		next.ServeHTTP(w, r)
 	})
 }

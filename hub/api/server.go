@@ -128,6 +128,19 @@ type Config struct {
 	// of /api/emergency/health. Nil returns 404 to callbacks and reports
 	// the dispatcher as missing.
 	Dispatch Dispatch
+	// ExtraRegions are the region names a contact may serve besides
+	// protocol.KnownRegions, as the agents' --allow-region allows them.
+	ExtraRegions []string
+	// Credentials serves the admin API's agent credential routes (see
+	// adminRoutes). Nil, or an empty AdminToken, makes them answer 503.
+	Credentials store.AgentCredentialStore
+	// AdminToken is the bearer token the admin API requires. It is a
+	// secret: it comes from the environment or a file, never a flag.
+	AdminToken string
+	// OnCredentialChange is called with an agent id after the admin API
+	// rotated or revoked its credential, so the agent listener can drop
+	// what it remembers of the old token. Nil means no call.
+	OnCredentialChange func(agentID string)
 }
 
 // Validate checks the fields New cannot repair: Store and Bus must be set
@@ -240,6 +253,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/agents", s.handleAgents)
 	s.contactRoutes(mux)
 	s.dispatchRoutes(mux)
+	s.adminRoutes(mux)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)
 

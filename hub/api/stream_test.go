@@ -510,3 +510,184 @@ func TestStream_CountsClients(t *testing.T) {
 		t.Errorf("websocket_clients after Close = %v, want 0", got)
 	}
 }
+
+// The stream writes the bytes the bus encoded at publish, so every client
+// gets exactly the event's JSON encoding.
+func TestStream_WritesBusFrame(t *testing.T) {
+	ts := newTestServer(t, events.Config{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, ts.streamURL(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	if _, _, err := conn.Read(ctx); err != nil {
+		t.Fatalf("read hello: %v", err)
+	}
+
+	ev, err := ts.bus.Publish(events.TypeIncidentOpened, map[string]any{"note": `<b>"SOS" & help</b>`, "driver": "Niño"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := conn.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) || string(got) != string(ev.Frame()) {
+		t.Errorf("frame = %s\nwant %s", got, want)
+	}
+}
+
+func TestStream_ManyClientsGetEveryEvent(t *testing.T) {
+	const clients, n = 20, 200
+	ts := newTestServer(t, events.Config{}, nil)
+	cs := make([]*streamClient, clients)
+	for i := range cs {
+		cs[i] = ts.dial(t, "", nil)
+		cs[i].expect(t, "hello", 0)
+	}
+
+	for i := range n {
+		typ := events.TypeFix
+		if i%10 == 0 {
+			typ = events.TypeIncidentOpened
+		}
+		if _, err := ts.bus.Publish(typ, map[string]int{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range cs {
+		for seq := uint64(1); seq <= n; seq++ {
+			f := c.next(t)
+			if f.Seq != seq {
+				t.Fatalf("client %d: frame seq %d, want %d", i, f.Seq, seq)
+			}
+			if want := seq%10 == 1; want != (f.Type == events.TypeIncidentOpened) {
+				t.Fatalf("client %d: frame %d has type %s", i, seq, f.Type)
+			}
+		}
+	}
+}
+
+// A client that stops reading until the history no longer holds its next
+// event gets a reset frame, then the events after it.
+func TestStream_ClientBehindHistoryGetsReset(t *testing.T) {
+	const n, size = 400, 64 << 10
+	ts := newTestServer(t, events.Config{History: 10}, func(c *api.Config) {
+		c.WriteTimeout = 2 * waitTimeout
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*waitTimeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, ts.streamURL(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(1 << 20)
+	if _, _, err := conn.Read(ctx); err != nil {
+		t.Fatalf("read hello: %v", err)
+	}
+
+	// About 26 MB of events without reading: more than loopback socket
+	// buffers hold, so the stream's writes block while the history of 10
+	// moves on.
+	pad := strings.Repeat("x", size)
+	for i := range n {
+		if _, err := ts.bus.Publish(events.TypeFix, map[string]any{"n": i, "pad": pad}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	read := func() frame {
+		t.Helper()
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var f frame
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	var want uint64 = 1
+	f := read()
+	for f.Type != "reset" {
+		if f.Type != events.TypeFix || f.Seq != want {
+			t.Fatalf("frame %s seq %d before the reset, want fix seq %d", f.Type, f.Seq, want)
+		}
+		want++
+		f = read()
+	}
+	if f.Seq < want {
+		t.Fatalf("reset seq %d, want at least the next seq %d", f.Seq, want)
+	}
+
+	// After the reset the stream continues from the reset's seq.
+	marker, err := ts.bus.Publish(events.TypeIncidentOpened, "after the reset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want = f.Seq + 1; want <= marker.Seq; want++ {
+		if f = read(); f.Seq != want {
+			t.Fatalf("frame %s seq %d after the reset, want seq %d", f.Type, f.Seq, want)
+		}
+	}
+	if f.Type != events.TypeIncidentOpened {
+		t.Errorf("last frame type %s, want %s", f.Type, events.TypeIncidentOpened)
+	}
+	if got := metricValue(t, ts.reg, "xpress_events_slow_consumers_total", nil); got < 1 {
+		t.Errorf("slow consumers = %v, want at least 1", got)
+	}
+}
+
+// A client that stops reading is disconnected once a write blocks for the
+// write timeout, even with no ping due.
+func TestStream_BlockedWriteTimesOut(t *testing.T) {
+	const n, size = 400, 64 << 10
+	ts := newTestServer(t, events.Config{}, func(c *api.Config) {
+		c.PingInterval = time.Hour
+		c.WriteTimeout = 200 * time.Millisecond
+	})
+
+	// A raw client completes the handshake and then never reads.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/stream HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", strings.TrimPrefix(ts.URL, "http://"))
+	if err := conn.SetReadDeadline(time.Now().Add(waitTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake status %d, want 101", res.StatusCode)
+	}
+	eventually(t, "the stream counts one client", func() bool {
+		return metricValue(t, ts.reg, "xpress_api_websocket_clients", nil) == 1
+	})
+
+	pad := strings.Repeat("x", size)
+	for i := range n {
+		if _, err := ts.bus.Publish(events.TypeFix, map[string]any{"n": i, "pad": pad}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the server drops the client whose writes block", func() bool {
+		return metricValue(t, ts.reg, "xpress_api_websocket_clients", nil) == 0
+	})
+	sent := metricValue(t, ts.reg, "xpress_api_websocket_frames_sent_total", map[string]string{"type": events.TypeFix})
+	if sent >= n {
+		t.Errorf("%v fix frames counted as sent to a client that never read, want fewer than %d", sent, n)
+	}
+}

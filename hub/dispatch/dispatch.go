@@ -59,9 +59,11 @@ const (
 	// DefaultScanInterval is how often the active incidents are scanned
 	// and the outbox is read.
 	DefaultScanInterval = time.Second
-	// DefaultSendTimeout bounds one send, as long as the SMTP sender's own
-	// limit (notify.DefaultSMTPTimeout).
-	DefaultSendTimeout = 30 * time.Second
+	// DefaultSendTimeout bounds one send. A crash mid-send delays that
+	// notification by this plus leaseMargin (20 s), so it is kept short;
+	// xpress hub gives each Twilio request and SMTP exchange the same
+	// limit.
+	DefaultSendTimeout = 15 * time.Second
 	// DefaultConcurrency is how many notifications are sent at once.
 	DefaultConcurrency = 4
 	// DefaultQueryTimeout bounds each store call.
@@ -71,7 +73,7 @@ const (
 // leaseMargin is added to SendTimeout for a claim's lease, so that the
 // outcome of a send that used its whole timeout is still recorded before
 // another claim may take the notification over.
-const leaseMargin = 15 * time.Second
+const leaseMargin = 5 * time.Second
 
 // scanPageSize is how many incidents one store read of a scan returns.
 const scanPageSize = 100
@@ -103,6 +105,9 @@ type Store interface {
 	ClaimNotification(ctx context.Context, id int64, now, leaseUntil time.Time) (store.Notification, bool, error)
 	RecordAttempt(ctx context.Context, id int64, o store.AttemptOutcome) (store.Notification, store.IncidentChange, error)
 	UpdateDeliveryStatus(ctx context.Context, providerID, status, errText string) (store.Notification, store.IncidentChange, error)
+	Notifications(ctx context.Context, incidentID int64) ([]store.Notification, error)
+	RetryNotification(ctx context.Context, incidentID, id int64, actor string) (store.Notification, store.IncidentChange, error)
+	NotificationByProvider(ctx context.Context, providerID string) (store.Notification, error)
 }
 
 var _ Store = (store.Store)(nil)
@@ -115,6 +120,14 @@ type Config struct {
 	// attempt and delivery status, and wakes the scan on incident.opened.
 	// Required.
 	Bus *events.Bus
+	// CatchingUp reports whether an agent is still sending its SOS-lane
+	// backlog after an outage (ingest.Server.CatchingUp). While it is,
+	// the dispatcher holds back that agent's new incidents, at most
+	// MaxCatchUpHold after they opened, because the agent's reports of
+	// SMS it sent itself during the outage follow the SOS in that lane,
+	// and notifying first would text the same people twice. Nil never
+	// holds back.
+	CatchingUp func(agentID string) bool
 	// Senders sends each channel's notifications: a notify.Twilio for
 	// SMS and voice, a notify.SMTP for email, a notify.Webhook for
 	// webhooks. A channel without a sender is disabled: no notification
@@ -128,6 +141,10 @@ type Config struct {
 	// TwilioAuthToken verifies the signature of Twilio's status
 	// callbacks. Empty rejects every callback.
 	TwilioAuthToken string
+	// TwilioAccountSID is the account whose status callbacks are applied;
+	// a signed callback with another AccountSid is rejected. Empty skips
+	// the check.
+	TwilioAccountSID string
 	// PublicURL is the hub's URL as Twilio and people reach it, such as
 	// https://ops.example.ph, without a trailing slash. Status callbacks
 	// are verified against it, and email links to the dashboard use it.
@@ -279,6 +296,11 @@ type Dispatcher struct {
 	mu sync.Mutex
 	// inFlight holds the ids of notifications being sent by this process.
 	inFlight map[int64]bool
+	// addressBusy holds the channel and address of every send in
+	// progress; addressWaiting is set when a due notification was
+	// skipped because its address was busy.
+	addressBusy    map[store.NotificationKey]bool
+	addressWaiting bool
 	// idleSender notes the notifications skipped because their channel
 	// has no sender, so each is logged once.
 	idleSender map[int64]bool
@@ -291,13 +313,25 @@ type Dispatcher struct {
 	missingLogged map[string]*missingContacts
 	// gaugesAt is when the outbox gauges were last refreshed.
 	gaugesAt time.Time
+	// earlyCallbacks holds, by provider id, the status callbacks that
+	// arrived before RecordAttempt stored that id, to apply afterwards.
+	earlyCallbacks map[string][]earlyCallback
 }
 
-// channelState is the last outcome of one channel's sends.
+// channelState is the recent outcomes of one channel's sends.
 type channelState struct {
 	lastSuccess time.Time
 	lastFailure time.Time
 	lastError   string
+	// failures holds the times of the failed attempts within
+	// recentFailureWindow.
+	failures []time.Time
+	// authFailure is when the provider last rejected the credentials,
+	// authLogged when that was last logged, and authSuppressed how many
+	// rejections were not logged since.
+	authFailure    time.Time
+	authLogged     time.Time
+	authSuppressed int
 }
 
 // New checks cfg, fills defaults and registers the metrics. It starts
@@ -317,16 +351,18 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("register dispatch metrics: %w", err)
 	}
 	d := &Dispatcher{
-		cfg:        cfg,
-		log:        cfg.Logger.With("component", "dispatch"),
-		metrics:    m,
-		scanWake:   make(chan struct{}, 1),
-		sendWake:   make(chan struct{}, 1),
-		slots:      make(chan struct{}, cfg.Concurrency),
-		inFlight:   map[int64]bool{},
-		idleSender: map[int64]bool{},
-		level2At:   map[int64]time.Time{},
-		channels:   map[notify.Channel]*channelState{},
+		cfg:            cfg,
+		log:            cfg.Logger.With("component", "dispatch"),
+		metrics:        m,
+		scanWake:       make(chan struct{}, 1),
+		sendWake:       make(chan struct{}, 1),
+		slots:          make(chan struct{}, cfg.Concurrency),
+		inFlight:       map[int64]bool{},
+		addressBusy:    map[store.NotificationKey]bool{},
+		idleSender:     map[int64]bool{},
+		level2At:       map[int64]time.Time{},
+		channels:       map[notify.Channel]*channelState{},
+		earlyCallbacks: map[string][]earlyCallback{},
 	}
 	for _, ch := range allChannels {
 		d.channels[ch] = &channelState{}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -322,7 +323,7 @@ func TestExpiredLeaseReconciledWithTwilio(t *testing.T) {
 				t.Fatalf("claim %s: unknown %v, error %v", phone, unknown, err)
 			}
 			if phone == phoneAna {
-				msg := notify.Message{Channel: notify.ChannelSMS, To: phone, Text: "XPRESS SOS", Key: dispatch.NotificationKey(claimed)}
+				msg := notify.Message{Channel: notify.ChannelSMS, To: phone, Text: "XPRESS SOS", Key: dispatch.NotificationKey(claimed, inc)}
 				if _, err := h.sender.Send(h.ctx(), msg); err != nil {
 					t.Fatalf("send as the crashed hub: %v", err)
 				}
@@ -599,6 +600,40 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func TestAgentCatchingUp_HoldsNewIncident(t *testing.T) {
+	var catchingUp atomic.Bool
+	catchingUp.Store(true)
+	h := newHarness(t, "embedded", options{catchingUp: func(string) bool { return catchingUp.Load() }})
+	h.addStandardContacts()
+	inc := h.openIncident(testRegion, testVehicle, "sos-backlog")
+
+	h.scan()
+	if got, _ := h.incident(inc.ID); got.EscalationLevel != 0 {
+		t.Errorf("level while the agent sends its backlog = %d, want 0", got.EscalationLevel)
+	}
+	if list := h.notifications(inc.ID); len(list) != 0 {
+		t.Errorf("notifications queued while the agent sends its backlog: %+v", list)
+	}
+
+	catchingUp.Store(false)
+	h.scan()
+	if got, _ := h.incident(inc.ID); got.EscalationLevel != dispatch.LevelOpened {
+		t.Errorf("level after the backlog = %d, want %d", got.EscalationLevel, dispatch.LevelOpened)
+	}
+}
+
+func TestAgentCatchingUp_HoldIsBounded(t *testing.T) {
+	h := newHarness(t, "embedded", options{catchingUp: func(string) bool { return true }})
+	h.addStandardContacts()
+	inc := h.openIncident(testRegion, testVehicle, "sos-stuck-backlog")
+	h.scan()
+	h.clock.Advance(dispatch.MaxCatchUpHold)
+	h.scan()
+	if got, _ := h.incident(inc.ID); got.EscalationLevel < dispatch.LevelOpened {
+		t.Errorf("level %s after the hold = %d, want at least %d", dispatch.MaxCatchUpHold, got.EscalationLevel, dispatch.LevelOpened)
+	}
 }
 
 func TestDisabledChannelQueuesNothing(t *testing.T) {

@@ -90,9 +90,17 @@ func escalationBase(inc store.Incident) time.Time {
 	return base
 }
 
+// MaxCatchUpHold bounds how long after an incident opened the dispatcher
+// holds it back while its agent is catching up (Config.CatchingUp).
+const MaxCatchUpHold = 30 * time.Second
+
 // escalate raises inc through every level it is due for now.
 func (d *Dispatcher) escalate(ctx context.Context, inc store.Incident) {
 	now := d.cfg.Clock.Now()
+	if d.cfg.CatchingUp != nil && now.Sub(inc.OpenedAt) < MaxCatchUpHold && d.cfg.CatchingUp(inc.AgentID) {
+		d.log.Debug("incident held back while its agent sends its SOS backlog", "incident", inc.ID, "agent", inc.AgentID)
+		return
+	}
 	var ok bool
 	if inc.EscalationLevel < LevelOpened {
 		if inc, ok = d.raiseOpened(ctx, inc); !ok {
@@ -273,15 +281,45 @@ func (d *Dispatcher) raiseSupervisors(ctx context.Context, inc store.Incident, n
 		d.log.Error("cannot read supervisors; retrying on the next scan", "incident", inc.ID, "region", inc.Region, "error", err)
 		return inc, false
 	}
+	// The outbox keeps one notification per incident, channel and
+	// address, so a supervisor who already got this incident's alert on a
+	// channel (as a responder) is not queued again on it.
+	qctx, cancel := d.queryContext(ctx)
+	existing, err := d.cfg.Store.Notifications(qctx, inc.ID)
+	cancel()
+	if err != nil {
+		d.log.Error("cannot read the incident's notifications; retrying on the next scan", "incident", inc.ID, "error", err)
+		return inc, false
+	}
 	r := newRecipients()
-	for _, c := range supervisors {
-		if c.Phone != "" && d.enabled(notify.ChannelSMS) {
-			r.add(notify.ChannelSMS, c.Phone, c.ID, c.Language, ReasonSupervisor)
+	var already []string
+	for _, n := range existing {
+		r.seen[store.NotificationKey{Channel: n.Channel, Address: n.Address}] = true
+	}
+
+	addSupervisor := func(c store.Contact, ch notify.Channel, address string) {
+		if r.add(ch, address, c.ID, c.Language, ReasonSupervisor) {
+			return
 		}
-		if c.Email != "" && d.enabled(notify.ChannelEmail) {
-			r.add(notify.ChannelEmail, c.Email, c.ID, c.Language, ReasonSupervisor)
+		for _, n := range existing {
+			if n.Channel == store.Channel(ch) && n.Address == address {
+				already = append(already, fmt.Sprintf("%s already notified by %s as %s",
+					store.DescribeAddress(n.Channel, address), strings.ToUpper(string(ch)), reasonRole(n.Reason)))
+				d.log.Info("supervisor already notified of the incident on this channel; not queued again",
+					"incident", inc.ID, "contact", c.ID, "channel", ch, "address", store.DescribeAddress(n.Channel, address), "reason", n.Reason)
+				return
+			}
 		}
 	}
+	for _, c := range supervisors {
+		if c.Phone != "" && d.enabled(notify.ChannelSMS) {
+			addSupervisor(c, notify.ChannelSMS, c.Phone)
+		}
+		if c.Email != "" && d.enabled(notify.ChannelEmail) {
+			addSupervisor(c, notify.ChannelEmail, c.Email)
+		}
+	}
+
 	waited := now.Sub(escalationBase(inc)).Round(time.Second)
 	detail := fmt.Sprintf("not acknowledged after %s: ", waited)
 	if len(supervisors) == 0 {
@@ -289,6 +327,9 @@ func (d *Dispatcher) raiseSupervisors(ctx context.Context, inc store.Incident, n
 		detail += fmt.Sprintf("nobody configured: region %q has no supervisors", inc.Region)
 	} else {
 		detail += fmt.Sprintf("%s of %s: %s", plural(len(supervisors), "supervisor"), inc.Region, r.summary(nil))
+		if len(already) > 0 {
+			detail += "; " + strings.Join(already, "; ")
+		}
 	}
 	return d.raise(ctx, inc, store.Escalation{
 		IncidentID:    inc.ID,
@@ -331,6 +372,22 @@ func (d *Dispatcher) raiseVoice(ctx context.Context, inc store.Incident) {
 		Detail:        detail,
 		Notifications: r.list,
 	})
+}
+
+// reasonRole returns the role a notification reason addresses, such as
+// "responder", for event details.
+func reasonRole(reason string) string {
+	switch reason {
+	case ReasonResponder:
+		return "responder"
+	case ReasonEmergencyContact:
+		return "emergency contact"
+	case ReasonSupervisor, ReasonVoice:
+		return "supervisor"
+	case ReasonWebhook:
+		return "webhook"
+	}
+	return reason
 }
 
 // plural returns "1 responder" or "2 responders".

@@ -67,6 +67,8 @@ type options struct {
 	twilioTimeout time.Duration
 	// logTo, when set, receives the logs as text instead of the default.
 	logTo io.Writer
+	// catchingUp is the dispatcher's Config.CatchingUp.
+	catchingUp func(agentID string) bool
 }
 
 // harness is a dispatcher on a real store with real notify senders that
@@ -187,17 +189,19 @@ func (h *harness) start() {
 
 	h.reg = prometheus.NewRegistry()
 	h.d, err = dispatch.New(dispatch.Config{
-		Store:           h.store,
-		Bus:             h.bus,
-		Senders:         senders,
-		Finder:          tw,
-		TwilioAuthToken: h.twilio.AuthToken,
-		PublicURL:       publicURL,
-		WebhookURLs:     []string{h.hook.URL()},
-		Clock:           h.clock,
-		SendTimeout:     10 * time.Second,
-		Logger:          log,
-		Registerer:      h.reg,
+		Store:            h.store,
+		Bus:              h.bus,
+		CatchingUp:       h.opts.catchingUp,
+		Senders:          senders,
+		Finder:           tw,
+		TwilioAuthToken:  h.twilio.AuthToken,
+		TwilioAccountSID: h.twilio.AccountSID,
+		PublicURL:        publicURL,
+		WebhookURLs:      []string{h.hook.URL()},
+		Clock:            h.clock,
+		SendTimeout:      10 * time.Second,
+		Logger:           log,
+		Registerer:       h.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ type metrics struct {
 	outboxOldestAge    prometheus.Gauge
 	channelEnabled     *prometheus.GaugeVec
 	callbacks          *prometheus.CounterVec
+	authFailures       *prometheus.CounterVec
 }
 
 // Results of a status callback, as metric labels.
@@ -26,6 +27,7 @@ const (
 	callbackBadSignature = "bad_signature"
 	callbackInvalid      = "invalid"
 	callbackFailed       = "failed"
+	callbackWrongAccount = "wrong_account"
 )
 
 // newMetrics registers the dispatcher's collectors with reg, all or none.
@@ -65,19 +67,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"channel"}),
 		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_dispatch_status_callbacks_total",
-			Help: "Twilio status callbacks, by result: applied, unknown_sid, bad_signature, invalid or failed.",
+			Help: "Twilio status callbacks, by result: applied, unknown_sid, bad_signature, wrong_account (signed, for another Twilio account), invalid or failed.",
 		}, []string{"result"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_dispatch_provider_auth_failures_total",
+			Help: "Attempts the provider rejected for the hub's credentials (HTTP 401 or 403: wrong auth token, suspended account), by channel. The notifications are retried; fix the account.",
+		}, []string{"channel"}),
 	}
 	for _, ch := range allChannels {
+		m.authFailures.WithLabelValues(string(ch))
 		m.channelEnabled.WithLabelValues(string(ch))
 		m.attempts.WithLabelValues(string(ch))
 	}
-	for _, r := range []string{callbackApplied, callbackUnknownSID, callbackBadSignature, callbackInvalid, callbackFailed} {
+	for _, r := range []string{callbackApplied, callbackUnknownSID, callbackBadSignature, callbackInvalid, callbackFailed, callbackWrongAccount} {
 		m.callbacks.WithLabelValues(r)
 	}
 	collectors := []prometheus.Collector{
 		m.notifications, m.attempts, m.escalations, m.escalationFailures, m.noContacts,
-		m.outboxPending, m.outboxOldestAge, m.channelEnabled, m.callbacks,
+		m.outboxPending, m.outboxOldestAge, m.channelEnabled, m.callbacks, m.authFailures,
 	}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {

@@ -35,16 +35,31 @@ type WebhookPayload struct {
 	Incident store.Incident `json:"incident"`
 }
 
-// NotificationKey returns the idempotency key of a notification, such as
-// "incident-12/sms/+639171234567". For a webhook it holds a hash of the
-// URL instead of the URL, whose path is often a secret.
-func NotificationKey(n store.Notification) string {
+// NotificationKey returns the idempotency key of notification n of
+// incident inc, such as "incident-12-3f9c2a1b7d4e6f08/sms/+639171234567".
+// The hex part is a hash of the incident's vehicle id, SOS id and opening
+// time in microseconds. So the key stays the same for every attempt of
+// the notification, but differs between incidents that share a store id
+// on different hubs or stores (after a store switch or a database reset).
+// A deduplicating receiver then never drops a new SOS as a copy.
+// For a webhook the key holds a hash of the URL instead of the URL, whose
+// path is often a secret.
+func NotificationKey(n store.Notification, inc store.Incident) string {
 	address := n.Address
 	if n.Channel == store.ChannelWebhook {
 		sum := sha256.Sum256([]byte(n.Address))
 		address = hex.EncodeToString(sum[:8])
 	}
-	return fmt.Sprintf("incident-%d/%s/%s", n.IncidentID, n.Channel, address)
+	return fmt.Sprintf("incident-%d-%s/%s/%s", n.IncidentID, incidentToken(inc), n.Channel, address)
+}
+
+// incidentToken returns 16 hex digits of a hash of what makes inc unique
+// beyond its store id. Stores keep times to the microsecond, so the
+// opening time is truncated to that before it is hashed.
+func incidentToken(inc store.Incident) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%d", inc.VehicleID, inc.SOSID, inc.OpenedAt.Truncate(time.Microsecond).UnixMicro())
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // isEscalation reports whether a reason belongs to levels 2 and 3, which
@@ -77,7 +92,7 @@ func alertData(inc store.Incident, key string) notify.AlertData {
 // message renders notification n of incident inc at now, in the
 // contact's language and from the incident as it is now.
 func (d *Dispatcher) message(n store.Notification, inc store.Incident, now time.Time) (notify.Message, error) {
-	key := NotificationKey(n)
+	key := NotificationKey(n, inc)
 	lang := notify.ParseLanguage(string(n.Language))
 	msg := notify.Message{Channel: notify.Channel(n.Channel), To: n.Address, Language: lang, Key: key}
 

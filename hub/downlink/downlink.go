@@ -64,6 +64,24 @@ type Publisher interface {
 	Publish(topic string, payload []byte, retain bool) error
 }
 
+// InflightCounter is implemented by a Publisher that can tell how many
+// messages an agent has not acknowledged yet (*ingest.Server does). The
+// downlink then waits while an agent has MaxInflight or more, so a
+// resync of thousands of states does not overflow the broker's
+// in-flight quota, past which mochi drops messages, the hub's batch
+// acknowledgements included.
+type InflightCounter interface {
+	Inflight(agentID string) int
+}
+
+// DefaultMaxInflight is the default Config.MaxInflight.
+const DefaultMaxInflight = 1000
+
+// maxPaceWait bounds how long one publish waits for an agent that stops
+// acknowledging; the state is then published anyway, and a drop by the
+// broker is repaired by the agent's next resubscribe.
+const maxPaceWait = 10 * time.Second
+
 // Config configures a Downlink.
 type Config struct {
 	// Bus is the hub's event bus. Required.
@@ -103,6 +121,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the hub clock that ages final states. Nil means time.Now.
 	Now func() time.Time
+	// MaxInflight is how many unacknowledged states an agent may have
+	// before the downlink waits, when Publisher is an InflightCounter.
+	// Zero means DefaultMaxInflight.
+	MaxInflight int
 }
 
 // DefaultMessage returns the built-in English text of a vehicle state,
@@ -505,6 +527,7 @@ func (d *Downlink) publish(inc store.Incident, sosID, topic string, st protocol.
 		log.Error("SOS state not sent to the vehicle: invalid", "error", err)
 		return false
 	}
+	d.pace(inc.AgentID)
 	if err := d.cfg.Publisher.Publish(topic, payload, true); err != nil {
 		d.metrics.publishFailures.Inc()
 		log.Error("SOS state not sent to the vehicle: publish failed", "error", err)
@@ -513,6 +536,36 @@ func (d *Downlink) publish(inc store.Incident, sosID, topic string, st protocol.
 	d.metrics.published.WithLabelValues(st.State).Inc()
 	log.Info("SOS state sent to the agent")
 	return true
+}
+
+// pace waits while agentID has MaxInflight or more unacknowledged
+// messages, at most maxPaceWait, or until the downlink closes.
+func (d *Downlink) pace(agentID string) {
+	counter, ok := d.cfg.Publisher.(InflightCounter)
+	if !ok {
+		return
+	}
+	limit := d.cfg.MaxInflight
+	if limit <= 0 {
+		limit = DefaultMaxInflight
+	}
+	if counter.Inflight(agentID) < limit {
+		return
+	}
+	d.metrics.paced.Inc()
+	deadline := time.Now().Add(maxPaceWait)
+	for counter.Inflight(agentID) >= limit {
+		if time.Now().After(deadline) {
+			d.log.Warn("agent is not acknowledging SOS states; publishing anyway", "agent", agentID,
+				"inflight", counter.Inflight(agentID), "waited", maxPaceWait)
+			return
+		}
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // message returns the driver's text for state, at most

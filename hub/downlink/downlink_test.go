@@ -617,3 +617,86 @@ func TestMetrics_PassLint(t *testing.T) {
 		t.Error("registering the metrics twice succeeded")
 	}
 }
+
+// Inflight passes the ingest server's count through, so the downlink
+// paces as it does in a hub.
+func (g *gate) Inflight(agentID string) int {
+	if c, ok := g.next.(InflightCounter); ok {
+		return c.Inflight(agentID)
+	}
+	return 0
+}
+
+func TestDownlink_PacesByAgentInflight(t *testing.T) {
+	const limit, incidents = 5, 20
+	h := newHub(t)
+	h.start(options{deferDownlink: true, config: func(c *Config) { c.MaxInflight = limit }})
+	for i := range incidents {
+		h.press(fmt.Sprintf("taxi-%04d", 100+i), fmt.Sprintf("sos-pace-%d", i), storetest.Epoch)
+	}
+
+	// An agent that acknowledges only when the test says so.
+	var mu sync.Mutex
+	var unacked []paho.Message
+	received := 0
+	opts := paho.NewClientOptions().
+		AddBroker("tcp://" + h.ingest.Addr().String()).
+		SetClientID(storetest.Agent).
+		SetUsername(storetest.Agent).
+		SetCleanSession(true).
+		SetProtocolVersion(4).
+		SetAutoReconnect(false).
+		SetAutoAckDisabled(true).
+		SetConnectTimeout(waitTimeout)
+	client := paho.NewClient(opts)
+	if tok := client.Connect(); !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+		t.Fatalf("connect agent: %v", tok.Error())
+	}
+	t.Cleanup(func() { client.Disconnect(100) })
+	tok := client.Subscribe(protocol.SOSStateUpdateFilter(storetest.Agent), 1, func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		unacked = append(unacked, m)
+		received++
+	})
+	if !tok.WaitTimeout(waitTimeout) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	h.downlink.Start()
+
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return received
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for count() < limit && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitCounter(t, h.downlink.metrics.paced, 1, "a paced publish")
+	if n := h.ingest.Inflight(storetest.Agent); n > limit {
+		t.Errorf("messages in flight to the agent = %d, want at most %d", n, limit)
+	}
+	if n := count(); n > limit {
+		t.Errorf("states received before any acknowledgement = %d, want at most %d", n, limit)
+	}
+
+	// Acknowledging lets the rest through, each batch at most limit.
+	for time.Now().Before(deadline) && count() < incidents {
+		mu.Lock()
+		batch := unacked
+		unacked = nil
+		mu.Unlock()
+		for _, m := range batch {
+			m.Ack()
+		}
+		if n := h.ingest.Inflight(storetest.Agent); n > limit {
+			t.Errorf("messages in flight to the agent = %d, want at most %d", n, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A state may arrive twice (its event and the resync at start).
+	if n := count(); n < incidents {
+		t.Errorf("states received = %d, want all %d", n, incidents)
+	}
+}

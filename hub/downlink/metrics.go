@@ -20,6 +20,7 @@ type metrics struct {
 	resyncs         *prometheus.CounterVec
 	resyncFailures  prometheus.Counter
 	invalidEvents   prometheus.Counter
+	paced           prometheus.Counter
 }
 
 // newMetrics registers the downlink's collectors with reg, all or none.
@@ -32,6 +33,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_downlink_publish_failures_total",
 			Help: "SOS states and clears that could not be published to agents.",
+		}),
+		paced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_downlink_paced_total",
+			Help: "SOS state publishes that waited because the agent had too many unacknowledged messages.",
 		}),
 		cleared: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_downlink_states_cleared_total",
@@ -58,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.resyncs.WithLabelValues(c)
 	}
 
-	collectors := []prometheus.Collector{m.published, m.publishFailures, m.cleared, m.resyncs, m.resyncFailures, m.invalidEvents}
+	collectors := []prometheus.Collector{m.published, m.publishFailures, m.cleared, m.resyncs, m.resyncFailures, m.invalidEvents, m.paced}
 	var done []prometheus.Collector
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {

@@ -3,6 +3,22 @@
 // reconnects resumes after the last sequence number it saw and misses
 // nothing, or learns that it must reload its state.
 //
+// Publish encodes each event once, into its frame: the JSON object
+// {"type","seq","time","data"} that Event.Frame returns. Every subscriber
+// gets the same bytes, so sending an event to many WebSocket clients costs
+// no further encoding.
+//
+// A subscription is read in one of two ways. C returns a channel that
+// Publish fills, with room for Config.Buffer events; it suits the few
+// in-process consumers. Next and Ready read the kept history at the
+// subscription's own position and hold no buffer, so that thousands of
+// WebSocket clients cost little memory. Either way a subscriber gets every
+// event in sequence order, none coalesced or dropped, for as long as it
+// keeps up. One that falls more than Config.Buffer events behind first gets
+// the events up to that point and then ErrSlowConsumer. It resumes with
+// Subscribe from the last sequence number it received, or gets ErrGap when
+// those events are no longer kept.
+//
 // The payloads of the event types, as JSON in Event.Data:
 //
 //	fix               a stored fix (store.StoredFix)
@@ -18,6 +34,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,8 +53,8 @@ const (
 const (
 	// DefaultHistory is how many recent events a bus keeps for resume.
 	DefaultHistory = 10000
-	// DefaultBuffer is how many live events a subscription may have queued
-	// before it is closed as a slow consumer.
+	// DefaultBuffer is how many live events a subscription may have
+	// unreceived before it is ended as a slow consumer.
 	DefaultBuffer = 1024
 )
 
@@ -49,10 +66,13 @@ var (
 	// ErrGap means a resume point is outside the kept history, so the
 	// subscriber must reload its state. Subscribe returns it as a *GapError.
 	ErrGap = errors.New("resume point is outside the kept event history")
-	// ErrSlowConsumer means a subscription fell a full buffer behind and was closed.
+	// ErrSlowConsumer means a subscription fell more than Config.Buffer
+	// events behind, or behind the kept history, and was ended.
 	ErrSlowConsumer = errors.New("subscriber fell behind the event stream")
 	// ErrClosed means the bus is closed.
 	ErrClosed = errors.New("event bus closed")
+	// ErrUnsubscribed is the error Next returns after the subscription's Close.
+	ErrUnsubscribed = errors.New("subscription closed")
 	// ErrInvalidType means an event type is empty, too long or has characters
 	// other than lower-case letters, digits, '.' and '_'.
 	ErrInvalidType = errors.New("invalid event type")
@@ -60,12 +80,23 @@ var (
 
 // Event is one published event. Seq is assigned by the bus: strictly
 // increasing from 1 in publish order. Time is the bus clock at publish, in UTC.
+// The bus shares Data and the frame among all subscribers, so callers must
+// not modify them.
 type Event struct {
 	Type string          `json:"type"`
 	Seq  uint64          `json:"seq"`
 	Time time.Time       `json:"time"`
 	Data json.RawMessage `json:"data"`
+
+	// frame is the event's JSON encoding. Data is a part of it.
+	frame []byte
 }
+
+// Frame returns the event's JSON encoding, the same bytes as
+// json.Marshal(e), which the bus made once when the event was published.
+// Every subscriber gets the same slice, so the caller must not modify it.
+// It is nil for an Event that no Bus published.
+func (e Event) Frame() []byte { return e.frame }
 
 // GapError is the ErrGap returned by Subscribe. Events Oldest through
 // Latest are kept, so a resume point from Oldest-1 to Latest works.
@@ -90,13 +121,15 @@ func (e *GapError) Unwrap() error { return ErrGap }
 
 // Config configures a Bus.
 type Config struct {
-	// History is how many recent events are kept for Subscribe to replay.
-	// Zero or negative means DefaultHistory.
+	// History is how many recent events are kept for Subscribe to replay
+	// and for Next to read. Zero or negative means DefaultHistory.
 	History int
-	// Buffer is how many live events a subscription may hold unreceived
-	// before it is closed with ErrSlowConsumer. Replayed events come on top:
-	// a subscription's channel has room for its replay plus Buffer. Zero or
-	// negative means DefaultBuffer.
+	// Buffer is how many live events a subscription may have unreceived
+	// before it is ended with ErrSlowConsumer. Replayed events come on top.
+	// A subscription read through C has a channel with room for its replay
+	// plus Buffer. One read through Next has no buffer of its own and reads
+	// the history, so it also ends once the history no longer holds its next
+	// event. Zero or negative means DefaultBuffer.
 	Buffer int
 	// Logger receives slow-consumer and close messages. Nil discards them.
 	Logger *slog.Logger
@@ -114,20 +147,37 @@ type Config struct {
 
 // Bus is an in-process event fan-out with a bounded history. It is safe for
 // concurrent use. Publish never blocks on a subscriber: one that falls
-// Buffer events behind is closed with ErrSlowConsumer and resumes with
+// Buffer events behind is ended with ErrSlowConsumer and resumes with
 // Subscribe from the last sequence number it received.
 type Bus struct {
-	history int
-	buffer  int
-	log     *slog.Logger
-	now     func() time.Time
-	metrics *metrics
+	history  uint64
+	buffer   uint64
+	firstSeq uint64
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *metrics
 
-	mu     sync.Mutex
-	seq    uint64
-	ring   ring
-	subs   []*Subscription
-	closed bool
+	// slots holds the kept events: event seq is in slots[seq%history] until
+	// event seq+history overwrites it. Publish stores a slot before it moves
+	// latest past it, so a reader that loads latest may read every slot up
+	// to it without the lock.
+	slots []atomic.Pointer[Event]
+	// latest is the newest sequence number, firstSeq-1 before the first event.
+	latest atomic.Uint64
+	// closed is set by Close, under mu, before it wakes the readers.
+	closed atomic.Bool
+	// wake is the channel that Ready hands to waiting readers. Publish
+	// closes and replaces it when a reader has taken it (wakeTaken) since
+	// the last replacement; Close always does.
+	wake      atomic.Pointer[chan struct{}]
+	wakeTaken atomic.Bool
+
+	// mu serializes Publish, Subscribe and Close and guards the lists.
+	mu sync.Mutex
+	// subs are the open subscriptions; chans those of them read through
+	// C, which Publish feeds.
+	subs  []*Subscription
+	chans []*Subscription
 }
 
 // NewBus returns a bus configured by cfg, with defaults filled in. It
@@ -151,55 +201,93 @@ func NewBus(cfg Config) *Bus {
 	if cfg.FirstSeq == 0 {
 		cfg.FirstSeq = 1
 	}
-	return &Bus{
-		seq:     cfg.FirstSeq - 1,
-		history: cfg.History,
-		buffer:  cfg.Buffer,
-		log:     cfg.Logger.With("component", "events"),
-		now:     cfg.Now,
-		metrics: newMetrics(cfg.Registerer),
-		ring:    ring{buf: make([]Event, 0, cfg.History)},
+	b := &Bus{
+		history:  uint64(cfg.History),
+		buffer:   uint64(cfg.Buffer),
+		firstSeq: cfg.FirstSeq,
+		log:      cfg.Logger.With("component", "events"),
+		now:      cfg.Now,
+		metrics:  newMetrics(cfg.Registerer),
+		slots:    make([]atomic.Pointer[Event], cfg.History),
 	}
+	b.latest.Store(cfg.FirstSeq - 1)
+	wake := make(chan struct{})
+	b.wake.Store(&wake)
+	return b
 }
 
-// Publish encodes data as JSON, gives it the next sequence number and
-// delivers it to every subscription. It does not wait for subscribers.
-// A rejected event uses up no sequence number. Publish returns
-// ErrInvalidType for a bad type name, an encoding error for data that has
-// no JSON form, and ErrClosed after Close.
+// Publish encodes data as JSON, gives it the next sequence number, encodes
+// the event's frame and delivers it to every subscription. It does not wait
+// for subscribers. A rejected event uses up no sequence number. Publish
+// returns ErrInvalidType for a bad type name, an encoding error for data
+// that has no JSON form or a clock outside the years 0 to 9999, and
+// ErrClosed after Close.
 func (b *Bus) Publish(typ string, data any) (Event, error) {
 	if err := checkType(typ); err != nil {
 		return Event{}, err
 	}
-	raw, err := json.Marshal(data)
+	enc := getEncoder()
+	defer putEncoder(enc)
+	raw, err := enc.encode(data)
 	if err != nil {
 		return Event{}, fmt.Errorf("encode %s event: %w", typ, err)
 	}
 
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return Event{}, ErrClosed
+	ev, wake, err := b.publish(typ, raw)
+	if err != nil {
+		return Event{}, err
 	}
-	b.seq++
-	ev := Event{Type: typ, Seq: b.seq, Time: b.now().UTC(), Data: raw}
-	b.ring.push(ev, b.history)
-
-	// Iterate backwards because dropLocked moves the last subscription into
-	// the dropped one's slot.
-	for i := len(b.subs) - 1; i >= 0; i-- {
-		s := b.subs[i]
-		select {
-		case s.ch <- ev:
-		default:
-			b.dropLocked(s, ErrSlowConsumer)
-			b.metrics.slowConsumers.Inc()
-			b.log.Warn("subscriber fell behind, closing it",
-				"seq", ev.Seq, "last_delivered", ev.Seq-1, "buffer", cap(s.ch))
-		}
+	// Closing the channel after unlocking keeps the wake-ups of the waiting
+	// readers out of the critical section.
+	if wake != nil {
+		close(wake)
 	}
 	b.metrics.published.WithLabelValues(typeLabel(typ)).Inc()
-	return ev, nil
+	return *ev, nil
+}
+
+// publish stamps and stores one event and feeds the channels. It returns
+// the wake channel that the caller must close, if any.
+func (b *Bus) publish(typ string, raw []byte) (*Event, chan struct{}, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed.Load() {
+		return nil, nil, ErrClosed
+	}
+	now := b.now().UTC()
+	if y := now.Year(); y < 0 || y > 9999 {
+		return nil, nil, fmt.Errorf("stamp %s event: the clock reads %s, outside the years 0 to 9999 that the JSON time format allows", typ, now)
+	}
+	seq := b.latest.Load() + 1
+	ev := newEvent(typ, seq, now, raw)
+	b.slots[seq%b.history].Store(ev)
+	b.latest.Store(seq)
+
+	// Iterate backwards because endLocked moves the last channel
+	// subscription into the ended one's slot.
+	for i := len(b.chans) - 1; i >= 0; i-- {
+		s := b.chans[i]
+		select {
+		case s.ch <- *ev:
+		default:
+			b.endLocked(s, ErrSlowConsumer)
+			b.metrics.slowConsumers.Inc()
+			b.log.Warn("subscriber fell behind, closing it",
+				"seq", seq, "last_delivered", seq-1, "buffer", cap(s.ch))
+		}
+	}
+	return ev, b.swapWakeLocked(false), nil
+}
+
+// swapWakeLocked replaces the wake channel and returns the old one for the
+// caller to close. Unless force is set it does so only when a reader took
+// the current channel since the last swap. The caller holds b.mu.
+func (b *Bus) swapWakeLocked(force bool) chan struct{} {
+	if !b.wakeTaken.Swap(false) && !force {
+		return nil
+	}
+	next := make(chan struct{})
+	return *b.wake.Swap(&next)
 }
 
 // Subscribe returns a subscription that first receives every kept event
@@ -211,121 +299,88 @@ func (b *Bus) Publish(typ string, data any) (Event, error) {
 func (b *Bus) Subscribe(after uint64) (*Subscription, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.closed.Load() {
 		return nil, ErrClosed
 	}
 
-	oldest := b.seq - uint64(b.ring.len()) + 1
-	if after > b.seq || after+1 < oldest {
+	latest := b.latest.Load()
+	oldest := b.oldest(latest)
+	if after > latest || after+1 < oldest {
 		b.metrics.gaps.Inc()
-		return nil, &GapError{After: after, Oldest: oldest, Latest: b.seq}
+		return nil, &GapError{After: after, Oldest: oldest, Latest: latest}
 	}
 
-	replay := int(b.seq - after)
-	s := &Subscription{bus: b, ch: make(chan Event, replay+b.buffer)}
-	b.ring.each(replay, func(ev Event) { s.ch <- ev })
-	s.index = len(b.subs)
+	s := &Subscription{bus: b, next: after + 1, start: latest, index: len(b.subs), chanIndex: -1}
 	b.subs = append(b.subs, s)
 	b.metrics.subscribers.Set(float64(len(b.subs)))
 	return s, nil
 }
 
-// Latest returns the sequence number of the newest event, or 0 before the first.
-func (b *Bus) Latest() uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.seq
+// oldest returns the oldest kept sequence number when latest is the newest,
+// latest+1 when none is kept.
+func (b *Bus) oldest(latest uint64) uint64 {
+	kept := min(latest-(b.firstSeq-1), b.history)
+	return latest - kept + 1
 }
 
-// Close closes every subscription with ErrClosed and makes later Publish
-// and Subscribe calls fail with ErrClosed. It is safe to call more than
-// once and always returns nil.
+// Latest returns the sequence number of the newest event, or FirstSeq-1
+// before the first.
+func (b *Bus) Latest() uint64 {
+	return b.latest.Load()
+}
+
+// Close ends every subscription with ErrClosed and makes later Publish
+// and Subscribe calls fail with ErrClosed. Subscribers still receive the
+// events published before Close. It is safe to call more than once and
+// always returns nil.
 func (b *Bus) Close() error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
+	if b.closed.Load() {
+		b.mu.Unlock()
 		return nil
 	}
-	b.closed = true
+	b.closed.Store(true)
 	for len(b.subs) > 0 {
-		b.dropLocked(b.subs[len(b.subs)-1], ErrClosed)
+		b.endLocked(b.subs[len(b.subs)-1], ErrClosed)
 	}
-	b.log.Info("event bus closed", "seq", b.seq)
+	wake := b.swapWakeLocked(true)
+	seq := b.latest.Load()
+	b.mu.Unlock()
+
+	close(wake)
+	b.log.Info("event bus closed", "seq", seq)
 	return nil
 }
 
-// dropLocked removes s from the bus and closes its channel with reason
-// err (nil for a subscriber's own Close). The caller holds b.mu.
-func (b *Bus) dropLocked(s *Subscription, err error) {
+// endLocked removes s from the bus with reason err (nil for a subscriber's
+// own Close) and closes its channel if it has one. It reports whether s was
+// still open. The caller holds b.mu.
+func (b *Bus) endLocked(s *Subscription, err error) bool {
 	if s.index < 0 {
-		return
+		return false
 	}
-	last := len(b.subs) - 1
-	b.subs[s.index] = b.subs[last]
-	b.subs[s.index].index = s.index
-	b.subs[last] = nil
-	b.subs = b.subs[:last]
-
+	b.subs = removeAt(b.subs, s.index, func(moved *Subscription, i int) { moved.index = i })
 	s.index = -1
+	if s.chanIndex >= 0 {
+		b.chans = removeAt(b.chans, s.chanIndex, func(moved *Subscription, i int) { moved.chanIndex = i })
+		s.chanIndex = -1
+	}
 	s.err = err
-	close(s.ch)
+	if s.ch != nil {
+		close(s.ch)
+	}
 	b.metrics.subscribers.Set(float64(len(b.subs)))
+	return true
 }
 
-// Subscription is one subscriber's view of the bus.
-type Subscription struct {
-	bus *Bus
-	ch  chan Event
-	// index is the position in bus.subs, -1 once closed. Guarded by bus.mu.
-	index int
-	// err is the reason the subscription was closed. Guarded by bus.mu.
-	err error
-}
-
-// C returns the channel of events. It is closed when the subscription
-// ends. Events already in it can still be received, and Err then returns
-// the reason it ended.
-func (s *Subscription) C() <-chan Event { return s.ch }
-
-// Close ends the subscription and closes C. It is safe to call more than
-// once and concurrently with Publish.
-func (s *Subscription) Close() {
-	s.bus.mu.Lock()
-	defer s.bus.mu.Unlock()
-	s.bus.dropLocked(s, nil)
-}
-
-// Err returns why C was closed: ErrSlowConsumer, ErrClosed when the bus
-// closed, or nil after Close or while the subscription is open.
-func (s *Subscription) Err() error {
-	s.bus.mu.Lock()
-	defer s.bus.mu.Unlock()
-	return s.err
-}
-
-// ring keeps the newest events, oldest first, in a fixed-capacity buffer.
-type ring struct {
-	buf   []Event
-	start int
-}
-
-func (r *ring) len() int { return len(r.buf) }
-
-// push appends ev, overwriting the oldest event once size events are kept.
-func (r *ring) push(ev Event, size int) {
-	if len(r.buf) < size {
-		r.buf = append(r.buf, ev)
-		return
-	}
-	r.buf[r.start] = ev
-	r.start = (r.start + 1) % len(r.buf)
-}
-
-// each calls fn on the newest n events, oldest first.
-func (r *ring) each(n int, fn func(Event)) {
-	for i := len(r.buf) - n; i < len(r.buf); i++ {
-		fn(r.buf[(r.start+i)%len(r.buf)])
-	}
+// removeAt removes list[i] by moving the last element into its place, and
+// passes that element and its new index to setIndex.
+func removeAt(list []*Subscription, i int, setIndex func(*Subscription, int)) []*Subscription {
+	last := len(list) - 1
+	list[i] = list[last]
+	setIndex(list[i], i)
+	list[last] = nil
+	return list[:last]
 }
 
 func checkType(typ string) error {

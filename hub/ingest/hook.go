@@ -41,6 +41,7 @@ func (h *hook) ID() string { return "xpress-ingest" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnectAuthenticate,
+		mqtt.OnSessionEstablish,
 		mqtt.OnACLCheck,
 		mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect,
@@ -54,16 +55,41 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	s := h.server
 	agentID := string(cl.Properties.Username)
 	if err := protocol.ValidateAgentID(agentID); err != nil {
-		s.metrics.connectionsRejected.WithLabelValues("invalid_agent_id").Inc()
+		s.metrics.connectionsRejected.WithLabelValues(reasonInvalidAgentID).Inc()
 		s.log.Warn("agent connection rejected: username is not a valid agent id", "remote", cl.Net.Remote, "client", cl.ID, "error", err)
 		return false
 	}
+	// Mochi answers a refusal with CONNACK "bad user name or password":
+	// 0x86 for MQTT 5, 0x04 for MQTT 3.1.1. The token is never logged.
 	if err := s.cfg.Authenticator.Authenticate(agentID, pk.Connect.Password); err != nil {
-		s.metrics.connectionsRejected.WithLabelValues("bad_credentials").Inc()
-		s.log.Warn("agent connection rejected: authentication failed", "agent", agentID, "remote", cl.Net.Remote, "error", err)
+		reason := authFailureReason(err)
+		s.metrics.connectionsRejected.WithLabelValues(reason).Inc()
+		level := slog.LevelWarn
+		if reason == reasonAuthStore {
+			level = slog.LevelError
+		}
+		s.log.Log(context.Background(), level, "agent connection rejected: authentication failed",
+			"agent", agentID, "remote", cl.Net.Remote, "client", cl.ID, "reason", reason, "error", err)
 		return false
 	}
 	return true
+}
+
+// OnSessionEstablish runs after authentication and before mochi lets a
+// connection take over the session of a live client with the same client
+// id: mochi disconnects the old connection (MQTT 5 reason "session taken
+// over"). The uplink uses the agent id as client id, so two agents
+// configured with one id keep taking the session from each other; this
+// logs each takeover with both remote addresses. A connection with the
+// same user name and another client id does not take over and both stay.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	s := h.server
+	if old, ok := s.broker.Clients.Get(cl.ID); ok && old != cl && !old.Closed() {
+		s.metrics.sessionTakeovers.Inc()
+		s.log.Warn("agent connection takes over the session of a live connection with the same client id; two agents may share one id",
+			"agent", string(cl.Properties.Username), "client", cl.ID, "remote", cl.Net.Remote,
+			"old_agent", string(old.Properties.Username), "old_remote", old.Net.Remote)
+	}
 }
 
 // OnACLCheck lets an agent publish only to its batch topic, and subscribe
@@ -147,6 +173,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	s.metrics.recordsCommitted.WithLabelValues(string(b.Lane)).Add(float64(len(b.Records) - res.Duplicates))
 	s.metrics.recordsDuplicate.Add(float64(res.Duplicates))
 	s.log.Debug("batch committed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane, "seq", b.First(), "through", res.Through, "duplicates", res.Duplicates)
+	s.noteCatchUp(b)
 	if s.cfg.OnCommit != nil {
 		s.cfg.OnCommit(b, res)
 	}

@@ -48,10 +48,9 @@ type AgentAuthenticator interface {
 }
 
 // AllowAll accepts every agent whose id is valid, whatever its password.
-//
-// NOTE: AllowAll is the development default until per-agent credentials
-// exist; a hub reachable from untrusted networks needs a real
-// AgentAuthenticator.
+// It is only for local experiments and tests of this package: the hub
+// uses a StoreAuthenticator unless agent authentication is turned off on a
+// loopback listener.
 type AllowAll struct{}
 
 // Authenticate accepts any password.
@@ -62,9 +61,12 @@ type Config struct {
 	// Addr is the TCP address agents connect to, for example ":1884" or
 	// "127.0.0.1:0" for a free port. Required.
 	Addr string
-	// TLS, when set, serves MQTT over TLS with this configuration; nil
-	// means plain TCP.
+	// TLS, when set, serves MQTT over TLS with this configuration: on
+	// TLSAddr when that is set, else on Addr. Nil means plain TCP only.
 	TLS *tls.Config
+	// TLSAddr, when set with TLS, is a second listener that serves MQTT
+	// over TLS next to the plain one on Addr.
+	TLSAddr string
 	// Store commits batches. Required.
 	Store store.Store
 	// Logger receives the server's log; nil discards it.
@@ -83,7 +85,8 @@ type Config struct {
 	// MaxPacketBytes is the largest MQTT packet accepted; a client sending
 	// a larger one is disconnected. Zero means DefaultMaxPacketBytes.
 	MaxPacketBytes uint32
-	// Authenticator checks agent passwords. Nil means AllowAll.
+	// Authenticator checks agent passwords, for example a
+	// StoreAuthenticator. Nil means AllowAll.
 	Authenticator AgentAuthenticator
 	// CommitTimeout bounds one batch commit; on expiry the agent gets an
 	// error Ack and resends. Zero means DefaultCommitTimeout.
@@ -104,6 +107,7 @@ type Server struct {
 	// guard orders Publish's retained messages with agents' subscribes.
 	guard  *retainguard.Guard
 	ln     net.Listener
+	tlsLn  net.Listener
 	ctx    context.Context
 	cancel context.CancelFunc
 	opened bool
@@ -111,6 +115,9 @@ type Server struct {
 
 	agentsMu sync.Mutex
 	agents   map[string]int // live connections per agent id
+
+	// catchUp records which agents are still sending an SOS backlog.
+	catchUp catchUp
 }
 
 // New returns a Server with the defaults of cfg filled in. It does no I/O.
@@ -159,7 +166,7 @@ func (s *Server) Open() error {
 	if err != nil {
 		return fmt.Errorf("open ingest: listen on %s: %w", s.cfg.Addr, err)
 	}
-	if s.cfg.TLS != nil {
+	if s.cfg.TLS != nil && s.cfg.TLSAddr == "" {
 		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
 
@@ -171,6 +178,13 @@ func (s *Server) Open() error {
 	// expected to stay open. (Zero would disable the limit but make the
 	// PUBREC mochi keeps for a QoS 2 publish expire within a second.)
 	caps.MaximumMessageExpiryInterval = 30 * 24 * 60 * 60
+	// An agent that reconnects after an outage gets every retained SOS
+	// state of its region at once, and mochi drops messages to a client
+	// past these limits (8,192 each by default), Acks included. Agents
+	// are few, so give each the protocol's maximum; the downlink also
+	// paces its publishes by Inflight.
+	caps.MaximumInflight = 65535
+	caps.MaximumClientWritesPending = 65536
 	broker := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the Ack is published through mochi's inline client
@@ -190,15 +204,31 @@ func (s *Server) Open() error {
 		ln.Close()
 		return fmt.Errorf("open ingest: add listener: %w", err)
 	}
+	var tlsLn net.Listener
+	if s.cfg.TLS != nil && s.cfg.TLSAddr != "" {
+		if tlsLn, err = net.Listen("tcp", s.cfg.TLSAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("open ingest: listen for TLS on %s: %w", s.cfg.TLSAddr, err)
+		}
+		tl := mqttlistener.NewTLS("agents-tls", tlsLn, s.cfg.TLS, broker, s.cfg.Logger.With("component", "ingest.listener"))
+		if err := broker.AddListener(tl); err != nil {
+			ln.Close()
+			tlsLn.Close()
+			return fmt.Errorf("open ingest: add TLS listener: %w", err)
+		}
+	}
 
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.broker, s.guard, s.ln = broker, guard, ln
+	s.broker, s.guard, s.ln, s.tlsLn = broker, guard, ln, tlsLn
 	if err := broker.Serve(); err != nil {
 		s.cancel()
 		ln.Close()
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
 		return fmt.Errorf("open ingest: serve: %w", err)
 	}
-	s.log.Info("ingest listening", "addr", ln.Addr().String(), "tls", s.cfg.TLS != nil, "max_packet_bytes", s.cfg.MaxPacketBytes)
+	s.log.Info("ingest listening", "addr", ln.Addr().String(), "tls", s.cfg.TLS != nil, "tls_addr", s.cfg.TLSAddr, "max_packet_bytes", s.cfg.MaxPacketBytes)
 	return nil
 }
 
@@ -210,6 +240,17 @@ func (s *Server) Addr() net.Addr {
 		return nil
 	}
 	return s.ln.Addr()
+}
+
+// TLSAddr returns the bound address of the TLS listener on
+// Config.TLSAddr, or nil when there is none.
+func (s *Server) TLSAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tlsLn == nil {
+		return nil
+	}
+	return s.tlsLn.Addr()
 }
 
 // ErrNotOpen is returned by Publish before Open and after Close.

@@ -263,6 +263,38 @@ func TestServer_SOSBatchOpensIncident(t *testing.T) {
 	}
 }
 
+func TestServer_SOSBatchWithMoreMarksAgentCatchingUp(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	a := connectAgent(t, h, storetest.Agent)
+	if h.server.CatchingUp(storetest.Agent) {
+		t.Fatal("agent catching up before any batch")
+	}
+
+	first := storetest.NewBatch(storetest.SOSRecord(1, "veh-1", "sos-1", storetest.Epoch))
+	first.More = true
+	a.publishBatch(t, first)
+	a.nextAck(t)
+	if !h.server.CatchingUp(storetest.Agent) {
+		t.Error("agent not catching up after an SOS batch with more behind it")
+	}
+
+	// GPS batches say nothing about the SOS lane.
+	gps := storetest.FixBatch(1, 2, "veh-1")
+	a.publishBatch(t, gps)
+	a.nextAck(t)
+	if !h.server.CatchingUp(storetest.Agent) {
+		t.Error("a GPS batch ended the SOS catch-up")
+	}
+
+	last := storetest.NewBatch(storetest.SOSRecord(2, "veh-2", "sos-2", storetest.Epoch))
+	a.publishBatch(t, last)
+	a.nextAck(t)
+	if h.server.CatchingUp(storetest.Agent) {
+		t.Error("agent still catching up after an SOS batch with nothing behind it")
+	}
+}
+
 func TestServer_ResentBatchAcksSameThrough(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)

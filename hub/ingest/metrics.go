@@ -16,6 +16,7 @@ type metrics struct {
 	agentsConnected     prometheus.Gauge
 	connectionsRejected *prometheus.CounterVec
 	aclDenied           *prometheus.CounterVec
+	sessionTakeovers    prometheus.Counter
 	acksFailed          prometheus.Counter
 }
 
@@ -60,12 +61,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		connectionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_connections_rejected_total",
-			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id or bad_credentials.",
+			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id, no_token, unknown_agent, bad_token, bad_credentials or store_unavailable.",
 		}, []string{"reason"}),
 		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_acl_denied_total",
 			Help: "Publishes and subscriptions denied because the topic is not the agent's own, by action.",
 		}, []string{"action"}),
+		sessionTakeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_session_takeovers_total",
+			Help: "Agent connections that took over the session of a live connection with the same client id.",
+		}),
 		acksFailed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_ingest_acks_failed_total",
 			Help: "Acks that could not be published to an agent.",
@@ -74,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(
 		m.batchesReceived, m.batchesCommitted, m.batchesRejected, m.batchBytes,
 		m.recordsCommitted, m.recordsDuplicate, m.commitSeconds, m.agentsConnected,
-		m.connectionsRejected, m.aclDenied, m.acksFailed,
+		m.connectionsRejected, m.aclDenied, m.sessionTakeovers, m.acksFailed,
 	)
 	return m
 }

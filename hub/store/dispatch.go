@@ -453,6 +453,7 @@ const (
 	ActionEscalate      Action = "escalate"
 	ActionClaim         Action = "claim"
 	ActionRecordAttempt Action = "record an attempt of"
+	ActionRetry         Action = "retry"
 )
 
 // CleanLine returns s as a one-line field to store: CleanText, control
@@ -475,4 +476,26 @@ func clip(s string, maxBytes int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:maxBytes], "")
+}
+
+// ApplyOperatorRetry makes n due at now at an operator's request: a
+// pending notification keeps its state and attempts, a failed one becomes
+// pending again. It returns the event detail, naming actor (such as
+// "operator:Ana"). A notification in any other state (being sent, sent,
+// delivered, or undeliverable) gives a *StateError wrapping ErrConflict
+// and is left unchanged.
+func ApplyOperatorRetry(n *Notification, actor string, now time.Time) (string, error) {
+	now = Time(now)
+	var detail string
+	switch n.State {
+	case NotificationPending:
+		detail = fmt.Sprintf("%s: %s asked to retry now instead of at %s", describeNotification(*n), actor, formatTime(n.NextAttemptAt))
+	case NotificationFailed:
+		detail = fmt.Sprintf("%s: %s asked to retry after %d failed attempts; pending again", describeNotification(*n), actor, n.Attempts)
+		n.State = NotificationPending
+	default:
+		return "", n.stateError(ActionRetry, fmt.Sprintf("it is %s; only a pending or failed notification can be retried", n.State))
+	}
+	n.NextAttemptAt, n.UpdatedAt = now, now
+	return detail, nil
 }

@@ -148,6 +148,15 @@ type Store interface {
 	// arrives before RecordAttempt stored the id, and ErrInvalid when
 	// ValidateDeliveryStatus rejects the arguments.
 	UpdateDeliveryStatus(ctx context.Context, providerID, status, errText string) (Notification, IncidentChange, error)
+	// RetryNotification makes incident incidentID's notification id due
+	// now at an operator's request (see ApplyOperatorRetry) and adds one
+	// notification event with actor. It returns ErrNotFound when the
+	// incident has no such notification, and a *StateError wrapping
+	// ErrConflict when the notification is neither pending nor failed.
+	RetryNotification(ctx context.Context, incidentID, id int64, actor string) (Notification, IncidentChange, error)
+	// NotificationByProvider returns the notification with providerID,
+	// newest first when several have it, or ErrNotFound.
+	NotificationByProvider(ctx context.Context, providerID string) (Notification, error)
 	// Notifications returns an incident's notifications in id order, none
 	// for an unknown incident.
 	Notifications(ctx context.Context, incidentID int64) ([]Notification, error)
@@ -160,6 +169,9 @@ type Store interface {
 	// vehicle's last known position remains visible however old it is.
 	// A resent batch of removed fixes is still skipped by the cursor.
 	DeleteFixesBefore(ctx context.Context, before time.Time) (int64, error)
+
+	// AgentCredentialStore keeps the credentials of the agent listener.
+	AgentCredentialStore
 
 	// Ping checks that the store can serve requests.
 	Ping(ctx context.Context) error

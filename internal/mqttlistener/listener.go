@@ -4,6 +4,7 @@
 package mqttlistener
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"sync"
@@ -74,6 +75,13 @@ func New(id string, ln net.Listener, server *mqtt.Server, log *slog.Logger) *Lis
 		MaxConnections: DefaultMaxConnections,
 		id:             id, ln: ln, server: server, log: log, conns: map[*trackedConn]struct{}{},
 	}
+}
+
+// NewTLS returns a listener like New whose connections speak MQTT over
+// TLS with cfg, the TLSConfig of mochi's listeners.Config. The handshake
+// runs on mochi's first read, so it counts against ConnectTimeout.
+func NewTLS(id string, ln net.Listener, cfg *tls.Config, server *mqtt.Server, log *slog.Logger) *Listener {
+	return New(id, tls.NewListener(ln, cfg), server, log)
 }
 
 // ID returns the listener id that mochi stores on each client.

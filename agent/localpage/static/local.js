@@ -42,17 +42,29 @@
     e.hidden = !text;
   }
 
+  // lastContact describes the last contact with the hub, which the
+  // agent keeps across its restarts.
+  function lastContact(data) {
+    if (!data.uplink.last_contact) return 'This agent has not reached the hub yet.';
+    return `Last contact with the hub ${formatDuration(data.uplink.last_contact_seconds)} ago.`;
+  }
+
+  // renderLink shows the hub link and returns whether the hub is
+  // unreachable. A link that is connected but brings no acknowledgement
+  // (a hung hub) counts as unreachable, because the agent reports
+  // reachable only while the hub responds.
   function renderLink(data) {
     const hub = el('hub');
-    const down = data.uplink.state !== 'connected';
+    const down = !data.uplink.reachable;
     hub.className = 'conn ' + (down ? 'conn-reconnecting' : 'conn-connected');
     hub.textContent = down ? 'Hub: UNREACHABLE' : 'Hub: connected';
+    if (down && data.uplink.state === 'connected') hub.textContent = 'Hub: NOT ANSWERING';
     el('office').textContent = `${data.region} office, agent ${data.agent}`;
 
     const outage = el('outage');
     const calm = el('calm');
     if (down) {
-      let text = `HUB UNREACHABLE for ${formatDuration(data.uplink.unreachable_seconds)}. ` +
+      let text = `HUB UNREACHABLE for ${formatDuration(data.uplink.unreachable_seconds)}. ${lastContact(data)} ` +
         'Acknowledge SOS here: the driver is told at once, and the hub records it when the link returns.';
       if (data.outage_sms && data.outage_sms.enabled) {
         text += ` Unacknowledged SOS are sent by SMS to ${data.outage_sms.recipients} number(s) after ` +
@@ -64,7 +76,8 @@
       document.title = 'HUB DOWN: ' + TITLE;
     } else {
       outage.hidden = true;
-      calm.textContent = 'Hub connected. Operators handle SOS on the hub dashboard; this page is the fallback for a hub outage.';
+      calm.textContent = 'Hub connected. Operators handle and acknowledge SOS on the hub dashboard; ' +
+        'this page is the fallback for a hub outage and takes acknowledgements only then. ' + lastContact(data);
       calm.hidden = false;
       document.title = TITLE;
     }
@@ -104,11 +117,15 @@
     return td;
   }
 
-  function actionCell(sos) {
+  function actionCell(sos, down) {
     const td = document.createElement('td');
     td.className = 'actions';
     if (sos.local_ack_by) {
       td.textContent = `Acknowledged here by ${sos.local_ack_by}` + (sos.local_ack_queued ? '' : ' (not yet queued for the hub)');
+      return td;
+    }
+    if (!down) {
+      td.textContent = 'Acknowledge on the operators\' dashboard';
       return td;
     }
     const div = document.createElement('div');
@@ -119,7 +136,7 @@
     button.dataset.action = 'acknowledge';
     button.dataset.vehicle = sos.vehicle;
     button.dataset.sos = sos.sos_id;
-    button.textContent = 'Acknowledge';
+    button.textContent = sos.presses > 1 ? `Acknowledge all ${sos.presses}` : 'Acknowledge';
     const key = sos.vehicle + '/' + sos.sos_id;
     button.disabled = state.pending.has(key);
     div.appendChild(button);
@@ -141,15 +158,20 @@
       tr.dataset.vehicle = sos.vehicle;
       tr.dataset.sos = sos.sos_id;
       tr.appendChild(cell(sos.vehicle));
-      tr.appendChild(cell(sos.sos_id));
+      const ids = sos.sos_ids && sos.sos_ids.length > 1 ? `${sos.sos_id} (pressed ${sos.presses} times: ${sos.sos_ids.join(', ')})` : sos.sos_id;
+      tr.appendChild(cell(ids));
       tr.appendChild(cell(sos.kind || '–'));
       tr.appendChild(cell(sos.received_at_manila || '–'));
       tr.appendChild(cell(sos.state));
       tr.appendChild(cell(sos.hub_received ? 'yes' : 'not yet', sos.hub_received ? 'hub-yes' : 'hub-no'));
       tr.appendChild(locationCell(sos));
-      tr.appendChild(cell(sos.note || '', 'note'));
+      let note = sos.note || '';
+      if (sos.cancel_requested) {
+        note = `Driver asked to cancel: ${sos.cancel_reason || 'no reason given'}` + (note ? `. ${note}` : '');
+      }
+      tr.appendChild(cell(note, sos.cancel_requested ? 'note cancel-requested' : 'note'));
       tr.appendChild(smsCell(sos));
-      tr.appendChild(actionCell(sos));
+      tr.appendChild(actionCell(sos, down));
       body.appendChild(tr);
     }
     el('sos').hidden = list.length === 0;
@@ -214,9 +236,9 @@
       }
       localStorage.setItem(ACTOR_KEY, actor);
 
-      let text = `Acknowledged SOS ${sosID} of vehicle ${vehicle}: the driver has been told.`;
-      if (body.already_acknowledged) {
-        text = `SOS ${sosID} of vehicle ${vehicle} was already acknowledged here by ${body.sos.local_ack_by}.`;
+      let text = body.message || `Acknowledged SOS ${sosID} of vehicle ${vehicle}: the driver has been told.`;
+      if (body.acknowledged_sos_ids && body.acknowledged_sos_ids.length > 1) {
+        text += ` Repeat presses covered: ${body.acknowledged_sos_ids.join(', ')}.`;
       }
       if (body.hub_record !== 'queued') {
         text += ' It is not yet queued for the hub; the agent keeps trying.';

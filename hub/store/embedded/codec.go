@@ -34,6 +34,7 @@ var (
 	bucketNotificationKeys  = []byte("notifications_by_key")
 	bucketNotificationsDue  = []byte("notifications_due")
 	bucketNotificationsProv = []byte("notifications_by_provider")
+	bucketAgentCredentials  = []byte("agent_credentials")
 
 	keyVersion = []byte("version")
 )
@@ -43,7 +44,7 @@ var dataBuckets = [][]byte{
 	bucketAgents, bucketVehicles, bucketFixes, bucketFixesByTime, bucketLatest, bucketStatus,
 	bucketIncidents, bucketIncidentsByOpened, bucketIncidentsActive, bucketIncidentSOS,
 	bucketIncidentEvents, bucketCursors, bucketIncidentPresses, bucketContacts, bucketNotifications,
-	bucketNotificationKeys, bucketNotificationsDue, bucketNotificationsProv,
+	bucketNotificationKeys, bucketNotificationsDue, bucketNotificationsProv, bucketAgentCredentials,
 }
 
 // The range of times the store can keep: microseconds since the Unix

@@ -469,3 +469,68 @@ func putNotification(bk *buckets, old *store.Notification, n store.Notification)
 func (s *Store) countDispatch(op string, err error) {
 	s.metrics.dispatchOps.WithLabelValues(op, actionResult(err)).Inc()
 }
+
+// RetryNotification makes a pending or failed notification due now at an
+// operator's request (see store.Store).
+func (s *Store) RetryNotification(ctx context.Context, incidentID, id int64, actor string) (store.Notification, store.IncidentChange, error) {
+	var (
+		n      store.Notification
+		change store.IncidentChange
+	)
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		bk, err := bucketsOf(tx)
+		if err != nil {
+			return err
+		}
+		old, err := getNotification(bk, id)
+		if err != nil {
+			return err
+		}
+		if old.IncidentID != incidentID {
+			return fmt.Errorf("notification %d of incident %d: %w", id, incidentID, store.ErrNotFound)
+		}
+		n = old
+		now := s.now()
+		detail, err := store.ApplyOperatorRetry(&n, actor, now)
+		if err != nil {
+			return err
+		}
+		if err := putNotification(bk, &old, n); err != nil {
+			return err
+		}
+		change, err = incidentEvent(bk, n.IncidentID, store.EventNotification, actor, detail, now)
+		return err
+	})
+	s.countDispatch("retry", err)
+	if err != nil {
+		return store.Notification{}, store.IncidentChange{}, fmt.Errorf("retry notification %d: %w", id, err)
+	}
+	s.log.Info("notification retry requested", "notification", id, "incident", n.IncidentID, "actor", actor, "state", n.State)
+	return n, change, nil
+}
+
+// NotificationByProvider returns the notification with a provider id
+// (see store.Store).
+func (s *Store) NotificationByProvider(ctx context.Context, providerID string) (store.Notification, error) {
+	var n store.Notification
+	providerID = store.CleanLine(providerID, store.MaxProviderID)
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		bk, err := bucketsOf(tx)
+		if err != nil {
+			return err
+		}
+		v := bk.notificationsByProvider.Get([]byte(providerID))
+		if v == nil {
+			return fmt.Errorf("notification with provider id %s: %w", providerID, store.ErrNotFound)
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("%w: provider id %s maps to a value of %d bytes", ErrCorrupt, providerID, len(v))
+		}
+		n, err = getNotification(bk, int64(binary.BigEndian.Uint64(v)))
+		return err
+	})
+	if err != nil {
+		return store.Notification{}, fmt.Errorf("find notification by provider id: %w", err)
+	}
+	return n, nil
+}

@@ -32,6 +32,7 @@
 //	notifications_by_key  incident id + channel + 0x00 + address → notification id
 //	notifications_due     next attempt time + id → empty (pending and sending only)
 //	notifications_by_provider  provider id → notification id
+//	agent_credentials     agent id → credential with token hashes (JSON)
 //
 // Integers in keys are big-endian uint64. "unique" is the next sequence
 // number of the fixes bucket, so two fixes of one vehicle with the same

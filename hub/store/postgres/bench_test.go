@@ -27,6 +27,7 @@ func BenchmarkCommitBatch(b *testing.B) {
 	}
 	ctx := context.Background()
 
+	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
 		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
@@ -35,6 +36,53 @@ func BenchmarkCommitBatch(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
+}
+
+// BenchmarkCommitBatch_1000Vehicles measures CommitBatch with 1000-fix
+// batches of one fix from each of 1000 vehicles, as many vehicles sending
+// now and then produce: every fix moves a latest position, and every
+// vehicle's row is checked.
+func BenchmarkCommitBatch_1000Vehicles(b *testing.B) {
+	const vehicles = 1000
+	s := openStore(b, Config{})
+	batches := make([]*protocol.Batch, b.N)
+	for i := range batches {
+		batches[i] = storetest.BenchBatch(i, benchBatchSize, vehicles)
+	}
+	ctx := context.Background()
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
+			b.Fatalf("CommitBatch: %v", err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
+}
+
+// BenchmarkCommitBatch_100Fixes measures CommitBatch with 100-fix batches,
+// where the fixed cost of the transaction (its round trips to the
+// server) weighs more than the rows.
+func BenchmarkCommitBatch_100Fixes(b *testing.B) {
+	const size = 100
+	s := openStore(b, Config{})
+	batches := make([]*protocol.Batch, b.N)
+	for i := range batches {
+		batches[i] = storetest.BenchBatch(i, size, benchVehicles)
+	}
+	ctx := context.Background()
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
+			b.Fatalf("CommitBatch: %v", err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "fixes/s")
 }
 
 // BenchmarkCommitNaive is the baseline of simple trackers: one INSERT per

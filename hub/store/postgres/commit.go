@@ -26,14 +26,18 @@ var fixColumns = []string{
 //
 //  1. lock the cursor row (created at 0 if absent) with FOR UPDATE, so a
 //     concurrent commit of the same lane waits and then skips what this
-//     one stored;
-//  2. upsert the agent and its vehicles;
-//  3. COPY the fixes into the partitioned fixes table and move each
-//     vehicle's latest position forward when a fix is newer and at most
-//     MaxFuture ahead of the hub's clock;
-//  4. upsert vehicle statuses, keeping the newest receive time;
-//  5. apply SOS and SOS cancel records in order (see applySOS);
-//  6. set the cursor to the batch's last sequence number.
+//     one stored, and upsert the agent;
+//  2. COPY the fixes into the partitioned fixes table;
+//  3. upsert vehicle statuses, keeping the newest receive time;
+//  4. apply SOS and SOS cancel records in order (see applySOS);
+//  5. upsert the vehicles, move each vehicle's latest position forward
+//     when a fix is newer and at most MaxFuture ahead of the hub's clock,
+//     and set the cursor to the batch's last sequence number.
+//
+// Steps 1 and 5 each send their statements in one pipeline (pgx.Batch),
+// so a batch of fixes costs five round trips to the server: BEGIN, step
+// 1, the COPY, step 5 and COMMIT. The fixed cost per batch matters
+// because one agent's batches commit one after another.
 //
 // A transaction that fails on a deadlock or serialization failure is run
 // again, up to three times in all. A batch that breaks the envelope rules
@@ -149,7 +153,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	spoolID := store.CleanText(b.SpoolID)
 	region := store.CleanText(b.Region)
 
-	cursor, err := lockCursor(ctx, tx, b.AgentID, spoolID, b.Lane, now)
+	cursor, known, err := lockCursor(ctx, tx, b, spoolID, region, now)
 	if err != nil {
 		return store.CommitResult{}, err
 	}
@@ -167,12 +171,6 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	fresh := b.Records[first:]
 	res.Duplicates = first
 
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO agents (id, region, first_seen, last_seen) VALUES ($1, $2, $3, $3)
-		ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen = excluded.last_seen`,
-		b.AgentID, region, now); err != nil {
-		return store.CommitResult{}, fmt.Errorf("upsert agent: %w", err)
-	}
 	if len(fresh) == 0 {
 		if err := tx.Commit(ctx); err != nil {
 			return store.CommitResult{}, fmt.Errorf("commit: %w", err)
@@ -181,14 +179,10 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	}
 	s.logGap(b, cursor, fresh[0].Seq)
 
-	if err := upsertVehicles(ctx, tx, b.AgentID, region, vehicleRecords(fresh)); err != nil {
-		return store.CommitResult{}, err
-	}
-
 	var statuses, sos []*protocol.Record
 	res.Fixes, statuses, sos = store.SplitRecords(b.AgentID, region, fresh)
 
-	if err := s.writeFixes(ctx, tx, res.Fixes, now); err != nil {
+	if err := copyFixes(ctx, tx, res.Fixes); err != nil {
 		return store.CommitResult{}, err
 	}
 	if res.Statuses, err = writeStatuses(ctx, tx, b.AgentID, statuses); err != nil {
@@ -205,11 +199,8 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	}
 	res.Unmatched, res.Invalid = len(fx.unmatched), len(fx.invalid)
 
-	if _, err := tx.Exec(ctx, `
-		UPDATE agent_cursors SET seq = $4, updated_at = $5
-		WHERE agent_id = $1 AND spool_id = $2 AND lane = $3`,
-		b.AgentID, spoolID, string(b.Lane), int64(b.Last()), now); err != nil {
-		return store.CommitResult{}, fmt.Errorf("advance cursor: %w", err)
+	if err := s.finishBatch(ctx, tx, b, spoolID, region, known, fresh, res.Fixes, now); err != nil {
+		return store.CommitResult{}, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return store.CommitResult{}, fmt.Errorf("commit: %w", err)
@@ -224,86 +215,85 @@ type pgxBeginner interface {
 }
 
 // lockCursor returns the lane's cursor and holds its row lock until the
-// transaction ends. When two transactions create the same cursor at once,
-// the second INSERT waits for the first to commit and then does nothing,
-// and its SELECT, which takes a new snapshot under READ COMMITTED, reads
-// the committed value.
-func lockCursor(ctx context.Context, tx pgx.Tx, agentID, spoolID string, lane protocol.Lane, now time.Time) (uint64, error) {
-	if _, err := tx.Exec(ctx, `
+// transaction ends, upserts the agent and reads the stored rows of the
+// batch's vehicles (see readVehicles), in one round trip. When two
+// transactions create the same cursor at once, the second INSERT waits for
+// the first to commit and then does nothing, and its SELECT, which takes a
+// new snapshot under READ COMMITTED, reads the committed value.
+func lockCursor(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, region string, now time.Time) (uint64, map[string]vehicleSeen, error) {
+	agentID, lane := b.AgentID, string(b.Lane)
+	batch := &pgx.Batch{}
+	batch.Queue(`
 		INSERT INTO agent_cursors (agent_id, spool_id, lane, seq, updated_at) VALUES ($1, $2, $3, 0, $4)
 		ON CONFLICT (agent_id, spool_id, lane) DO NOTHING`,
-		agentID, spoolID, string(lane), now); err != nil {
-		return 0, fmt.Errorf("create cursor: %w", err)
+		agentID, spoolID, lane, now)
+	batch.Queue(`
+		SELECT seq FROM agent_cursors WHERE agent_id = $1 AND spool_id = $2 AND lane = $3 FOR UPDATE`,
+		agentID, spoolID, lane)
+	batch.Queue(`
+		INSERT INTO agents (id, region, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+		ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen = excluded.last_seen`,
+		agentID, region, now)
+	ids := vehicleIDs(b.Records)
+	queueReadVehicles(batch, ids)
+	results := tx.SendBatch(ctx, batch)
+	defer results.Close()
+
+	if _, err := results.Exec(); err != nil {
+		return 0, nil, fmt.Errorf("create cursor: %w", err)
 	}
 	var seq int64
-	if err := tx.QueryRow(ctx, `
-		SELECT seq FROM agent_cursors WHERE agent_id = $1 AND spool_id = $2 AND lane = $3 FOR UPDATE`,
-		agentID, spoolID, string(lane)).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("lock cursor: %w", err)
+	if err := results.QueryRow().Scan(&seq); err != nil {
+		return 0, nil, fmt.Errorf("lock cursor: %w", err)
 	}
-	return uint64(seq), nil
+	if _, err := results.Exec(); err != nil {
+		return 0, nil, fmt.Errorf("upsert agent: %w", err)
+	}
+	known, err := readVehicles(results, len(ids))
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := results.Close(); err != nil {
+		return 0, nil, fmt.Errorf("lock cursor: %w", err)
+	}
+	return uint64(seq), known, nil
 }
 
-// upsertVehicles records the agent and region each vehicle was last seen
-// through. Rows are written in vehicle id order, so concurrent batches
-// lock them in the same order. last_seen moves only when it advances by
-// more than a minute or the agent or region changes, which keeps steady
-// GPS traffic from rewriting every vehicle row on every batch.
-func upsertVehicles(ctx context.Context, tx pgx.Tx, agentID, region string, records []protocol.Record) error {
-	if len(records) == 0 {
-		return nil
+// finishBatch sends the batch transaction's last statements in one
+// round trip: the vehicles of fresh whose row must change (known holds the
+// rows lockCursor read), the latest positions of fixes, and the cursor
+// moved to the batch's last sequence number.
+func (s *Store) finishBatch(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, region string,
+	known map[string]vehicleSeen, fresh []protocol.Record, fixes []store.StoredFix, now time.Time) error {
+	batch := &pgx.Batch{}
+	steps := make([]string, 0, 3)
+	if queueVehicles(batch, b.AgentID, region, known, vehicleRecords(fresh)) {
+		steps = append(steps, "upsert vehicles")
 	}
-	type seen struct{ first, last time.Time }
-	byVehicle := make(map[string]seen)
-	for i := range records {
-		r := &records[i]
-		at := store.Time(r.ReceivedAt)
-		v, ok := byVehicle[r.VehicleID]
-		if !ok {
-			v = seen{at, at}
-		}
-		if at.Before(v.first) {
-			v.first = at
-		}
-		if at.After(v.last) {
-			v.last = at
-		}
-		byVehicle[r.VehicleID] = v
+	if s.queueLatestPositions(batch, fixes, now) {
+		steps = append(steps, "update latest positions")
 	}
-	ids := make([]string, 0, len(byVehicle))
-	for id := range byVehicle {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	firsts := make([]time.Time, len(ids))
-	lasts := make([]time.Time, len(ids))
-	for i, id := range ids {
-		firsts[i], lasts[i] = byVehicle[id].first, byVehicle[id].last
-	}
+	batch.Queue(`
+		UPDATE agent_cursors SET seq = $4, updated_at = $5
+		WHERE agent_id = $1 AND spool_id = $2 AND lane = $3`,
+		b.AgentID, spoolID, string(b.Lane), int64(b.Last()), now)
+	steps = append(steps, "advance cursor")
 
-	_, err := tx.Exec(ctx, `
-		INSERT INTO vehicles (id, agent_id, region, first_seen, last_seen)
-		SELECT u.id, $2, $3, u.first_seen, u.last_seen
-		FROM unnest($1::text[], $4::timestamptz[], $5::timestamptz[]) AS u(id, first_seen, last_seen)
-		ORDER BY u.id
-		ON CONFLICT (id) DO UPDATE
-		SET agent_id = excluded.agent_id, region = excluded.region, last_seen = excluded.last_seen
-		WHERE excluded.last_seen > vehicles.last_seen + interval '1 minute'
-		   OR (excluded.last_seen > vehicles.last_seen
-		       AND (excluded.agent_id, excluded.region) IS DISTINCT FROM (vehicles.agent_id, vehicles.region))`,
-		ids, agentID, region, firsts, lasts)
-	if err != nil {
-		return fmt.Errorf("upsert vehicles: %w", err)
+	results := tx.SendBatch(ctx, batch)
+	defer results.Close()
+	for _, step := range steps {
+		if _, err := results.Exec(); err != nil {
+			return fmt.Errorf("%s: %w", step, err)
+		}
+	}
+	if err := results.Close(); err != nil {
+		return fmt.Errorf("advance cursor: %w", err)
 	}
 	return nil
 }
 
-// writeFixes copies fixes into the fixes table and updates latest
-// positions. A vehicle's latest position moves only to a fix with a newer
-// fix time that is at most MaxFuture ahead of now. So buffered fixes that
-// arrive late do not move it back, and a fix from a device clock set years
-// ahead does not freeze it.
-func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredFix, now time.Time) error {
+// copyFixes copies fixes into the fixes table.
+func copyFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredFix) error {
 	if len(fixes) == 0 {
 		return nil
 	}
@@ -317,7 +307,15 @@ func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredF
 	if err != nil {
 		return fmt.Errorf("copy fixes: %w", err)
 	}
+	return nil
+}
 
+// queueLatestPositions queues the upsert of latest positions, and reports
+// whether there was one. A vehicle's latest position moves only to a fix
+// with a newer fix time that is at most MaxFuture ahead of now. So
+// buffered fixes that arrive late do not move it back, and a fix from a
+// device clock set years ahead does not freeze it.
+func (s *Store) queueLatestPositions(batch *pgx.Batch, fixes []store.StoredFix, now time.Time) bool {
 	// One candidate per vehicle: ON CONFLICT cannot update a row twice in one statement.
 	limit := now.Add(s.cfg.MaxFuture)
 	newest := make(map[string]int)
@@ -331,7 +329,7 @@ func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredF
 		}
 	}
 	if len(newest) == 0 {
-		return nil
+		return false
 	}
 	picked := make([]int, 0, len(newest))
 	for _, i := range newest {
@@ -355,7 +353,7 @@ func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredF
 		speeds[k], headings[k] = f.Fix.SpeedKmh, f.Fix.HeadingDeg
 		accuracies[k], alts[k], battery[k] = f.Fix.AccuracyM, f.Fix.AltM, f.Fix.BatteryPct
 	}
-	_, err = tx.Exec(ctx, `
+	batch.Queue(`
 		INSERT INTO latest_positions (vehicle_id, agent_id, region, ts, received_at, lat, lon,
 			speed_kmh, heading_deg, accuracy_m, alt_m, battery_pct, updated_at)
 		SELECT u.*, $13::timestamptz
@@ -371,10 +369,7 @@ func (s *Store) writeFixes(ctx context.Context, tx pgx.Tx, fixes []store.StoredF
 		WHERE excluded.ts > latest_positions.ts`,
 		vehicles, agents, regions, times, received, lats, lons,
 		speeds, headings, accuracies, alts, battery, now)
-	if err != nil {
-		return fmt.Errorf("update latest positions: %w", err)
-	}
-	return nil
+	return true
 }
 
 // writeStatuses upserts each status record in order and returns those

@@ -475,3 +475,56 @@ func runTx(ctx context.Context, pool pgxBeginner, fn func(tx pgx.Tx) error) erro
 func (s *Store) countDispatch(op string, err error) {
 	s.metrics.dispatchOps.WithLabelValues(op, actionResult(err)).Inc()
 }
+
+// RetryNotification makes a pending or failed notification due now at an
+// operator's request (see store.Store).
+func (s *Store) RetryNotification(ctx context.Context, incidentID, id int64, actor string) (store.Notification, store.IncidentChange, error) {
+	var (
+		n      store.Notification
+		change store.IncidentChange
+	)
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if n, err = lockNotification(ctx, tx, `n.id = $1`, id); err != nil {
+			return err
+		}
+		if n.IncidentID != incidentID {
+			return fmt.Errorf("notification %d of incident %d: %w", id, incidentID, store.ErrNotFound)
+		}
+		now := s.now()
+		detail, err := store.ApplyOperatorRetry(&n, actor, now)
+		if err != nil {
+			return err
+		}
+		if n, err = updateNotification(ctx, tx, n); err != nil {
+			return err
+		}
+		change, err = incidentEvent(ctx, tx, n.IncidentID, store.EventNotification, actor, detail, now)
+		return err
+	})
+	s.countDispatch("retry", err)
+	if err != nil {
+		return store.Notification{}, store.IncidentChange{}, fmt.Errorf("retry notification %d: %w", id, err)
+	}
+	s.log.Info("notification retry requested", "notification", id, "incident", n.IncidentID, "actor", actor, "state", n.State)
+	return n, change, nil
+}
+
+// NotificationByProvider returns the notification with a provider id
+// (see store.Store).
+func (s *Store) NotificationByProvider(ctx context.Context, providerID string) (store.Notification, error) {
+	providerID = store.CleanLine(providerID, store.MaxProviderID)
+	pool, err := s.getPool()
+	if err != nil {
+		return store.Notification{}, fmt.Errorf("find notification by provider id %s: %w", providerID, err)
+	}
+	n, err := scanNotification(pool.QueryRow(ctx,
+		`SELECT `+notificationColumns+` FROM notifications WHERE provider_id = $1 ORDER BY id DESC LIMIT 1`, providerID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Notification{}, fmt.Errorf("notification with provider id %s: %w", providerID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Notification{}, fmt.Errorf("find notification by provider id %s: %w", providerID, classify(err))
+	}
+	return n, nil
+}

@@ -32,6 +32,8 @@ var dispatchCases = []testCase{
 	{"DeliveryStatusNeverBackwards", testDeliveryStatusFinal},
 	{"NotificationsOfUnknownIncident", testNotificationsUnknownIncident},
 	{"DispatchSurvivesRestart", testDispatchRestart},
+	{"OperatorRetry", testOperatorRetry},
+	{"NotificationByProvider", testNotificationByProvider},
 }
 
 // Phone numbers and addresses of the dispatch cases.
@@ -1022,5 +1024,76 @@ func testDispatchRestart(t *testing.T, f Factory) {
 	next, err := s.SaveContact(ctx(t), store.Contact{Name: "Ben", Role: store.RoleSupervisor, Region: Region, Phone: phoneBen})
 	if err != nil || next.ID <= ana.ID {
 		t.Errorf("contact saved after the restart: id %d, %v, want an id above %d", next.ID, err, ana.ID)
+	}
+}
+
+func testOperatorRetry(t *testing.T, f Factory) {
+	clock := NewClock(Epoch)
+	s := newStore(t, f, clock.Now)
+	inc := openOneIncident(t, s, 1, "veh-1", "sos-1")
+	other := openOneIncident(t, s, 2, "veh-2", "sos-2")
+	_, queued := mustEscalate(t, s, store.Escalation{IncidentID: inc.ID, Level: 1, Notifications: []store.Notification{
+		SMS(phoneAna, "opened"), SMS(phoneBen, "opened"),
+	}})
+	a, b := queued[0], queued[1]
+
+	// A pending notification waiting for its backoff becomes due now.
+	mustClaim(t, s, a.ID, Epoch, Epoch.Add(time.Minute))
+	mustRecord(t, s, a.ID, store.AttemptOutcome{State: store.NotificationPending, NextAttemptAt: Epoch.Add(5 * time.Minute), Error: "HTTP 503"})
+	clock.Set(Epoch.Add(10 * time.Second))
+	n, change, err := s.RetryNotification(ctx(t), inc.ID, a.ID, "operator:Ana")
+	if err != nil {
+		t.Fatalf("retry a pending notification: %v", err)
+	}
+	if n.State != store.NotificationPending || !n.NextAttemptAt.Equal(Epoch.Add(10*time.Second)) || n.Attempts != 1 {
+		t.Errorf("after retry = %+v, want pending, due at %s, 1 attempt", n, Epoch.Add(10*time.Second))
+	}
+	if change.Event.Type != store.EventNotification || change.Event.Actor != "operator:Ana" || !strings.Contains(change.Event.Detail, "operator:Ana asked to retry") {
+		t.Errorf("event = %+v, want a notification event by operator:Ana", change.Event)
+	}
+	if due := mustDue(t, s, Epoch.Add(10*time.Second), 0); len(due) != 2 {
+		t.Errorf("due after the retry = %v, want both", notificationIDs(due))
+	}
+
+	// A failed notification becomes pending again.
+	mustClaim(t, s, b.ID, Epoch.Add(10*time.Second), Epoch.Add(time.Minute))
+	mustRecord(t, s, b.ID, store.AttemptOutcome{State: store.NotificationFailed, Error: "HTTP 401"})
+	n, change, err = s.RetryNotification(ctx(t), inc.ID, b.ID, "operator:Ben")
+	if err != nil {
+		t.Fatalf("retry a failed notification: %v", err)
+	}
+	if n.State != store.NotificationPending || n.Attempts != 1 || !strings.Contains(change.Event.Detail, "pending again") {
+		t.Errorf("after retry of failed = %+v, event %q; want pending again", n, change.Event.Detail)
+	}
+
+	// Sending and sent notifications, another incident's notification and
+	// a missing one are refused.
+	mustClaim(t, s, b.ID, Epoch.Add(10*time.Second), Epoch.Add(time.Minute))
+	_, _, err = s.RetryNotification(ctx(t), inc.ID, b.ID, "operator:Ana")
+	wantConflict(t, "retry a sending notification", err)
+	mustRecord(t, s, b.ID, store.AttemptOutcome{State: store.NotificationSent, ProviderID: "SM-b"})
+	_, _, err = s.RetryNotification(ctx(t), inc.ID, b.ID, "operator:Ana")
+	wantConflict(t, "retry a sent notification", err)
+	if _, _, err := s.RetryNotification(ctx(t), other.ID, a.ID, "operator:Ana"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("retry through another incident: error %v, want store.ErrNotFound", err)
+	}
+	if _, _, err := s.RetryNotification(ctx(t), inc.ID, 9999, "operator:Ana"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("retry a missing notification: error %v, want store.ErrNotFound", err)
+	}
+}
+
+func testNotificationByProvider(t *testing.T, f Factory) {
+	clock := NewClock(Epoch)
+	s := newStore(t, f, clock.Now)
+	inc := openOneIncident(t, s, 1, "veh-1", "sos-1")
+	a := queueOne(t, s, inc.ID, phoneAna)
+	if _, err := s.NotificationByProvider(ctx(t), "CA-unknown"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown provider id: error %v, want store.ErrNotFound", err)
+	}
+	mustClaim(t, s, a.ID, Epoch, Epoch.Add(time.Minute))
+	mustRecord(t, s, a.ID, store.AttemptOutcome{State: store.NotificationSent, ProviderID: "CA-a"})
+	n, err := s.NotificationByProvider(ctx(t), "CA-a")
+	if err != nil || n.ID != a.ID || n.ProviderID != "CA-a" {
+		t.Errorf("NotificationByProvider(CA-a) = %+v, %v; want notification %d", n, err, a.ID)
 	}
 }

@@ -25,6 +25,9 @@
 //   - agent records in CommitBatch: local acknowledgements, notifications
 //     the agent sent, unmatched and invalid ones, and their resend;
 //   - a redelivered SOS press, which is not counted twice;
+//   - the agent credential methods: create, verify (unknown agent, wrong
+//     token), rotation with and without grace by the hub clock, revoke,
+//     list, and credentials read back after a restart;
 //   - DeleteFixesBefore: retention of fixes only;
 //   - Ping and Close: a closed store is unavailable, Close twice;
 //   - restart: a store reopened on the same data reads everything back,
@@ -83,6 +86,7 @@ func Run(t *testing.T, f Factory) {
 	cases = append(cases, operatorCases...)
 	cases = append(cases, dispatchCases...)
 	cases = append(cases, agentCases...)
+	cases = append(cases, credentialCases...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
