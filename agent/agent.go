@@ -113,7 +113,9 @@ type Config struct {
 	// SpoolMaxFileBytes is a hard limit on the spool file's size, handled
 	// like a full disk; see spool.Config.MaxFileBytes. Zero means no limit.
 	SpoolMaxFileBytes int
-	// SpoolCommitInterval is the group-commit wait; see spool.Config.CommitInterval. Zero means no wait.
+	// SpoolCommitInterval is the group-commit wait; see
+	// spool.Config.CommitInterval. Zero means no fixed wait (a busy spool
+	// still waits up to about 2 ms for more requests).
 	SpoolCommitInterval time.Duration
 	// SpoolMaxBatch caps records per group commit; see spool.Config.MaxBatch.
 	SpoolMaxBatch int

@@ -166,6 +166,7 @@ func TestBatchJSON_MatchesEncodingJSON(t *testing.T) {
 		{"fixes", batch, true},
 		{"more behind it", &more, true},
 		{"no records", &Batch{AgentID: "a", SpoolID: "s", Lane: LaneGPS}, false},
+		{"one record, no prev or more", &Batch{AgentID: "a", SpoolID: "s", Lane: LaneGPS, Records: batch.Records[:1], SentAt: at}, true},
 		{"escaped region", &region, false},
 		{"an SOS record", &sos, false},
 	} {
@@ -229,4 +230,28 @@ func FuzzDecodeBatchFast(f *testing.F) {
 			t.Fatalf("%q:\n got %+v\nwant %+v", data, *fast, slow)
 		}
 	})
+}
+
+// The fast path writes and reads the fields it knows by name. A field
+// added to one of these structs must be added to recordjson.go too, or
+// the fast path would drop it from the wire.
+func TestFastJSON_KnowsEveryField(t *testing.T) {
+	for _, tc := range []struct {
+		value any
+		known []string
+	}{
+		{Batch{}, []string{"agent", "region", "spool", "lane", "prev", "more", "records", "sent_at"}},
+		{Record{}, []string{"seq", "kind", "vehicle", "received_at", "historical", "fix", "sos", "cancel", "status", "ack", "notified"}},
+		{Fix{}, []string{"ts", "lat", "lon", "speed_kmh", "heading_deg", "accuracy_m", "alt_m", "battery_pct"}},
+	} {
+		typ := reflect.TypeOf(tc.value)
+		var fields []string
+		for i := range typ.NumField() {
+			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			fields = append(fields, name)
+		}
+		if !reflect.DeepEqual(fields, tc.known) {
+			t.Errorf("%s has JSON fields %v, the fast path in recordjson.go knows %v: update it", typ.Name(), fields, tc.known)
+		}
+	}
 }

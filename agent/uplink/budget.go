@@ -45,9 +45,9 @@ const (
 // (50 ms). On a fast link the round trip is mostly the hub's commit of
 // one batch, whose fixed part (a transaction of several statements)
 // barely depends on the batch's size. The pipe is then about one batch,
-// splitting it over the window made batches ever smaller, and at the
-// floor the fixed cost dominated: on loopback the GPS lane forwarded about
-// 40 fixes per batch, a fifth of what the hub stores with full batches.
+// and splitting it over the window made batches ever smaller. At the floor
+// the fixed cost dominated: on loopback the GPS lane forwarded about 40
+// fixes per batch, a fifth of what the hub stores with full batches.
 // With the batch pipe, batches grow until the window's share of 50 ms of
 // the hub's work, and the limit then holds two of them: one the hub
 // commits while the other waits, which an SOS waits behind.

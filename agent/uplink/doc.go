@@ -69,8 +69,9 @@
 // is full, and before any further GPS batch. On the wire it follows the
 // GPS batches already sent. Those are bounded in bytes, not only in
 // number (see GPS bytes in flight). So the hub commits the SOS within
-// about one round trip plus the time to send one GPS batch, and a round
-// trip counts as at least 50 ms here.
+// about one round trip plus the time to send one GPS batch. On a fast link
+// it commits the SOS after about two GPS batches, each sized to about a
+// third of 50 ms of the hub's work.
 //
 // # GPS bytes in flight
 //
@@ -78,13 +79,14 @@
 // seconds to send, and an SOS published behind them would wait that
 // long. So the uplink also bounds the GPS bytes in flight on each
 // connection: to what the link drains in a round trip (the measured
-// delivery rate times the shortest round trip, counted as at least 50 ms),
-// plus a floor of 16 KiB and one batch. GPS batches are capped so that
-// several fit in that budget. The budget starts at the floor on each
-// connection and grows with the measured rate; gpsBudget in budget.go has
-// the details, including why a round trip counts as at least 50 ms: on a
-// fast link the hub's fixed cost per batch would otherwise keep batches
-// at the floor.
+// delivery rate times the shortest round trip) or one batch, whichever is
+// more, plus a floor of 16 KiB and one batch. GPS batches are capped so
+// that several fit in what the link drains in a round trip counted as at
+// least 50 ms. The budget starts at the floor on each connection and
+// grows with the measured rate; gpsBudget in budget.go has the details,
+// including why a round trip counts as at least 50 ms for the batch size:
+// on a fast link the hub's fixed cost per batch would otherwise keep
+// batches at the floor.
 //
 // NOTE: when the agent's or the hub's CPU is saturated, every step of a
 // batch waits for a CPU, so the round trip grows without the bytes in

@@ -67,8 +67,8 @@ func readVehicles(results pgx.BatchResults, ids int) (map[string]vehicleSeen, er
 	return known, nil
 }
 
-// changes reports whether a vehicle seen through agentID and region
-// at last changes its stored row v: by the rule of queueVehicles' WHERE
+// changes reports whether a vehicle seen through agentID and region at
+// last changes its stored row v. By the rule of queueVehicles' WHERE
 // clause, last_seen moves only when it advances by more than a minute, or
 // advances at all while the agent or region changes.
 func (v vehicleSeen) changes(agentID, region string, last time.Time) bool {
@@ -88,8 +88,8 @@ func (v vehicleSeen) changes(agentID, region string, last time.Time) bool {
 // Vehicles whose row in known would not change are left out: the upsert
 // locks every row it conflicts with, even one its WHERE clause then
 // leaves alone, and a row lock is a write. The WHERE clause still decides,
-// because another transaction may have changed a row since known was read;
-// rows only move forward in last_seen, so such a change never makes a
+// because another transaction may have changed a row since known was read.
+// Such a change only moves last_seen forward, so it never makes a
 // left-out vehicle need an update.
 func queueVehicles(batch *pgx.Batch, agentID, region string, known map[string]vehicleSeen, records []protocol.Record) bool {
 	if len(records) == 0 {
