@@ -19,8 +19,8 @@ type catchUp struct {
 	since map[string]time.Time
 }
 
-// noteCatchUp records whether b's agent has more SOS-lane records
-// waiting after b, which b's More says.
+// noteCatchUp records, from b.More, whether b's agent has more SOS-lane
+// records waiting after b.
 func (s *Server) noteCatchUp(b *protocol.Batch) {
 	if b.Lane != protocol.LaneSOS {
 		return
@@ -39,7 +39,7 @@ func (s *Server) noteCatchUp(b *protocol.Batch) {
 }
 
 // CatchingUp reports whether agentID's last SOS-lane batch, within
-// MaxCatchUp, said more SOS-lane records were waiting behind it. The
+// MaxCatchUp, had More set: more SOS-lane records were waiting behind it. The
 // agent's reports of what it did during an outage (local
 // acknowledgements, notifications it sent) travel in that lane after
 // the SOS they concern, so until the lane is drained the hub does not
