@@ -13,13 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/xpress-ops/tower/agent/localpage"
-	"github.com/xpress-ops/tower/internal/tlsconfig"
+	"github.com/xpress-ops/tower/internal/httpsec"
 	"github.com/xpress-ops/tower/protocol"
 )
-
-// contentSecurityPolicy allows only same-origin resources and no inline
-// script or style, and forbids framing: the policy of the hub's API.
-const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
 // routes returns the agent's HTTP handler: probes and metrics, the
 // regional page (package localpage) and its local API.
@@ -32,7 +28,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/local/sos", a.handleLocalSOS)
 	mux.HandleFunc("POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", a.handleLocalAck)
 	mux.Handle("GET /", localpage.Handler())
-	return securityHeaders(a.instrument(a.checkHost(mux)))
+	return httpsec.Headers(a.instrument(a.checkHost(mux)))
 }
 
 // routeHostRejected is the route label of requests checkHost rejected.
@@ -85,22 +81,6 @@ func normalizeHost(h string) string {
 	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
 }
 
-// securityHeaders sets the headers every response carries, error pages
-// included, and HSTS on every HTTPS response, as the hub does.
-func securityHeaders(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Content-Security-Policy", contentSecurityPolicy)
-		h.Set("X-Frame-Options", "DENY")
-		if r.TLS != nil {
-			h.Set("Strict-Transport-Security", tlsconfig.HSTS)
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // httpRequests counts the agent's HTTP requests by route and status.
 func newHTTPRequests() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -113,41 +93,19 @@ func newHTTPRequests() *prometheus.CounterVec {
 // so the route label is bounded, and by status code.
 func (a *Agent) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &httpsec.StatusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		route := r.Pattern
 		if route == "" {
 			route = "unmatched"
 		}
-		code := rec.status
+		code := rec.Status
 		if code == 0 {
 			code = http.StatusOK
 		}
 		a.httpRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	})
 }
-
-// statusRecorder remembers the status code written.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // handleHealthz responds 200 while the process serves HTTP at all.
 func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) {

@@ -19,6 +19,7 @@ import (
 	"github.com/xpress-ops/tower/dashboard"
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/httpsec"
 )
 
 // Defaults of Config.
@@ -258,7 +259,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)
 
 	mux.Handle("GET /", s.cfg.Dashboard)
-	return s.instrument(securityHeaders(mux))
+	return s.instrument(httpsec.Headers(mux))
 }
 
 // Close disconnects every WebSocket client with status 1001 (going away),
