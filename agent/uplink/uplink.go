@@ -394,7 +394,7 @@ func (u *Uplink) Close() error {
 }
 
 // CredentialsRefused reports whether the hub refused the agent's
-// credentials at the last connection attempt that got an answer.
+// credentials at the last connection attempt that got a CONNACK.
 func (u *Uplink) CredentialsRefused() bool { return u.refusals.Load() > 0 }
 
 // State returns whether the uplink is connected to the hub.

@@ -179,7 +179,7 @@ func TestUplink_SendsSOSFirstInSequenceOrder(t *testing.T) {
 	if got, want := batchShape(hub.Received()), "sos:1-2 status:1-1 gps:1-2 gps:3-4 gps:5-5"; got != want {
 		t.Errorf("batches = %s, want %s", got, want)
 	}
-	// More says whether records wait behind a batch, not whether it is full.
+	// More is true when records wait behind a batch, not when it is merely full.
 	var more []string
 	for _, b := range hub.Received() {
 		more = append(more, fmt.Sprintf("%s:%d-%d:%v", b.Lane, b.First(), b.Last(), b.More))

@@ -203,8 +203,8 @@ func (s *session) readBatch(ls *laneState) (batch *protocol.Batch, full bool, er
 	if n := len(ls.flights); n > 0 {
 		prev = ls.flights[n-1].last
 	}
-	// More tells the hub the lane is still catching up. A spool that
-	// cannot tell its newest record counts a full batch as having more.
+	// More marks the lane as still catching up. With a spool that does
+	// not report its newest sequence number, a full batch counts as more.
 	full = len(recs) == limit
 	more := full
 	if h, ok := u.cfg.Spool.(lastSeqer); ok {

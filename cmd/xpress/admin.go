@@ -177,8 +177,8 @@ type adminClient struct {
 	http        *http.Client
 }
 
-// do sends body as JSON and decodes a successful answer into out. An
-// error answer becomes an error with the hub's message.
+// do sends body as JSON and decodes a successful response into out. An
+// error response becomes an error with the hub's message.
 func (c adminClient) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -203,7 +203,7 @@ func (c adminClient) do(ctx context.Context, method, path string, body, out any)
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -212,13 +212,13 @@ func (c adminClient) do(ctx context.Context, method, path string, body, out any)
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(raw))
 		}
-		return fmt.Errorf("%s %s: hub answered %s: %s", method, path, resp.Status, e.Error)
+		return fmt.Errorf("%s %s: hub responded %s: %s", method, path, resp.Status, e.Error)
 	}
 	if out == nil {
 		return nil
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
 	}
 	return nil
 }

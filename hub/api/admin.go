@@ -25,7 +25,7 @@ const adminDisabledMessage = "admin API disabled: start the hub with XPRESS_ADMI
 // adminRoutes mounts the admin API, which manages the agents' hub
 // credentials. Every route needs the header "Authorization: Bearer
 // <Config.AdminToken>"; without an admin token or a credential store the
-// routes answer 503 with how to enable them.
+// routes respond 503 with how to enable them.
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/admin/agents", s.admin(s.handleListCredentials))
 	mux.HandleFunc("POST /api/v1/admin/agents", s.admin(s.handleCreateCredential))

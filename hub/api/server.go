@@ -133,7 +133,7 @@ type Config struct {
 	// protocol.KnownRegions, as the agents' --allow-region allows them.
 	ExtraRegions []string
 	// Credentials serves the admin API's agent credential routes (see
-	// adminRoutes). Nil, or an empty AdminToken, makes them answer 503.
+	// adminRoutes). Nil, or an empty AdminToken, makes them respond 503.
 	Credentials store.AgentCredentialStore
 	// AdminToken is the bearer token the admin API requires. It is a
 	// secret: it comes from the environment or a file, never a flag.

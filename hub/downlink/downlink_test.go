@@ -635,7 +635,7 @@ func TestDownlink_PacesByAgentInflight(t *testing.T) {
 		h.press(fmt.Sprintf("taxi-%04d", 100+i), fmt.Sprintf("sos-pace-%d", i), storetest.Epoch)
 	}
 
-	// An agent that acknowledges only when the test says so.
+	// An agent client that acknowledges each message only when the test calls Ack.
 	var mu sync.Mutex
 	var unacked []paho.Message
 	received := 0

@@ -123,7 +123,7 @@ func (a *StoreAuthenticator) Forget(agentID string) {
 	delete(a.cache, agentID)
 }
 
-// mochi-mqtt v2.7.9 answers a refused MQTT 3.1.1 CONNECT with return code
+// mochi-mqtt v2.7.9 responds to a rejected MQTT 3.1.1 CONNECT with return code
 // 0x05 "not authorized" (packets.V5CodesToV3), but MQTT 3.1.1 defines 0x04
 // "bad user name or password" for credentials it does not accept, the
 // code paho reports as such. The map is read only while a CONNACK is

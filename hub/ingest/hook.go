@@ -59,7 +59,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		s.log.Warn("agent connection rejected: username is not a valid agent id", "remote", cl.Net.Remote, "client", cl.ID, "error", err)
 		return false
 	}
-	// Mochi answers a refusal with CONNACK "bad user name or password":
+	// Mochi responds to a refusal with CONNACK "bad user name or password":
 	// 0x86 for MQTT 5, 0x04 for MQTT 3.1.1. The token is never logged.
 	if err := s.cfg.Authenticator.Authenticate(agentID, pk.Connect.Password); err != nil {
 		reason := authFailureReason(err)

@@ -279,7 +279,7 @@ func TestServer_SOSBatchWithMoreMarksAgentCatchingUp(t *testing.T) {
 		t.Error("agent not catching up after an SOS batch with more behind it")
 	}
 
-	// GPS batches say nothing about the SOS lane.
+	// A GPS batch does not change the SOS lane's catch-up state.
 	gps := storetest.FixBatch(1, 2, "veh-1")
 	a.publishBatch(t, gps)
 	a.nextAck(t)
