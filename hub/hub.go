@@ -6,6 +6,7 @@ package hub
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,11 @@ type Config struct {
 	// over TLS with AgentMQTTTLS, next to the plain one on AgentMQTTAddr.
 	AgentMQTTTLSAddr string
 	AgentMQTTTLS     *tls.Config
+	// AgentClientCAs, when set, requires mutual TLS of every agent: a
+	// client certificate signed by one of these CAs that names the agent
+	// id, on top of its token. Agents must then use AgentMQTTTLSAddr; the
+	// plain listener refuses them.
+	AgentClientCAs *x509.CertPool
 	// DatabaseURL is the PostgreSQL URL of the store. Empty means the
 	// embedded store in DataDir, for single-node installs.
 	DatabaseURL string
@@ -88,6 +94,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DisableAgentAuth && (!loopbackAddr(c.AgentMQTTAddr) || c.AgentMQTTTLSAddr != "" && !loopbackAddr(c.AgentMQTTTLSAddr)) {
 		return fmt.Errorf("agent authentication can only be turned off when the agent listeners are on loopback addresses, not %q: keep it on and give each agent a credential (xpress admin agent add)", c.AgentMQTTAddr)
+	}
+	if c.AgentClientCAs != nil && (c.AgentMQTTTLS == nil || c.AgentMQTTTLSAddr == "") {
+		return errors.New("mutual TLS for agents needs the agent TLS listener: set --agent-mqtt-tls-addr and its certificate files")
+	}
+	if c.AgentClientCAs != nil && c.DisableAgentAuth {
+		return errors.New("mutual TLS for agents adds to their tokens: it cannot be combined with turning agent authentication off")
 	}
 	if c.RedisURL != "" {
 		// TODO: Redis fan-out between hub replicas; until then one hub fans out in-process.
@@ -201,6 +213,7 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		Addr:          h.cfg.AgentMQTTAddr,
 		TLSAddr:       h.cfg.AgentMQTTTLSAddr,
 		TLS:           h.cfg.AgentMQTTTLS,
+		ClientCAs:     h.cfg.AgentClientCAs,
 		Store:         h.store,
 		Logger:        h.cfg.Logger,
 		Registerer:    h.cfg.Registerer,

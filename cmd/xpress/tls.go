@@ -103,6 +103,7 @@ type hubTLSFlags struct {
 	agentMQTTTLSAddr string
 	agentMQTTTLSCert string
 	agentMQTTTLSKey  string
+	agentClientCA    string
 }
 
 func (f *hubTLSFlags) register(fs *flag.FlagSet) {
@@ -110,6 +111,7 @@ func (f *hubTLSFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.agentMQTTTLSAddr, "agent-mqtt-tls-addr", "", "address where agents connect over MQTT over TLS, next to --agent-mqtt-addr, e.g. :8884 (needs --agent-mqtt-tls-cert-file)")
 	fs.StringVar(&f.agentMQTTTLSCert, "agent-mqtt-tls-cert-file", "", "PEM certificate chain of --agent-mqtt-tls-addr; read again when it changes")
 	fs.StringVar(&f.agentMQTTTLSKey, "agent-mqtt-tls-key-file", "", "PEM private key of --agent-mqtt-tls-cert-file; the file must have mode 0600")
+	fs.StringVar(&f.agentClientCA, "agent-mqtt-tls-client-ca-file", "", "PEM CA certificates for mutual TLS: every agent must then connect to --agent-mqtt-tls-addr with a client certificate from these CAs whose common name or a DNS name is its agent id, besides its token")
 }
 
 // apply sets the TLS fields of cfg from the flags.
@@ -124,6 +126,13 @@ func (f *hubTLSFlags) apply(cfg *hub.Config, log *slog.Logger) error {
 		"agent-mqtt-tls-cert-file", f.agentMQTTTLSCert, "agent-mqtt-tls-key-file", f.agentMQTTTLSKey, log); err != nil {
 		errs = append(errs, err)
 	}
+	if f.agentClientCA != "" {
+		if f.agentMQTTTLSAddr == "" {
+			errs = append(errs, fmt.Errorf("%s needs %s: mutual TLS is only possible over TLS", flagLabel("agent-mqtt-tls-client-ca-file"), flagLabel("agent-mqtt-tls-addr")))
+		} else if cfg.AgentClientCAs, err = tlsconfig.ClientCAPool(f.agentClientCA); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flagLabel("agent-mqtt-tls-client-ca-file"), err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -134,6 +143,8 @@ type agentTLSFlags struct {
 	mqttTLSCert string
 	mqttTLSKey  string
 	hubCAFile   string
+	hubCert     string
+	hubKey      string
 }
 
 func (f *agentTLSFlags) register(fs *flag.FlagSet) {
@@ -142,6 +153,8 @@ func (f *agentTLSFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.mqttTLSCert, "mqtt-tls-cert-file", "", "PEM certificate chain of --mqtt-tls-addr; read again when it changes")
 	fs.StringVar(&f.mqttTLSKey, "mqtt-tls-key-file", "", "PEM private key of --mqtt-tls-cert-file; the file must have mode 0600")
 	fs.StringVar(&f.hubCAFile, "hub-ca-file", "", "PEM CA certificates that sign the hub's certificate, for a tls:// or ssl:// --hub-url; empty trusts the system roots")
+	fs.StringVar(&f.hubCert, "hub-client-cert-file", "", "PEM client certificate for a hub that requires mutual TLS, naming this agent's --id; read again when it changes")
+	fs.StringVar(&f.hubKey, "hub-client-key-file", "", "PEM private key of --hub-client-cert-file; the file must have mode 0600")
 }
 
 // apply sets the TLS fields of cfg from the flags.
@@ -166,8 +179,23 @@ func (f *agentTLSFlags) apply(cfg *agent.Config, log *slog.Logger) error {
 		if cfg.HubTLS, err = tlsconfig.ClientConfig(f.hubCAFile); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", flagLabel("hub-ca-file"), err))
 		}
-	} else if f.hubCAFile != "" {
-		errs = append(errs, fmt.Errorf("%s needs a tls:// or ssl:// %s, not %q", flagLabel("hub-ca-file"), flagLabel("hub-url"), hubURL))
+		if f.hubCert != "" || f.hubKey != "" {
+			if f.hubCert == "" || f.hubKey == "" {
+				errs = append(errs, fmt.Errorf("%s and %s must be given together", flagLabel("hub-client-cert-file"), flagLabel("hub-client-key-file")))
+			} else if r, err := tlsconfig.NewReloader(f.hubCert, f.hubKey, log); err != nil {
+				errs = append(errs, fmt.Errorf("%s, %s: %w", flagLabel("hub-client-cert-file"), flagLabel("hub-client-key-file"), err))
+			} else if cfg.HubTLS != nil {
+				cfg.HubTLS.GetClientCertificate = r.GetClientCertificate
+			}
+		}
+	} else {
+		for _, fl := range []struct{ name, value string }{
+			{"hub-ca-file", f.hubCAFile}, {"hub-client-cert-file", f.hubCert}, {"hub-client-key-file", f.hubKey},
+		} {
+			if fl.value != "" {
+				errs = append(errs, fmt.Errorf("%s needs a tls:// or ssl:// %s, not %q", flagLabel(fl.name), flagLabel("hub-url"), hubURL))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

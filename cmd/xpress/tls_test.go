@@ -70,6 +70,8 @@ func TestRun_AgentTLSFlagErrors(t *testing.T) {
 		{"MQTT TLS address without certificate", []string{"--mqtt-tls-addr", "127.0.0.1:0"}, "--mqtt-tls-addr (XPRESS_MQTT_TLS_ADDR) needs"},
 		{"MQTT TLS certificate without address", []string{"--mqtt-tls-cert-file", certFile, "--mqtt-tls-key-file", keyFile}, "need --mqtt-tls-addr"},
 		{"CA file with tcp hub URL", []string{"--hub-ca-file", certFile}, "needs a tls:// or ssl://"},
+		{"client certificate with tcp hub URL", []string{"--hub-client-cert-file", certFile, "--hub-client-key-file", keyFile}, "--hub-client-cert-file (XPRESS_HUB_CLIENT_CERT_FILE) needs a tls:// or ssl://"},
+		{"client certificate without key", []string{"--hub-url", "tls://127.0.0.1:8883", "--hub-client-cert-file", certFile}, "must be given together"},
 	}
 	for _, c := range cases {
 		code, out := runAgentArgs(t, nil, c.extra...)
@@ -138,5 +140,20 @@ func TestRun_HubRedirectsToHTTPS(t *testing.T) {
 	}
 	if got, want := resp.Header.Get("Location"), "https://"+httpsAddr+"/api/v1/agents"; got != want {
 		t.Errorf("Location = %q, want %q", got, want)
+	}
+}
+
+func TestRun_HubClientCAWithoutTLSListenerRejected(t *testing.T) {
+	caFile := tlstest.NewCA(t, "agent CA").WriteCAFile(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out syncBuffer
+	code := run(ctx, []string{"hub", "--http-addr", "127.0.0.1:0", "--agent-mqtt-addr", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--agent-mqtt-tls-client-ca-file", caFile}, &out, &out, func(string) string { return "" })
+	if code != 1 {
+		t.Errorf("exit code = %d, want 1", code)
+	}
+	if want := "--agent-mqtt-tls-client-ca-file (XPRESS_AGENT_MQTT_TLS_CLIENT_CA_FILE) needs --agent-mqtt-tls-addr"; !strings.Contains(out.String(), want) {
+		t.Errorf("output %q does not contain %q", out.String(), want)
 	}
 }

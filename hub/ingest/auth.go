@@ -35,6 +35,9 @@ const (
 	reasonBadToken       = "bad_token"
 	reasonBadCredentials = "bad_credentials"
 	reasonAuthStore      = "store_unavailable"
+	// reasonClientCertificate: mutual TLS is on and the connection has no
+	// verified client certificate naming the agent.
+	reasonClientCertificate = "client_certificate"
 )
 
 // authFailureReason returns the metric label for an Authenticate error.

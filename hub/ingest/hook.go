@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/tlsconfig"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -58,6 +60,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		s.metrics.connectionsRejected.WithLabelValues(reasonInvalidAgentID).Inc()
 		s.log.Warn("agent connection rejected: username is not a valid agent id", "remote", cl.Net.Remote, "client", cl.ID, "error", err)
 		return false
+	}
+	if s.cfg.ClientCAs != nil {
+		names, ok := tlsconfig.PeerNames(cl.Net.Conn)
+		if !ok || !slices.Contains(names, agentID) {
+			s.metrics.connectionsRejected.WithLabelValues(reasonClientCertificate).Inc()
+			s.log.Warn("agent connection rejected: mutual TLS is on and the connection has no client certificate for this agent id",
+				"agent", agentID, "remote", cl.Net.Remote, "client", cl.ID, "certificate_names", names)
+			return false
+		}
 	}
 	// Mochi responds to a refusal with CONNACK "bad user name or password":
 	// 0x86 for MQTT 5, 0x04 for MQTT 3.1.1. The token is never logged.

@@ -15,6 +15,7 @@ package ingest
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,7 @@ import (
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/internal/mqttlistener"
 	"github.com/xpress-ops/tower/internal/retainguard"
+	"github.com/xpress-ops/tower/internal/tlsconfig"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -67,6 +69,12 @@ type Config struct {
 	// TLSAddr, when set with TLS, is a second listener that serves MQTT
 	// over TLS next to the plain one on Addr.
 	TLSAddr string
+	// ClientCAs, when set with TLS, turns on mutual TLS: an agent must
+	// connect over TLS with a client certificate signed by one of these
+	// CAs whose common name or one of whose DNS names is its agent id, on
+	// top of its token. Connections without one, including every
+	// connection to a plain listener, are refused at CONNECT.
+	ClientCAs *x509.CertPool
 	// Store commits batches. Required.
 	Store store.Store
 	// Logger receives the server's log; nil discards it.
@@ -161,6 +169,12 @@ func (s *Server) Open() error {
 		return errors.New("open ingest: already opened or closed")
 	}
 	s.opened = true
+	if s.cfg.ClientCAs != nil {
+		if s.cfg.TLS == nil {
+			return errors.New("open ingest: ClientCAs needs TLS: mutual TLS is only possible over TLS")
+		}
+		s.cfg.TLS = tlsconfig.RequireClientCertificates(s.cfg.TLS, s.cfg.ClientCAs)
+	}
 
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {

@@ -197,6 +197,10 @@ type trackedConn struct {
 	once  sync.Once
 }
 
+// NetConn returns the connection c wraps, so tlsconfig.PeerNames can
+// reach the TLS connection underneath.
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.owner.untrack(c) })

@@ -84,6 +84,13 @@ func (r *Reloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error
 	return r.cert, nil
 }
 
+// GetClientCertificate returns the current certificate like
+// GetCertificate, for a client that presents it to a server requiring
+// mutual TLS. It is a tls.Config.GetClientCertificate function.
+func (r *Reloader) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return r.GetCertificate(nil)
+}
+
 // stat returns the stamps of the certificate and key files. A file that
 // cannot be read gets a zero stamp, which differs from any loaded one.
 func (r *Reloader) stat() [2]fileStamp {

@@ -60,6 +60,54 @@ func ClientConfig(caFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// ClientCAPool returns a pool of the PEM certificates in caFile, the CAs
+// whose client certificates a server with mutual TLS accepts.
+func ClientCAPool(caFile string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read client CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("client CA file %s contains no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
+// RequireClientCertificates returns a copy of cfg that makes every client
+// present a certificate signed by one of pool's CAs, so the handshake
+// fails for a client without one.
+func RequireClientCertificates(cfg *tls.Config, pool *x509.CertPool) *tls.Config {
+	c := cfg.Clone()
+	c.ClientAuth = tls.RequireAndVerifyClientCert
+	c.ClientCAs = pool
+	return c
+}
+
+// PeerNames returns the names a verified client certificate of conn
+// carries, its subject common name and DNS names, and false when conn is
+// not a TLS connection or its peer presented no verified certificate. A
+// connection that wraps another, with a NetConn method as *tls.Conn has,
+// is unwrapped until a *tls.Conn is found.
+func PeerNames(conn net.Conn) ([]string, bool) {
+	tc, ok := conn.(*tls.Conn)
+	for !ok {
+		w, isWrapper := conn.(interface{ NetConn() net.Conn })
+		if !isWrapper {
+			return nil, false
+		}
+		conn = w.NetConn()
+		tc, ok = conn.(*tls.Conn)
+	}
+	st := tc.ConnectionState()
+	if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return nil, false
+	}
+	leaf := st.VerifiedChains[0][0]
+	names := append([]string{leaf.Subject.CommonName}, leaf.DNSNames...)
+	return names, true
+}
+
 // IsLoopback reports whether the listen address addr ("host:port") binds
 // only a loopback interface: 127.0.0.0/8, ::1 or localhost. An empty host
 // binds every interface, so it is not loopback.

@@ -1,5 +1,5 @@
-// Package tlstest generates a private CA and server certificates at run
-// time for tests, so no key is ever committed.
+// Package tlstest generates a private CA and server and client
+// certificates at run time for tests, so no key is ever committed.
 package tlstest
 
 import (
@@ -114,6 +114,51 @@ func (ca *CA) WriteServerFiles(t testing.TB, dir string) (certFile, keyFile stri
 		t.Fatal(err)
 	}
 	return certFile, keyFile, sn
+}
+
+// IssueClient returns a client certificate for name (its common name and
+// only DNS name) signed by the CA, and its key, both PEM encoded.
+func (ca *CA) IssueClient(t testing.TB, name string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("generate client key: %v", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		DNSNames:     []string{name},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatalf("create client certificate: %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("marshal client key: %v", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+}
+
+// WriteClientFiles issues a client certificate for name and writes it to
+// dir/<name>.pem and its key to dir/<name>-key.pem with mode 0600. It
+// returns the paths.
+func (ca *CA) WriteClientFiles(t testing.TB, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	certPEM, keyPEM := ca.IssueClient(t, name)
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 func serial(t testing.TB) *big.Int {
