@@ -34,10 +34,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/agent/broker"
+	"github.com/xpress-ops/tower/agent/localauth"
 	"github.com/xpress-ops/tower/agent/localsos"
 	"github.com/xpress-ops/tower/agent/outage"
 	"github.com/xpress-ops/tower/agent/spool"
 	"github.com/xpress-ops/tower/agent/uplink"
+	"github.com/xpress-ops/tower/agent/vehicleauth"
 	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -96,9 +98,21 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Now is the agent clock stamped on received messages. Nil means time.Now.
 	Now func() time.Time
-	// VehicleAuthenticator checks vehicles' passwords. Nil means
-	// broker.AllowAllVehicles, the development default.
+	// VehicleAuth selects how vehicles' passwords are checked:
+	// VehicleAuthHub against the credentials the hub sends, or
+	// VehicleAuthOff (also when empty) not at all, which Validate allows
+	// only when every vehicle listener is on a loopback address.
+	VehicleAuth string
+	// VehicleAuthenticator, when set, checks vehicles' passwords instead;
+	// VehicleAuth must then be empty.
 	VehicleAuthenticator broker.VehicleAuthenticator
+	// VehicleConnectRate and VehicleConnectBurst bound the CONNECT
+	// attempts per second of one remote address, and VehicleAuthFailures
+	// the failed authentications per minute of one address before it is
+	// rejected for VehicleAuthBlock (see broker.Config). Zero means the
+	// broker's defaults.
+	VehicleConnectRate, VehicleConnectBurst, VehicleAuthFailures int
+	VehicleAuthBlock                                             time.Duration
 
 	// SpoolMaxBytes caps the records waiting in the spool, in bytes of
 	// encoded records; the oldest GPS fixes are evicted to stay under it.
@@ -198,6 +212,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateTunables()...)
 	errs = append(errs, c.validateOutage()...)
+	errs = append(errs, c.validateVehicleAuth()...)
 	if c.Registerer != nil && c.Gatherer == nil {
 		if _, ok := c.Registerer.(prometheus.Gatherer); !ok {
 			errs = append(errs, errors.New("registerer is not a gatherer: set Gatherer for /metrics"))
@@ -231,6 +246,14 @@ type Agent struct {
 	notifier *outage.Notifier
 	// contact tracks the last time the hub was reachable.
 	contact *hubContact
+	// vehicles holds the vehicle credentials the hub sends; nil unless
+	// Config.VehicleAuth is VehicleAuthHub.
+	vehicles     *vehicleauth.Store
+	vehiclesOpen atomic.Bool
+	// operators holds the hub's operator list for the page's sign-in,
+	// and the sign-in sessions.
+	operators     *localauth.Store
+	operatorsOpen atomic.Bool
 
 	httpServer   *http.Server
 	httpListener net.Listener
@@ -284,6 +307,25 @@ func New(cfg Config) (*Agent, error) {
 
 	a := &Agent{cfg: cfg, log: logger.With("component", "agent"), gatherer: cfg.Gatherer, httpRequests: newHTTPRequests()}
 	a.contact = newHubContact(a)
+	authenticator := cfg.VehicleAuthenticator
+	if cfg.VehicleAuth == VehicleAuthHub {
+		a.vehicles = vehicleauth.New(vehicleauth.Config{
+			Path:       filepath.Join(cfg.DataDir, vehicleauth.File),
+			Logger:     logger,
+			Registerer: cfg.Registerer,
+			Now:        cfg.Now,
+			// A revoked vehicle loses its open connections too.
+			OnRevoke: func(vehicleID string) { a.broker.DisconnectVehicle(vehicleID) },
+		})
+		authenticator = a.vehicles
+	}
+	a.operators = localauth.New(localauth.Config{
+		Path:       filepath.Join(cfg.DataDir, localauth.File),
+		AgentID:    cfg.ID,
+		Logger:     logger,
+		Registerer: cfg.Registerer,
+		Now:        cfg.Now,
+	})
 	a.spool = spool.New(spool.Config{
 		Path:            filepath.Join(cfg.DataDir, SpoolFile),
 		Logger:          logger,
@@ -301,7 +343,7 @@ func New(cfg Config) (*Agent, error) {
 		TLSAddr:       cfg.MQTTTLSAddr,
 		TLS:           cfg.MQTTTLS,
 		Spool:         a.spool,
-		Authenticator: cfg.VehicleAuthenticator,
+		Authenticator: authenticator,
 		Logger:        logger,
 		Registerer:    cfg.Registerer,
 		Now:           cfg.Now,
@@ -309,6 +351,10 @@ func New(cfg Config) (*Agent, error) {
 		Retention:     cfg.Retention,
 		AppendTimeout: cfg.AppendTimeout,
 		OnSOSStored:   func(rec protocol.Record) { a.relay.SOSStored(rec) },
+		ConnectRate:   cfg.VehicleConnectRate,
+		ConnectBurst:  cfg.VehicleConnectBurst,
+		AuthFailures:  cfg.VehicleAuthFailures,
+		AuthBlock:     cfg.VehicleAuthBlock,
 	})
 	a.sos = localsos.New(localsos.Config{
 		Path:     filepath.Join(cfg.DataDir, localsos.File),
@@ -349,6 +395,13 @@ func New(cfg Config) (*Agent, error) {
 		OnSOSState: func(topic string, payload []byte) {
 			a.contact.noteHubMessage()
 			a.relay.HubState(topic, payload)
+		},
+		OnVehicleCredential: a.vehicleCredentialHandler(),
+		OnOperators: func(topic string, payload []byte) {
+			a.contact.noteHubMessage()
+			if a.operatorsOpen.Load() {
+				a.operators.HubMessage(topic, payload)
+			}
 		},
 	})
 	if cfg.OutageNotifyAfter > 0 {
@@ -409,6 +462,24 @@ func (a *Agent) open(ctx context.Context) error {
 		a.sosOpen.Store(true)
 	}
 	a.contact.load()
+	// Vehicles are checked against the credentials on disk from the
+	// first CONNECT, before the hub is reached.
+	if a.vehicles != nil {
+		if err := a.vehicles.Open(); err != nil {
+			return errors.Join(err, a.Close())
+		}
+		a.vehiclesOpen.Store(true)
+	}
+
+	// Staff sign in on the page with the list on disk, before the hub is
+	// reached. Without it the page refuses sign-ins, and SOS alerts still
+	// flow.
+	if err := a.operators.Open(); err != nil {
+		a.log.Error("failed to open the operator list: sign-in on the agent's page fails; move the file away to start a new one",
+			"path", filepath.Join(a.cfg.DataDir, localauth.File), "error", err)
+	} else {
+		a.operatorsOpen.Store(true)
+	}
 
 	if err := a.broker.Open(); err != nil {
 		return errors.Join(err, a.Close())
@@ -453,7 +524,10 @@ func (a *Agent) open(ctx context.Context) error {
 		}
 	}()
 
-	a.log.Info("agent started", "region", a.cfg.Region, "mqtt_addr", a.broker.Addr().String(),
+	if a.vehicles == nil && a.cfg.VehicleAuthenticator == nil {
+		a.log.Warn("vehicle authentication is OFF: any vehicle id connects with any password; use this for local experiments and benchmarks only")
+	}
+	a.log.Info("agent started", "region", a.cfg.Region, "vehicle_auth", a.cfg.vehicleAuthDescription(), "mqtt_addr", a.broker.Addr().String(),
 		"http_addr", ln.Addr().String(), "hub", a.cfg.HubURL, "spool", a.spool.SpoolID())
 	return nil
 }
@@ -490,8 +564,10 @@ func (a *Agent) UplinkState() uplink.State { return a.uplink.State() }
 //  2. flush the spool: wait for the group commit in progress;
 //  3. stop the uplink: records the hub has not acknowledged stay in the
 //     spool for the next start;
-//  4. stop the outage notifier (an SMS being sent stays "sending" for the
-//     next start), the SOS state relay, and close the local SOS store;
+//  4. close the vehicle credential store and the operator list (every
+//     page session ends), stop the outage notifier (an SMS
+//     being sent stays "sending" for the next start), the SOS state relay,
+//     and close the local SOS store;
 //  5. close the spool's bbolt file.
 //
 // It returns every failure joined and is safe to call more than once.
@@ -518,6 +594,15 @@ func (a *Agent) Close() error {
 			cancel()
 		}
 		errs = append(errs, a.uplink.Close())
+		// After the uplink: it hands the vehicle store the hub's messages.
+		if a.vehiclesOpen.Load() {
+			a.vehiclesOpen.Store(false)
+			errs = append(errs, a.vehicles.Close())
+		}
+		if a.operatorsOpen.Load() {
+			a.operatorsOpen.Store(false)
+			errs = append(errs, a.operators.Close())
+		}
 		if a.notifier != nil {
 			errs = append(errs, a.notifier.Close())
 		}

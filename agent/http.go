@@ -24,9 +24,15 @@ func (a *Agent) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", a.handleHealthz)
 	mux.HandleFunc("GET /readyz", a.handleReadyz)
-	mux.HandleFunc("GET /api/v1/info", a.handleInfo)
-	mux.HandleFunc("GET /api/v1/local/sos", a.handleLocalSOS)
-	mux.HandleFunc("POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", a.handleLocalAck)
+	// The local API needs a session of an operator from the hub's list
+	// (see localsession.go); only signing in does not.
+	mux.HandleFunc("POST /api/v1/local/session", a.handleLocalLogin)
+	mux.HandleFunc("GET /api/v1/local/session", a.requireSession(false, a.handleLocalSession))
+	mux.HandleFunc("DELETE /api/v1/local/session", a.requireSession(true, a.handleLocalLogout))
+	mux.HandleFunc("GET /api/v1/info", a.requireSession(false, a.handleInfo))
+	mux.HandleFunc("GET /api/v1/local/sos", a.requireSession(false, a.handleLocalSOS))
+	mux.HandleFunc("POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", a.requireSession(true, a.handleLocalAck))
+	mux.HandleFunc("GET /api/v1/", a.requireSession(false, http.NotFound))
 	mux.Handle("GET /", localpage.Handler())
 	return httpsec.Headers(a.instrument(a.checkHost(mux)))
 }

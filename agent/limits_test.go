@@ -36,7 +36,7 @@ func fieldsOf(err error) []string {
 }
 
 func TestConfig_ValidateRanges(t *testing.T) {
-	valid := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress"}
+	valid := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress", VehicleAuth: agent.VehicleAuthHub}
 	for _, tc := range []struct {
 		name   string
 		mutate func(*agent.Config)
@@ -99,7 +99,7 @@ func TestConfig_ValidateRanges(t *testing.T) {
 }
 
 func TestConfig_ValidateMessageNamesField(t *testing.T) {
-	c := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress", AckTimeout: time.Nanosecond}
+	c := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress", VehicleAuth: agent.VehicleAuthHub, AckTimeout: time.Nanosecond}
 
 	err := c.Validate()
 
@@ -142,7 +142,7 @@ func TestNormalizeRegion(t *testing.T) {
 }
 
 func TestConfig_RegionRules(t *testing.T) {
-	valid := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress"}
+	valid := agent.Config{ID: "agent-1", Region: "Cebu", DataDir: "/var/lib/xpress", VehicleAuth: agent.VehicleAuthHub}
 	for name, tc := range map[string]struct {
 		region string
 		extra  []string

@@ -234,22 +234,24 @@ func (a *Agent) localRowOf(group []localsos.Entry) localSOS {
 }
 
 // handleLocalAck serves POST
-// /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge with body
-// {"actor": "<staff name>"}. It rejects the request with 409 while the
-// hub is reachable, because operators then acknowledge on the hub's
+// /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge for a signed-in
+// operator, with the session's CSRF token in the X-CSRF-Token header
+// (see requireSession). The acknowledgement names the operator of the
+// session (see localActor); an "actor" field of the body, which older
+// pages sent, is ignored. It rejects the request with 409 while the hub
+// is reachable, because operators then acknowledge on the hub's
 // dashboard. It then checks, in order, the Content-Type (415), the ids
-// (400), the body (400, or 413 past MaxLocalAckBody) and the name (400,
-// the hub's rule for operator names). Invalid UTF-8 is rejected, not
-// replaced. Last it acknowledges the SOS and its repeat presses (see
+// (400) and the body, which may be empty or a JSON object (400, or 413
+// past MaxLocalAckBody). Invalid UTF-8 is rejected, not replaced. Last
+// it acknowledges the SOS and its repeat presses (see
 // localsos.GroupRepeats) through the relay: 404 for an unknown SOS, 409
 // for a closed one, 503 when the local SOS store is unavailable.
 //
-// NOTE: requiring application/json keeps other sites from posting: an
-// HTML form cannot send that type, and a script on another origin can
-// send it only after a CORS preflight, which the agent does not approve.
-// The Host check (see checkHost) keeps DNS rebinding away. Staff identify
-// themselves only by the name they type, as at the hub: the endpoint has
-// no login.
+// NOTE: requiring application/json and the CSRF header keeps other
+// sites from posting: an HTML form can send neither, and a script on
+// another origin can send them only after a CORS preflight, which the
+// agent does not approve; the session cookie is SameSite=Strict. The
+// Host check (see checkHost) keeps DNS rebinding away.
 func (a *Agent) handleLocalAck(w http.ResponseWriter, r *http.Request) {
 	vehicleID, sosID := r.PathValue("vehicle"), r.PathValue("sos_id")
 	if a.contact.reachable() {
@@ -258,11 +260,13 @@ func (a *Agent) handleLocalAck(w http.ResponseWriter, r *http.Request) {
 			vehicleID, sosID)
 		return
 	}
-	actor, err := a.checkLocalAck(w, r, vehicleID, sosID)
-	if err != nil {
+	sess, _ := sessionFrom(r.Context())
+	if err := a.checkLocalAck(w, r, vehicleID, sosID); err != nil {
 		a.writeAPIError(w, r, err, vehicleID, sosID)
 		return
 	}
+	actor := localActor(sess)
+	a.log.Info("local acknowledgement", "vehicle", vehicleID, "sos", sosID, "username", sess.Username, "remote", remoteIP(r))
 
 	e, recorded, err := a.relay.AcknowledgeLocal(vehicleID, sosID, actor)
 	resp := localAckResponse{AlreadyAcknowledged: !recorded, HubRecord: "queued", AcknowledgedSOSIDs: []string{sosID}}
@@ -357,52 +361,43 @@ func (a *Agent) hubReceived(e *localsos.Entry) bool {
 	return e.SpoolSeq < a.firstPendingSOSSeq() || e.SpoolSeq <= a.uplink.Acked()[protocol.LaneSOS]
 }
 
-// checkLocalAck checks a local acknowledgement request and returns the
-// staff name.
-func (a *Agent) checkLocalAck(w http.ResponseWriter, r *http.Request, vehicleID, sosID string) (string, error) {
+// checkLocalAck checks a local acknowledgement request: its
+// Content-Type, ids and body, which may be empty or one JSON object.
+func (a *Agent) checkLocalAck(w http.ResponseWriter, r *http.Request, vehicleID, sosID string) error {
 	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
-		return "", err
+		return err
 	}
 	if err := protocol.ValidateVehicleID(vehicleID); err != nil {
-		return "", apiErrorf(http.StatusBadRequest, "invalid vehicle id: %v", err)
+		return apiErrorf(http.StatusBadRequest, "invalid vehicle id: %v", err)
 	}
 	if err := protocol.ValidateSOSID(sosID); err != nil {
-		return "", apiErrorf(http.StatusBadRequest, "invalid SOS id: %v", err)
-	}
-	var body struct {
-		Actor *string `json:"actor"`
+		return apiErrorf(http.StatusBadRequest, "invalid SOS id: %v", err)
 	}
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxLocalAckBody))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return "", apiErrorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
+		return apiErrorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
 	case err != nil:
-		return "", apiErrorf(http.StatusBadRequest, "request body not read: %v", err)
+		return apiErrorf(http.StatusBadRequest, "request body not read: %v", err)
 	case !utf8.Valid(raw):
-		// The JSON decoder would replace invalid bytes with U+FFFD and
-		// store a name the person never typed.
-		return "", apiErrorf(http.StatusBadRequest, "request body is not valid UTF-8: send the name in UTF-8")
+		return apiErrorf(http.StatusBadRequest, "request body is not valid UTF-8")
+	case len(bytes.TrimSpace(raw)) == 0:
+		return nil
+	}
+	// The session names the operator; an "actor" field is not trusted.
+	var body struct {
+		Actor json.RawMessage `json:"actor"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		switch {
-		case errors.Is(err, io.EOF):
-			return "", apiErrorf(http.StatusBadRequest, `empty request body: send {"actor": "<your name>"}`)
-		}
-		return "", apiErrorf(http.StatusBadRequest, `invalid request body: %v; send {"actor": "<your name>"}`, err)
+		return apiErrorf(http.StatusBadRequest, "invalid request body: %v; send {} or no body", err)
 	}
 	if dec.More() {
-		return "", apiErrorf(http.StatusBadRequest, "invalid request body: send exactly one JSON object")
+		return apiErrorf(http.StatusBadRequest, "invalid request body: send exactly one JSON object")
 	}
-	if body.Actor == nil {
-		return "", apiErrorf(http.StatusBadRequest, `missing field "actor": send your name`)
-	}
-	if err := protocol.ValidateOperatorName(*body.Actor); err != nil {
-		return "", apiErrorf(http.StatusBadRequest, "%v: use 1 to %d printable characters, without spaces at either end", err, protocol.MaxOperatorName)
-	}
-	return *body.Actor, nil
+	return nil
 }
 
 // checkJSONContentType accepts application/json, with charset=utf-8 at most.

@@ -93,7 +93,7 @@ func postAck(t *testing.T, a *agent.Agent, vehicleID, sosID, contentType, body s
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := session(t, a).do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", url, err)
 	}
@@ -191,24 +191,25 @@ func TestLocalAPI_AcknowledgeOnceTellsVehicle(t *testing.T) {
 	publish(t, c, protocol.TopicSOS, `{"id":"sos-1","kind":"panic"}`)
 	expectReceived(t, states)
 
-	code, ack := postAck(t, a, vehicle, "sos-1", "application/json", `{"actor":"Maria Santos"}`)
+	// The session names the operator; the body's name is not trusted.
+	code, ack := postAck(t, a, vehicle, "sos-1", "application/json", `{"actor":"Mallory"}`)
 	if code != http.StatusOK || ack.HubRecord != "queued" || ack.AlreadyAcknowledged {
 		t.Fatalf("acknowledge = %d %+v, want 200, queued for the hub", code, ack)
 	}
-	if ack.SOS.State != "acknowledged" || ack.SOS.LocalAckBy != "Maria Santos" || !ack.SOS.LocalAckQueued {
+	if ack.SOS.State != "acknowledged" || ack.SOS.LocalAckBy != staffActor || !ack.SOS.LocalAckQueued {
 		t.Errorf("acknowledged SOS = %+v", ack.SOS)
 	}
 	expectState(t, states, protocol.SOSStateAcknowledged)
 
 	code, again := postAck(t, a, vehicle, "sos-1", "application/json; charset=utf-8", `{"actor":"Ben Cruz"}`)
-	if code != http.StatusOK || !again.AlreadyAcknowledged || again.SOS.LocalAckBy != "Maria Santos" {
-		t.Errorf("second acknowledge = %d %+v, want 200, already acknowledged by Maria Santos", code, again)
+	if code != http.StatusOK || !again.AlreadyAcknowledged || again.SOS.LocalAckBy != staffActor {
+		t.Errorf("second acknowledge = %d %+v, want 200, already acknowledged by %s", code, again, staffActor)
 	}
 	// The spool holds the SOS and one acknowledgement record, not two.
 	if _, r := readyz(t, a); r.Lanes[protocol.LaneSOS].Records != 2 {
 		t.Errorf("SOS lane holds %d records, want the SOS and one acknowledgement", r.Lanes[protocol.LaneSOS].Records)
 	}
-	if l := localList(t, a); len(l.SOS) != 1 || l.SOS[0].LocalAckBy != "Maria Santos" {
+	if l := localList(t, a); len(l.SOS) != 1 || l.SOS[0].LocalAckBy != staffActor {
 		t.Errorf("list after the acknowledgement = %+v", l.SOS)
 	}
 	select {
@@ -242,14 +243,8 @@ func TestLocalAPI_AcknowledgeRejectsBadInput(t *testing.T) {
 	}{
 		{"form body", vehicle, "sos-1", "application/x-www-form-urlencoded", "actor=Maria", http.StatusUnsupportedMediaType},
 		{"no content type", vehicle, "sos-1", "", `{"actor":"Maria"}`, http.StatusUnsupportedMediaType},
-		{"empty body", vehicle, "sos-1", "application/json", "", http.StatusBadRequest},
 		{"not an object", vehicle, "sos-1", "application/json", `"Maria"`, http.StatusBadRequest},
 		{"unknown field", vehicle, "sos-1", "application/json", `{"actor":"Maria","role":"admin"}`, http.StatusBadRequest},
-		{"missing actor", vehicle, "sos-1", "application/json", `{}`, http.StatusBadRequest},
-		{"blank actor", vehicle, "sos-1", "application/json", `{"actor":" "}`, http.StatusBadRequest},
-		{"padded actor", vehicle, "sos-1", "application/json", `{"actor":" Maria"}`, http.StatusBadRequest},
-		{"long actor", vehicle, "sos-1", "application/json", `{"actor":"` + strings.Repeat("m", 65) + `"}`, http.StatusBadRequest},
-		{"control in actor", vehicle, "sos-1", "application/json", `{"actor":"Maria\u0007"}`, http.StatusBadRequest},
 		{"two objects", vehicle, "sos-1", "application/json", `{"actor":"Maria"}{"actor":"Jo"}`, http.StatusBadRequest},
 		{"huge body", vehicle, "sos-1", "application/json", `{"actor":"` + strings.Repeat("m", agent.MaxLocalAckBody) + `"}`, http.StatusRequestEntityTooLarge},
 		{"bad vehicle id", "veh%21x", "sos-1", "application/json", `{"actor":"Maria"}`, http.StatusBadRequest},
@@ -291,8 +286,8 @@ func TestLocalAPI_AcknowledgeRejectsBadInput(t *testing.T) {
 			}
 		}
 	}
-	if refused != 15 {
-		t.Errorf("requests counted with a 4xx status = %v, want 15", refused)
+	if refused != 9 {
+		t.Errorf("requests counted with a 4xx status = %v, want 9", refused)
 	}
 }
 
@@ -330,7 +325,7 @@ func TestLocalPage_ServedWithSecurityHeaders(t *testing.T) {
 		{"/metrics", "", http.StatusOK},
 		{"/api/v1/local/sos", "application/json", http.StatusOK},
 	} {
-		resp, err := http.Get("http://" + a.HTTPAddr().String() + tc.path)
+		resp, err := session(t, a).client.Get("http://" + a.HTTPAddr().String() + tc.path)
 		if err != nil {
 			t.Fatal(err)
 		}

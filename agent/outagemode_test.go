@@ -62,7 +62,12 @@ type ackBody struct {
 func postRaw(t *testing.T, a *agent.Agent, sosID string, body []byte) (int, ackBody) {
 	t.Helper()
 	url := "http://" + a.HTTPAddr().String() + "/api/v1/local/sos/" + vehicle + "/" + sosID + "/acknowledge"
-	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := session(t, a).do(req)
 	if err != nil {
 		t.Errorf("POST %s: %v", url, err)
 		return 0, ackBody{}
@@ -128,7 +133,7 @@ func TestLocalAPI_HungHubCountsAsUnreachable(t *testing.T) {
 	if i.Uplink.LastContactSeconds < cfg.AckTimeout.Seconds() {
 		t.Errorf("last contact %v s ago, want over %s", i.Uplink.LastContactSeconds, cfg.AckTimeout)
 	}
-	if code, ack := postRaw(t, a, "sos-1", []byte(`{"actor":"Maria Santos"}`)); code != http.StatusOK || ack.AcknowledgedBy != "Maria Santos" {
+	if code, ack := postRaw(t, a, "sos-1", []byte(`{"actor":"Maria Santos"}`)); code != http.StatusOK || ack.AcknowledgedBy != staffActor {
 		t.Errorf("acknowledge while the hub hangs = %d %+v, want 200", code, ack)
 	}
 }
@@ -281,6 +286,11 @@ func TestHTTP_RejectsUnknownHost(t *testing.T) {
 			t.Fatal(err)
 		}
 		req.Host = host
+		// The cookie is sent by hand: the client's jar does not add it
+		// to a request whose Host differs from its URL.
+		for _, c := range session(t, a).client.Jar.Cookies(req.URL) {
+			req.AddCookie(c)
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -298,6 +308,7 @@ func TestHTTP_RejectsUnknownHost(t *testing.T) {
 # HELP xpress_agent_http_requests_total HTTP requests to the agent, by route pattern and status code; unmatched for requests that matched no route, host_rejected for requests whose Host header is not allowed.
 # TYPE xpress_agent_http_requests_total counter
 xpress_agent_http_requests_total{code="200",route="GET /api/v1/info"} 5
+xpress_agent_http_requests_total{code="200",route="POST /api/v1/local/session"} 1
 xpress_agent_http_requests_total{code="421",route="host_rejected"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "xpress_agent_http_requests_total"); err != nil {

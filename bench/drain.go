@@ -189,7 +189,7 @@ func RunDrain(ctx context.Context, cfg DrainConfig, opts Options) (*DrainResult,
 		return res, err
 	}
 	p := &pipeline{env: env, dbURL: dbURL, pool: pool, hub: h, agent: a}
-	op, err := dialOperator(ctx, h.HTTPAddr().String(), nil)
+	op, err := dialOperator(ctx, h.HTTPAddr().String(), env.adminToken, nil)
 	if err != nil {
 		return res, err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/hub"
 )
 
@@ -69,6 +70,9 @@ type runEnv struct {
 	// hubs maps hub agent listener addresses to their credential
 	// stores (see noteHub).
 	hubs sync.Map
+	// adminToken is the admin token of the run's hubs, made at random for
+	// each run. The operator streams authenticate with it.
+	adminToken string
 }
 
 func newRunEnv(opts Options) (*runEnv, error) {
@@ -87,7 +91,12 @@ func newRunEnv(opts Options) (*runEnv, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temporary directory: %w", err)
 	}
-	e := &runEnv{opts: opts, log: log, compLog: compLog, dir: dir}
+	token, err := newAdminToken()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	e := &runEnv{opts: opts, log: log, compLog: compLog, dir: dir, adminToken: token}
 	e.onClose(func() error { return os.RemoveAll(dir) })
 	return e, nil
 }
@@ -191,6 +200,7 @@ func (e *runEnv) startHub(ctx context.Context, databaseURL, agentAddr string) (*
 		AgentMQTTAddr: agentAddr,
 		DatabaseURL:   databaseURL,
 		DataDir:       filepath.Join(e.dir, "hub"),
+		AdminToken:    e.adminToken,
 		Logger:        e.compLog.With("process", "hub"),
 		Registerer:    reg,
 		Gatherer:      reg,
@@ -224,6 +234,12 @@ func (e *runEnv) startAgent(ctx context.Context, id, hubAddr string, tune func(*
 		DataDir:  filepath.Join(e.dir, "agent-"+id),
 		HTTPAddr: "127.0.0.1:0",
 		Logger:   e.compLog.With("process", "agent"),
+		// Throughput scenarios measure the pipeline, not vehicle
+		// credentials, and every simulated vehicle connects from one
+		// address (see docs/benchmarks.md).
+		VehicleAuth:         agent.VehicleAuthOff,
+		VehicleConnectRate:  broker.MaxConnectRate,
+		VehicleConnectBurst: broker.MaxConnectBurst,
 	}
 	if tune != nil {
 		tune(&cfg)
@@ -418,4 +434,13 @@ func joinNonEmpty(sep string, parts ...string) string {
 		}
 	}
 	return strings.Join(out, sep)
+}
+
+// newAdminToken returns a random admin token for the run's hubs.
+func newAdminToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("make the admin token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }

@@ -230,7 +230,7 @@ func dialOperators(ctx context.Context, env *runEnv, httpAddr string, cfg Fanout
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			op, err := dialOperator(ctx, httpAddr, clients[i%len(clients)])
+			op, err := dialOperator(ctx, httpAddr, env.adminToken, clients[i%len(clients)])
 			if err != nil {
 				failed.Add(1)
 				errOnce.Do(func() { firstErr = err })

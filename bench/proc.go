@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/xpress-ops/tower/agent/broker"
 )
 
 // subprocessLogTail is how many log lines of a subprocess are kept for error messages.
@@ -163,7 +166,7 @@ type hubProcess struct {
 
 // startHubProcess runs `xpress hub` on loopback ports chosen by the
 // kernel, with its store in the database at databaseURL. The database URL
-// goes in the environment, never on the command line.
+// and the admin token go in the environment, never on the command line.
 func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string) (*hubProcess, error) {
 	exe, err := xpressExe(exe)
 	if err != nil {
@@ -174,7 +177,8 @@ func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string) (
 		"--agent-mqtt-addr", "127.0.0.1:0",
 		"--data-dir", filepath.Join(e.dir, "hub-process"),
 	}
-	sp, err := e.startSubprocess(ctx, "hub", exe, args, []string{"XPRESS_DATABASE_URL=" + databaseURL}, "hub started")
+	sp, err := e.startSubprocess(ctx, "hub", exe, args,
+		[]string{"XPRESS_DATABASE_URL=" + databaseURL, "XPRESS_ADMIN_TOKEN=" + e.adminToken}, "hub started")
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +214,12 @@ func (e *runEnv) startAgentProcess(ctx context.Context, exe, id, hubAddr string)
 		"--http-addr", "127.0.0.1:0",
 		"--hub-url", "tcp://" + hubAddr,
 		"--data-dir", filepath.Join(e.dir, "agent-process-"+id),
+		// Throughput scenarios measure the pipeline, not vehicle
+		// credentials, and every simulated vehicle connects from one
+		// address (see docs/benchmarks.md).
+		"--vehicle-auth", "off",
+		"--vehicle-connect-rate", strconv.Itoa(broker.MaxConnectRate),
+		"--vehicle-connect-burst", strconv.Itoa(broker.MaxConnectBurst),
 	}
 	token, err := e.agentToken(ctx, hubAddr, id)
 	if err != nil {

@@ -211,7 +211,7 @@ func RunSOSLatency(ctx context.Context, cfg SOSLatencyConfig, opts Options) (*SO
 	if err != nil {
 		return nil, err
 	}
-	op, err := dialOperator(ctx, p.hub.HTTPAddr().String(), nil)
+	op, err := dialOperator(ctx, p.hub.HTTPAddr().String(), env.adminToken, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -364,7 +364,7 @@ func RunSOSBurst(ctx context.Context, cfg SOSBurstConfig, opts Options) (*SOSBur
 	if err := ap.waitUplinkConnected(ctx, 30*time.Second); err != nil {
 		return nil, err
 	}
-	op, err := dialOperator(ctx, h.HTTPAddr().String(), nil)
+	op, err := dialOperator(ctx, h.HTTPAddr().String(), env.adminToken, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -66,10 +66,14 @@ func sourceClient(ip net.IP) *http.Client {
 }
 
 // dialOperator opens the event stream of the hub whose HTTP server is at
-// httpAddr and waits for its hello frame.
-func dialOperator(ctx context.Context, httpAddr string, client *http.Client) (*operator, error) {
+// httpAddr, authenticated with bearer token, and waits for its hello
+// frame.
+func dialOperator(ctx context.Context, httpAddr, token string, client *http.Client) (*operator, error) {
 	url := "ws://" + loopbackHostPort(httpAddr) + "/api/v1/stream"
-	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: client})
+	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{
+		HTTPClient: client,
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open operator stream %s: %w", url, err)
 	}

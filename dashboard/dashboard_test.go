@@ -35,6 +35,8 @@ func TestHandler_ServesFilesWithContentTypes(t *testing.T) {
 		"/app.js":      "text/javascript; charset=utf-8",
 		"/app.css":     "text/css; charset=utf-8",
 		"/favicon.svg": "image/svg+xml",
+		"/login.html":  "text/html; charset=utf-8",
+		"/login.js":    "text/javascript; charset=utf-8",
 	} {
 		res, body := get(t, h, target)
 		if want == "" {
@@ -155,17 +157,19 @@ func TestFiles_EverythingLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	index, err := fs.ReadFile(files, "index.html")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refs := regexp.MustCompile(`(?:src|href)="([^"]+)"`).FindAllStringSubmatch(string(index), -1)
-	if len(refs) < 3 {
-		t.Fatalf("index.html references %d files, want app.js, app.css and the icon", len(refs))
-	}
-	for _, ref := range refs {
-		if _, err := fs.Stat(files, path.Clean(ref[1])); err != nil {
-			t.Errorf("index.html references %s, which is not embedded: %v", ref[1], err)
+	for _, page := range []string{"index.html", "login.html"} {
+		data, err := fs.ReadFile(files, page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs := regexp.MustCompile(`(?:src|href)="([^"]+)"`).FindAllStringSubmatch(string(data), -1)
+		if len(refs) < 3 {
+			t.Fatalf("%s references %d files, want its script, app.css and the icon", page, len(refs))
+		}
+		for _, ref := range refs {
+			if _, err := fs.Stat(files, path.Clean(ref[1])); err != nil {
+				t.Errorf("%s references %s, which is not embedded: %v", page, ref[1], err)
+			}
 		}
 	}
 }

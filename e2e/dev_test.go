@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,7 +38,9 @@ type apiIncidents struct {
 }
 
 // xpress dev runs from an empty directory with nothing but the binary,
-// shows replayed fixes and an SOS, stops on SIGINT and resumes its data.
+// creates an admin whose password it writes to data/admin-password, shows
+// the signed-in admin replayed fixes and an SOS, stops on SIGINT and
+// resumes its data and the same password.
 func TestDev_RunsStopsAndResumes(t *testing.T) {
 	trace, err := filepath.Abs("../testdata/traces/munich_car_barefoot_x0001-001.json")
 	if err != nil {
@@ -53,6 +56,25 @@ func TestDev_RunsStopsAndResumes(t *testing.T) {
 
 	dev := startProcessIn(t, "dev", dir, env, args...)
 	waitHTTP(t, dev, base+"/readyz")
+	// The file appears once the admin operator is stored, which may be
+	// a moment after the HTTP server is ready.
+	passwordFile := filepath.Join(dir, "data", "admin-password")
+	waitFor(t, 30*time.Second, "the admin password file", func() bool {
+		_, err := os.Stat(passwordFile)
+		return err == nil
+	})
+	info, err := os.Stat(passwordFile)
+	if err != nil {
+		t.Fatalf("admin password file: %v", err)
+	}
+	if mode := info.Mode().Perm(); mode != 0o600 {
+		t.Errorf("admin password file mode = %o, want 600", mode)
+	}
+	password, err := os.ReadFile(passwordFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signIn(t, base, "admin", strings.TrimSpace(string(password)))
 	stream := openStream(t, httpAddr)
 
 	var vehicles apiVehicles
@@ -100,6 +122,10 @@ func TestDev_RunsStopsAndResumes(t *testing.T) {
 	}
 	dev = startProcessIn(t, "dev restarted", dir, env, args...)
 	waitHTTP(t, dev, base+"/readyz")
+	if again, err := os.ReadFile(passwordFile); err != nil || string(again) != string(password) {
+		t.Errorf("admin password file after restart = %q, %v, want it unchanged", again, err)
+	}
+	signIn(t, base, "admin", strings.TrimSpace(string(password)))
 	var after apiIncidents
 	getJSON(t, base+"/api/v1/incidents?limit=1000", &after)
 	found := map[int64]string{}

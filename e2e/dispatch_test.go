@@ -96,7 +96,7 @@ func TestDispatch_SMSSurvivesHubKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Xpress-Operator", "Maria Santos")
+	authorize(req)
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,7 @@ func startHub(t testing.TB, databaseURL string) *hub.Hub {
 		AgentMQTTAddr: "127.0.0.1:0",
 		DatabaseURL:   databaseURL,
 		DataDir:       t.TempDir(),
+		AdminToken:    adminToken,
 		Logger:        testLogger(t).With("process", "hub"),
 	})
 	if err != nil {
@@ -166,14 +169,23 @@ type wsClient struct {
 	mu     sync.Mutex
 	events []streamEvent
 	conn   *websocket.Conn
-	done   chan struct{}
+	// done is closed when the stream ends; err is why, set before.
+	done chan struct{}
+	err  error
 }
 
-// openStream dials the hub's event stream and collects frames until cleanup.
+// openStream dials the hub's event stream with the headers of
+// authHeader and collects frames until cleanup.
 func openStream(t testing.TB, httpAddr string) *wsClient {
 	t.Helper()
+	return openStreamWith(t, httpAddr, authHeader(httpAddr))
+}
+
+// openStreamWith is openStream with the given request headers.
+func openStreamWith(t testing.TB, httpAddr string, header http.Header) *wsClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	conn, _, err := websocket.Dial(ctx, "ws://"+httpAddr+"/api/v1/stream", nil)
+	conn, _, err := websocket.Dial(ctx, "ws://"+httpAddr+"/api/v1/stream", &websocket.DialOptions{HTTPHeader: header})
 	if err != nil {
 		cancel()
 		t.Fatalf("dial stream: %v", err)
@@ -185,6 +197,7 @@ func openStream(t testing.TB, httpAddr string) *wsClient {
 		for {
 			_, data, err := conn.Read(ctx)
 			if err != nil {
+				w.err = err
 				return
 			}
 			var ev streamEvent
@@ -231,10 +244,16 @@ func (w *wsClient) ofType(typ string) []streamEvent {
 	return out
 }
 
-// getJSON fetches a URL and decodes its JSON body into v.
+// getJSON fetches a URL with the headers of authHeader and decodes its
+// JSON body into v.
 func getJSON(t testing.TB, url string, v any) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorize(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,4 +359,86 @@ func provisionAgent(t testing.TB, dbURL, hubDir, id string) string {
 		t.Fatalf("provision agent %s: %v", id, err)
 	}
 	return token
+}
+
+// adminToken is the admin token of every hub the tests start, in process
+// or as a subprocess (XPRESS_ADMIN_TOKEN), made at random for each run.
+var adminToken = func() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("make the admin token: %v", err))
+	}
+	return hex.EncodeToString(b)
+}()
+
+// sessionCookies holds the session cookie of each hub HTTP address that
+// a test signed in to with signIn.
+var sessionCookies sync.Map
+
+// authHeader returns the headers that authenticate a request to the hub
+// at host (host:port): the session cookie signIn got from it, else the
+// admin token.
+func authHeader(host string) http.Header {
+	if c, ok := sessionCookies.Load(host); ok {
+		return http.Header{"Cookie": {c.(*http.Cookie).String()}}
+	}
+	return http.Header{"Authorization": {"Bearer " + adminToken}}
+}
+
+// authorize adds authHeader's headers to a request to the hub. Requests
+// to an agent's local API (/api/v1/local/) get none: the hub's
+// credentials are not the agent's.
+func authorize(req *http.Request) {
+	if strings.HasPrefix(req.URL.Path, "/api/v1/local/") {
+		return
+	}
+	for k, v := range authHeader(req.URL.Host) {
+		req.Header[k] = v
+	}
+}
+
+// signIn signs in to the hub at base (http://host:port) as an operator
+// and keeps the session cookie, which getJSON and openStream then send to
+// that hub instead of the admin token. It returns the CSRF token.
+func signIn(t testing.TB, base, username, password string) string {
+	t.Helper()
+	cookie, csrf := login(t, base, username, password)
+	sessionCookies.Store(strings.TrimPrefix(base, "http://"), cookie)
+	return csrf
+}
+
+// login signs in to the hub at base as an operator and returns the
+// session cookie and the CSRF token.
+func login(t testing.TB, base, username, password string) (*http.Cookie, string) {
+	t.Helper()
+	body, err := json.Marshal(map[string]string{"username": username, "password": password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(base+"/api/v1/session", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("sign in to %s as %s: %s: %s", base, username, resp.Status, data)
+	}
+	var session struct {
+		Operator  string `json:"operator"`
+		CSRFToken string `json:"csrf_token"`
+	}
+	if err := json.Unmarshal(data, &session); err != nil || session.Operator != username || session.CSRFToken == "" {
+		t.Fatalf("sign in to %s as %s: body %s (%v), want the operator and a CSRF token", base, username, data, err)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Value != "" && c.HttpOnly {
+			return &http.Cookie{Name: c.Name, Value: c.Value}, session.CSRFToken
+		}
+	}
+	t.Fatalf("sign in to %s as %s set no HttpOnly session cookie", base, username)
+	return nil, ""
 }

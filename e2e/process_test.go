@@ -71,7 +71,9 @@ func startProcessIn(t testing.TB, name, dir string, env []string, args ...string
 	t.Helper()
 	cmd := exec.Command(xpressBin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
+	// Every hub process takes the tests' admin token; other programs
+	// ignore it.
+	cmd.Env = append(append(os.Environ(), "XPRESS_ADMIN_TOKEN="+adminToken), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -21,10 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/hub/api"
+	"github.com/xpress-ops/tower/hub/credsync"
 	"github.com/xpress-ops/tower/hub/dispatch"
 	"github.com/xpress-ops/tower/hub/downlink"
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/ingest"
+	"github.com/xpress-ops/tower/hub/opsync"
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/hub/store/embedded"
 	"github.com/xpress-ops/tower/hub/store/postgres"
@@ -143,6 +145,10 @@ type Hub struct {
 
 	// downlink sends incident states to the agents for their vehicles.
 	downlink *downlink.Downlink
+	// credsync sends the vehicles' credentials to the agents.
+	credsync *credsync.Syncer
+	// opsync sends each agent the operator accounts of its region.
+	opsync *opsync.Syncer
 	// dispatcher notifies contacts and escalates incidents.
 	dispatcher *dispatch.Dispatcher
 	// auth checks agent credentials; nil when DisableAgentAuth is set.
@@ -238,6 +244,28 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 	}
 	h.downlink.Start()
 
+	h.credsync, err = credsync.New(credsync.Config{
+		Store:      h.store,
+		Publisher:  h.ingest,
+		Logger:     h.cfg.Logger,
+		Registerer: h.cfg.Registerer,
+	})
+	if err != nil {
+		return err
+	}
+	h.credsync.Start()
+
+	h.opsync, err = opsync.New(opsync.Config{
+		Store:      h.store,
+		Publisher:  h.ingest,
+		Logger:     h.cfg.Logger,
+		Registerer: h.cfg.Registerer,
+	})
+	if err != nil {
+		return err
+	}
+	h.opsync.Start()
+
 	dcfg := h.cfg.Dispatch
 	dcfg.Store, dcfg.Bus, dcfg.Logger, dcfg.Registerer = h.store, h.bus, h.cfg.Logger, h.cfg.Registerer
 	dcfg.CatchingUp = h.ingest.CatchingUp
@@ -263,14 +291,21 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		ExtraRegions:   h.cfg.ExtraRegions,
 		// An operator's action reaches the dashboards as the same event a
 		// committed batch publishes for a changed incident.
-		OnIncidentChange: func(c store.IncidentChange) { h.publish(events.TypeIncidentUpdated, c) },
+		OnIncidentChange: func(c store.IncidentChange) { h.publish(c.Incident.Region, events.TypeIncidentUpdated, c) },
 		Credentials:      h.store,
-		AdminToken:       h.cfg.AdminToken,
+		// Operators sign in with the accounts of the hub's store.
+		Accounts:   h.store,
+		AdminToken: h.cfg.AdminToken,
 		OnCredentialChange: func(agentID string) {
 			if h.auth != nil {
 				h.auth.Forget(agentID)
 			}
+			// A revoked agent's operator list is cleared.
+			h.opsync.Notify()
 		},
+		VehicleCredentials:        h.store,
+		OnVehicleCredentialChange: h.credsync.Notify,
+		OnOperatorChange:          h.opsync.Notify,
 	})
 	ln, err := net.Listen("tcp", h.cfg.HTTPAddr)
 	if err != nil {
@@ -307,6 +342,11 @@ func (h *Hub) AgentMQTTAddr() net.Addr { return h.ingest.Addr() }
 // Credentials returns the store of the agents' credentials, for
 // provisioning agents in-process (xpress dev, tests). Valid after Open.
 func (h *Hub) Credentials() store.AgentCredentialStore { return h.store }
+
+// Accounts returns the store of operator accounts, sessions and API
+// tokens, for creating the first operator in-process (xpress dev, tests).
+// Valid after Open.
+func (h *Hub) Accounts() store.OperatorStore { return h.store }
 
 // ProvisionAgent creates the credential of agent agentID in region and
 // returns its token. When the agent already has a credential it is
@@ -375,6 +415,16 @@ func (h *Hub) Close() error {
 			errs = append(errs, fmt.Errorf("close dispatcher: %w", err))
 		}
 	}
+	if h.credsync != nil {
+		if err := h.credsync.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close credential sync: %w", err))
+		}
+	}
+	if h.opsync != nil {
+		if err := h.opsync.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close operator sync: %w", err))
+		}
+	}
 	if h.downlink != nil {
 		if err := h.downlink.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close downlink: %w", err))
@@ -405,19 +455,23 @@ func (h *Hub) publishCommit(b *protocol.Batch, res store.CommitResult) {
 		if c.Opened {
 			typ = events.TypeIncidentOpened
 		}
-		h.publish(typ, c)
+		h.publish(c.Incident.Region, typ, c)
 	}
+	// A status carries no region of its own: it is the region of the
+	// agent that reported it.
 	for _, s := range res.Statuses {
-		h.publish(events.TypeVehicleStatus, s)
+		h.publish(b.Region, events.TypeVehicleStatus, s)
 	}
 	for _, f := range res.Fixes {
-		h.publish(events.TypeFix, f)
+		h.publish(f.Region, events.TypeFix, f)
 	}
 }
 
-func (h *Hub) publish(typ string, data any) {
-	if _, err := h.bus.Publish(typ, data); err != nil {
-		h.log.Error("publish event failed", "type", typ, "error", err)
+// publish publishes an event of region, which decides which operators'
+// streams receive it.
+func (h *Hub) publish(region, typ string, data any) {
+	if _, err := h.bus.PublishIn(region, typ, data); err != nil {
+		h.log.Error("publish event failed", "type", typ, "region", region, "error", err)
 	}
 }
 
@@ -432,15 +486,23 @@ func (h *Hub) setAgentStatus(agentID string, connected bool) {
 	a.Since = time.Now().UTC()
 	state := *a
 	h.mu.Unlock()
-	h.publish(events.TypeAgentStatus, state)
+	h.publish(state.Region, events.TypeAgentStatus, state)
 }
 
+// noteAgentRegion records the region of an agent's first batch. An
+// agent.status event before it had no region, which only operators who see
+// every region receive, so the agent's state is published again in its region.
 func (h *Hub) noteAgentRegion(agentID, region string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if a := h.agents[agentID]; a != nil && a.Region == "" {
-		a.Region = region
+	a := h.agents[agentID]
+	if a == nil || a.Region != "" || region == "" {
+		h.mu.Unlock()
+		return
 	}
+	a.Region = region
+	state := *a
+	h.mu.Unlock()
+	h.publish(state.Region, events.TypeAgentStatus, state)
 }
 
 func (h *Hub) agentStates() []api.AgentState {

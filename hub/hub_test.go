@@ -1,6 +1,7 @@
 package hub_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/hub/store/embedded"
 	"github.com/xpress-ops/tower/hub/store/storetest"
+	"github.com/xpress-ops/tower/internal/passhash"
 )
 
 func TestMain(m *testing.M) {
@@ -44,10 +46,19 @@ func TestHub_OperatorActionPublishesIncidentUpdated(t *testing.T) {
 	if err != nil {
 		t.Fatalf("commit SOS: %v", err)
 	}
+	id := res.Incidents[0].Incident.ID
+	// An operator account, signed in below through the hub's login route.
+	const password = "a password made for this test"
+	hash, err := passhash.Hash(password, passhash.Params{Memory: 64, Time: 1, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateOperator(ctx, store.Operator{Username: "maria", DisplayName: "Maria Santos", Role: store.OperatorRoleOperator, Regions: []string{store.AllRegions}}, hash); err != nil {
+		t.Fatalf("create operator: %v", err)
+	}
 	if err := st.Close(); err != nil {
 		t.Fatalf("close store: %v", err)
 	}
-	id := res.Incidents[0].Incident.ID
 
 	h, err := hub.New(hub.Config{HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: dir})
 	if err != nil {
@@ -62,8 +73,10 @@ func TestHub_OperatorActionPublishesIncidentUpdated(t *testing.T) {
 		}
 	}()
 	base := "http://" + h.HTTPAddr().String()
+	cookie, csrf := signIn(ctx, t, base, "maria", password)
 
-	conn, _, err := websocket.Dial(ctx, "ws://"+h.HTTPAddr().String()+"/api/v1/stream", nil)
+	conn, _, err := websocket.Dial(ctx, "ws://"+h.HTTPAddr().String()+"/api/v1/stream",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Cookie": {cookie.String()}}})
 	if err != nil {
 		t.Fatalf("dial stream: %v", err)
 	}
@@ -77,7 +90,8 @@ func TestHub_OperatorActionPublishesIncidentUpdated(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(api.OperatorHeader, "Maria Santos")
+	req.AddCookie(cookie)
+	req.Header.Set(api.CSRFHeader, csrf)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("acknowledge: %v", err)
@@ -99,8 +113,8 @@ func TestHub_OperatorActionPublishesIncidentUpdated(t *testing.T) {
 	if change.Incident.ID != id || change.Incident.State != store.StateAcknowledged || change.Opened {
 		t.Errorf("published incident %d in state %s (opened %v), want %d acknowledged", change.Incident.ID, change.Incident.State, change.Opened, id)
 	}
-	if change.Event.Type != store.EventAcknowledged || change.Event.Actor != "operator:Maria Santos" {
-		t.Errorf("published event %+v, want acknowledged by operator:Maria Santos", change.Event)
+	if change.Event.Type != store.EventAcknowledged || change.Event.Actor != "operator:maria" {
+		t.Errorf("published event %+v, want acknowledged by operator:maria", change.Event)
 	}
 }
 
@@ -122,4 +136,32 @@ func readFrame(ctx context.Context, t *testing.T, conn *websocket.Conn) streamFr
 		t.Fatalf("decode frame %s: %v", data, err)
 	}
 	return f
+}
+
+// signIn signs in to the hub at base through POST /api/v1/session and
+// returns the session cookie and the CSRF token.
+func signIn(ctx context.Context, t *testing.T, base, username, password string) (*http.Cookie, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"username": username, "password": password})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/session", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	defer resp.Body.Close()
+	var session struct {
+		CSRFToken string `json:"csrf_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&session); err != nil || resp.StatusCode != http.StatusOK || len(resp.Cookies()) != 1 {
+		t.Fatalf("sign in: status %d, %d cookies, %v", resp.StatusCode, len(resp.Cookies()), err)
+	}
+	c := resp.Cookies()[0]
+	if c.Name != api.SessionCookie {
+		t.Fatalf("session cookie %q over plain HTTP, want %s", c.Name, api.SessionCookie)
+	}
+	return &http.Cookie{Name: c.Name, Value: c.Value}, session.CSRFToken
 }

@@ -33,11 +33,16 @@ func serverTLS(t *testing.T, ca *tlstest.CA) *tls.Config {
 
 // openTLSHub opens a hub serving HTTPS and a TLS agent listener with
 // certificates signed by ca, and closes it on cleanup.
+// tlsTestAdminToken is the admin token of openTLSHub's hubs, made for
+// these tests only.
+const tlsTestAdminToken = "admin token of the TLS tests"
+
 func openTLSHub(t *testing.T, ca *tlstest.CA) *hub.Hub {
 	t.Helper()
 	h, err := hub.New(hub.Config{
 		HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 		HTTPTLS:          serverTLS(t, ca),
+		AdminToken:       tlsTestAdminToken,
 		AgentMQTTTLSAddr: "127.0.0.1:0",
 		AgentMQTTTLS:     serverTLS(t, ca),
 	})
@@ -99,11 +104,15 @@ func TestHub_HTTPSResponsesCarrySecurityHeaders(t *testing.T) {
 		{"dashboard", "/", "", http.StatusOK},
 		{"unknown API route", "/api/v1/nope", "", http.StatusNotFound},
 		{"WebSocket from a foreign origin", "/api/v1/stream", "https://evil.example", http.StatusForbidden},
+		{"API without credentials", "/api/v1/incidents", "", http.StatusUnauthorized},
 	}
 	for _, c := range cases {
 		req, err := http.NewRequest(http.MethodGet, base+c.path, nil)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if c.wantCode != http.StatusUnauthorized {
+			req.Header.Set("Authorization", "Bearer "+tlsTestAdminToken)
 		}
 		if c.origin != "" {
 			req.Header.Set("Origin", c.origin)
@@ -227,7 +236,12 @@ func TestHub_AgentConnectsOverTLS(t *testing.T) {
 	// The hub lists the agent once its uplink is connected over TLS.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := client.Get("https://" + h.HTTPAddr().String() + "/api/v1/agents")
+		req, err := http.NewRequest(http.MethodGet, "https://"+h.HTTPAddr().String()+"/api/v1/agents", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tlsTestAdminToken)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

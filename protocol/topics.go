@@ -78,6 +78,21 @@ func BatchTopic(agentID string) string { return AgentPrefix + agentID + "/batch"
 // AckTopic returns the topic on which the hub acknowledges an agent's batches.
 func AckTopic(agentID string) string { return AgentPrefix + agentID + "/ack" }
 
+// SOSLinkSuffix follows the agent id in the MQTT client id of the agent's
+// SOS link, the uplink's second connection to the hub, which carries only
+// the SOS lane. Agent ids cannot contain ':', so the client id is never
+// another agent's.
+const SOSLinkSuffix = ":sos"
+
+// SOSLinkClientID returns the MQTT client id of an agent's SOS link.
+func SOSLinkClientID(agentID string) string { return agentID + SOSLinkSuffix }
+
+// SOSAckTopic returns the topic on which the hub acknowledges the batches
+// an agent sends on its SOS link. The hub acknowledges batches sent on any
+// other connection on AckTopic, so the SOS link's Acks do not queue behind
+// the messages the hub sends to the main link.
+func SOSAckTopic(agentID string) string { return AgentPrefix + agentID + "/sos-ack" }
+
 // sosStateUpdateSegment follows the agent id in the hub-to-agent SOS state topics.
 const sosStateUpdateSegment = "/sos-state/"
 

@@ -108,6 +108,10 @@ type Config struct {
 	// Password is sent by every vehicle with its id as user name. Empty
 	// means no password.
 	Password string
+	// Passwords are per-vehicle passwords by vehicle id, such as the
+	// tokens of xpress admin vehicle add (see ReadCredentials). When set,
+	// every simulated vehicle must have one, and Password is not used.
+	Passwords map[string]string
 	// PublishTimeout is how long a vehicle waits for a PUBACK before it
 	// counts the message as failed. Zero means DefaultPublishTimeout.
 	PublishTimeout time.Duration
@@ -212,6 +216,15 @@ func (c Config) Validate() error {
 	if err := protocol.ValidateVehicleID(vehicleID(c.VehiclePrefix, c.Vehicles)); err != nil {
 		bad("vehicle prefix %q does not make valid vehicle ids: %v", c.VehiclePrefix, err)
 	}
+	if c.Passwords != nil {
+		for i := 1; i <= c.Vehicles; i++ {
+			if id := vehicleID(c.VehiclePrefix, i); c.Passwords[id] == "" {
+				bad("no password for vehicle %s: provision vehicles %s to %s and give their tokens", id,
+					vehicleID(c.VehiclePrefix, 1), vehicleID(c.VehiclePrefix, c.Vehicles))
+				break
+			}
+		}
+	}
 	if c.QoS > QoSAtLeastOnce {
 		bad("QoS value %d is not one of QoSDefault, QoSAtMostOnce, QoSAtLeastOnce", c.QoS)
 	}
@@ -238,6 +251,25 @@ func (c Config) Validate() error {
 		bad("max inflight %d not in [1, 65535], the MQTT packet id space", c.MaxInflight)
 	}
 	return errors.Join(errs...)
+}
+
+// passwordOf returns the password vehicle id sends.
+func (c *Config) passwordOf(id string) string {
+	if c.Passwords != nil {
+		return c.Passwords[id]
+	}
+	return c.Password
+}
+
+// VehicleIDs returns the ids of the simulated vehicles of cfg, in order,
+// with the defaults applied.
+func VehicleIDs(cfg Config) []string {
+	c := cfg.withDefaults()
+	ids := make([]string, c.Vehicles)
+	for i := range ids {
+		ids[i] = vehicleID(c.VehiclePrefix, i+1)
+	}
+	return ids
 }
 
 // vehicleID returns the id of vehicle i, counting from 1.

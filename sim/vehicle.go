@@ -186,7 +186,7 @@ func (v *vehicle) clientOptions() *mqtt.ClientOptions {
 		AddBroker(cfg.Broker).
 		SetClientID(v.id).
 		SetUsername(v.id).
-		SetPassword(cfg.Password).
+		SetPassword(cfg.passwordOf(v.id)).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetStore(discardStore{}).

@@ -21,6 +21,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/internal/mqttlistener"
 	"github.com/xpress-ops/tower/internal/retainguard"
 	"github.com/xpress-ops/tower/protocol"
@@ -62,8 +63,8 @@ type Config struct {
 	// Spool stores every accepted message before its PUBACK. Required.
 	Spool Appender
 	// Authenticator checks each vehicle's password at CONNECT. Nil means
-	// AllowAllVehicles, the development default until per-vehicle
-	// credentials exist; the username must be a valid vehicle id either way.
+	// AllowAllVehicles, which accepts any password. The username must be
+	// a valid vehicle id either way.
 	Authenticator VehicleAuthenticator
 	// Logger receives the broker's logs, and mochi's own under component
 	// "mqtt". Nil means discard.
@@ -85,6 +86,33 @@ type Config struct {
 	// stored it, before the PUBACK, on the vehicle's connection goroutine.
 	// It delays that PUBACK, so it must return quickly.
 	OnSOSStored func(rec protocol.Record)
+
+	// ConnectRate is the CONNECT attempts per second one remote address
+	// may make. More are rejected with CONNACK 0x9F (MQTT 3.1.1: 0x03).
+	// Zero means DefaultConnectRate (20).
+	ConnectRate int
+	// ConnectBurst is the CONNECT attempts one address may make at once
+	// beyond ConnectRate. Zero means DefaultConnectBurst (100).
+	ConnectBurst int
+	// AuthFailures is the failed authentications per minute one address
+	// may have. Past it the address is rejected for AuthBlock, except for
+	// a vehicle and password the Authenticator remembers accepting (see
+	// RememberingAuthenticator). Zero means DefaultAuthFailures (10).
+	AuthFailures int
+	// AuthBlock is how long an address over AuthFailures is refused.
+	// Zero means DefaultAuthBlock (1 min).
+	AuthBlock time.Duration
+}
+
+// ValidateLimits checks the per-address connection limits: each is zero
+// (the default) or within its Min and Max constants.
+func (c *Config) ValidateLimits() error {
+	return errors.Join(
+		configcheck.Int("ConnectRate", int64(c.ConnectRate), MinConnectRate, MaxConnectRate),
+		configcheck.Int("ConnectBurst", int64(c.ConnectBurst), MinConnectBurst, MaxConnectBurst),
+		configcheck.Int("AuthFailures", int64(c.AuthFailures), MinAuthFailures, MaxAuthFailures),
+		configcheck.Duration("AuthBlock", c.AuthBlock, MinAuthBlock, MaxAuthBlock),
+	)
 }
 
 // Broker is the vehicles' MQTT broker.
@@ -124,6 +152,18 @@ func New(cfg Config) *Broker {
 	if cfg.AppendTimeout <= 0 {
 		cfg.AppendTimeout = DefaultAppendTimeout
 	}
+	if cfg.ConnectRate <= 0 {
+		cfg.ConnectRate = DefaultConnectRate
+	}
+	if cfg.ConnectBurst <= 0 {
+		cfg.ConnectBurst = DefaultConnectBurst
+	}
+	if cfg.AuthFailures <= 0 {
+		cfg.AuthFailures = DefaultAuthFailures
+	}
+	if cfg.AuthBlock <= 0 {
+		cfg.AuthBlock = DefaultAuthBlock
+	}
 	b := &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}
 	b.metrics = newMetrics()
 	b.hook = &hook{
@@ -131,6 +171,7 @@ func New(cfg Config) *Broker {
 		log:     b.log,
 		metrics: b.metrics,
 		limits:  protocol.Limits{Now: cfg.Now, MaxFuture: cfg.MaxFuture, Retention: cfg.Retention},
+		addrs:   newAddrLimits(&cfg),
 	}
 	return b
 }

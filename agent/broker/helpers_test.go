@@ -191,3 +191,32 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// text returns everything logged so far.
+func (l *logBuffer) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// count returns how many log lines include every key/value of want.
+func (l *logBuffer) count(want map[string]string) int {
+	n := 0
+	for _, line := range strings.Split(l.text(), "\n") {
+		var fields map[string]any
+		if json.Unmarshal([]byte(line), &fields) != nil {
+			continue
+		}
+		match := true
+		for k, v := range want {
+			if fmt.Sprint(fields[k]) != v {
+				match = false
+				break
+			}
+		}
+		if match {
+			n++
+		}
+	}
+	return n
+}

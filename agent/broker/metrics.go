@@ -42,7 +42,7 @@ func newMetrics() *metrics {
 	for _, kind := range []protocol.RecordKind{protocol.KindFix, protocol.KindSOS, protocol.KindSOSCancel, protocol.KindStatus} {
 		m.accepted.WithLabelValues(string(kind))
 	}
-	for _, reason := range []string{reasonAuth, reasonACL, reasonSpool, reasonSpoolFull, reasonPacketSize, "malformed", "out_of_range"} {
+	for _, reason := range []string{reasonAuth, reasonBadPassword, reasonNotAuthorized, reasonConnectRate, reasonAuthBlocked, reasonACL, reasonSpool, reasonSpoolFull, reasonPacketSize, "malformed", "out_of_range"} {
 		m.rejects.WithLabelValues(reason)
 	}
 	for _, reason := range []string{reasonSpool, reasonSpoolFull} {

@@ -45,6 +45,8 @@ type hook struct {
 	metrics *metrics
 	limits  protocol.Limits
 	server  *mqtt.Server
+	// addrs are the per-address CONNECT limits.
+	addrs *addrLimits
 }
 
 // ID names the hook in mochi's logs.
@@ -53,6 +55,7 @@ func (h *hook) ID() string { return "xpress-vehicles" }
 // Provides reports which mochi events the hook handles.
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
+		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnACLCheck,
 		mqtt.OnPublish,

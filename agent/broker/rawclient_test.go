@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -29,12 +30,20 @@ type rawConnect struct {
 	username  string
 	willTopic string
 	willBody  []byte
+	// password is sent as the CONNECT password; empty sends "device-token".
+	password string
+	// localIP, when set, is the source address, e.g. "127.0.0.2".
+	localIP string
 }
 
 // dialRaw connects and sends CONNECT; it returns the client and the CONNACK.
 func dialRaw(t *testing.T, addr net.Addr, c rawConnect) (*rawClient, packets.Packet) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+	dialer := net.Dialer{Timeout: 5 * time.Second}
+	if c.localIP != "" {
+		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(c.localIP)}
+	}
+	conn, err := dialer.Dial("tcp", addr.String())
 	if err != nil {
 		t.Fatalf("dial broker: %v", err)
 	}
@@ -52,7 +61,7 @@ func dialRaw(t *testing.T, addr net.Addr, c rawConnect) (*rawClient, packets.Pac
 			UsernameFlag:     true,
 			Username:         []byte(c.username),
 			PasswordFlag:     true,
-			Password:         []byte("device-token"),
+			Password:         []byte(cmp.Or(c.password, "device-token")),
 		},
 	}
 	if c.willTopic != "" {

@@ -55,7 +55,7 @@ func (s *session) handleAck(ack protocol.Ack) {
 		acked = through
 		s.progressed = true
 		if !ls.retrying {
-			u.transientErrors = 0
+			s.c.link.transientErrors = 0
 		}
 	} else if ack.Error == "" {
 		u.metrics.acksIgnored.WithLabelValues("stale").Inc()
@@ -85,13 +85,13 @@ func (s *session) settleThrough(ls *laneState, acked uint64) bool {
 		rtt := now.Sub(f.sentAt)
 		u.metrics.roundTrip.WithLabelValues(string(ls.lane)).Observe(rtt.Seconds())
 		if ls.lane == protocol.LaneGPS {
-			u.sizer.acknowledged(f.full, rtt, u.ackWait.current)
+			u.sizer.acknowledged(f.full, rtt, s.c.link.ackWait.current)
 			u.metrics.batchTarget.Set(float64(u.sizer.target))
 		}
 		if ls.budget != nil {
 			ls.budget.settled(f, now)
 		}
-		u.ackArrived(rtt)
+		u.ackArrived(s.c.link, rtt)
 		n++
 	}
 	ls.flights = ls.flights[n:]
@@ -138,7 +138,7 @@ func (s *session) failOldest(ls *laneState, ack protocol.Ack, log *slog.Logger) 
 		// An SOS is never set aside: keep the batch at the head of its lane
 		// and retry with backoff until an operator fixes the hub or agent.
 		batchLog.Error("hub rejected SOS batch permanently; keeping it in the spool and retrying, check the hub's logs",
-			"attempt", u.transientErrors+1)
+			"attempt", s.c.link.transientErrors+1)
 	case ack.Permanent:
 		// Acknowledged records still waiting for their delete must not move.
 		u.releaser.flushLane(ls.lane)
@@ -149,20 +149,20 @@ func (s *session) failOldest(ls *laneState, ack protocol.Ack, log *slog.Logger) 
 			batchLog.Error("hub rejected batch permanently; records moved to the spool's rejected bucket for inspection",
 				"records", moved)
 			s.progressed = true
-			u.transientErrors = 0
+			s.c.link.transientErrors = 0
 			return true
 		}
 		// Retrying keeps the batch in the lane; the hub will reject it
 		// again and the move is tried again.
 		batchLog.Error("hub rejected batch permanently, and moving it to the rejected bucket failed; retrying", "error", err)
 	default:
-		batchLog.Warn("hub rejected batch transiently; retrying after backoff", "attempt", u.transientErrors+1)
+		batchLog.Warn("hub rejected batch transiently; retrying after backoff", "attempt", s.c.link.transientErrors+1)
 	}
 
 	ls.retrying = true
-	ls.retryAt = time.Now().Add(u.backoff(u.transientErrors))
+	ls.retryAt = time.Now().Add(u.backoff(s.c.link.transientErrors))
 	ls.failed = f
-	u.transientErrors++
+	s.c.link.transientErrors++
 	return true
 }
 

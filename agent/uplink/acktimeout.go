@@ -58,32 +58,35 @@ func (a *ackTimeoutState) acknowledged(rtt time.Duration) (lowered bool) {
 	return false
 }
 
-// ackTimedOut applies an Ack timeout of f, the oldest batch in flight, in
-// lane: it halves the GPS batch target, and doubles the Ack timeout when
-// even batches that cannot shrink keep timing out. Only GPS batches are
-// sized, so an SOS or status batch, and a GPS batch at the smallest
-// target, count as unable to shrink.
-func (u *Uplink) ackTimedOut(lane protocol.Lane, f flight) {
+// ackTimedOut applies an Ack timeout of f, the oldest batch in flight on
+// l, in lane. On the link that carries GPS it halves the GPS batch target.
+// On either link it doubles the link's Ack timeout when even batches that
+// cannot shrink keep timing out. Only GPS batches are sized,
+// so an SOS or status batch, and a GPS batch at the smallest target,
+// count as unable to shrink.
+func (u *Uplink) ackTimedOut(l *hubLink, lane protocol.Lane, f flight) {
 	shrinkable := lane == protocol.LaneGPS && f.records > u.sizer.min
-	u.sizer.decrease()
-	u.metrics.batchTarget.Set(float64(u.sizer.target))
+	if l.carries(protocol.LaneGPS) {
+		u.sizer.decrease()
+		u.metrics.batchTarget.Set(float64(u.sizer.target))
+	}
 
-	previous := u.ackWait.current
-	if u.ackWait.timedOut(shrinkable) {
-		u.metrics.ackTimeout.Set(u.ackWait.current.Seconds())
+	previous := l.ackWait.current
+	if l.ackWait.timedOut(shrinkable) {
+		u.noteAckTimeout(l)
 		u.log.Warn("even the smallest batches got no Ack in time: the link's round trip is longer than the Ack timeout; doubling it",
-			"lane", lane, "first", f.first, "last", f.last, "records", f.records,
-			"ack_timeout", previous.String(), "new_ack_timeout", u.ackWait.current.String())
+			"link", l.name, "lane", lane, "first", f.first, "last", f.last, "records", f.records,
+			"ack_timeout", previous.String(), "new_ack_timeout", l.ackWait.current.String())
 	}
 }
 
-// ackArrived applies an Ack that came rtt after its batch was sent to the
-// Ack timeout in force.
-func (u *Uplink) ackArrived(rtt time.Duration) {
-	previous := u.ackWait.current
-	if u.ackWait.acknowledged(rtt) {
-		u.metrics.ackTimeout.Set(u.ackWait.current.Seconds())
+// ackArrived applies an Ack that came rtt after its batch was sent on l to
+// the link's Ack timeout in force.
+func (u *Uplink) ackArrived(l *hubLink, rtt time.Duration) {
+	previous := l.ackWait.current
+	if l.ackWait.acknowledged(rtt) {
+		u.noteAckTimeout(l)
 		u.log.Info("Acks are fast again; lowering the Ack timeout",
-			"round_trip", rtt.String(), "ack_timeout", previous.String(), "new_ack_timeout", u.ackWait.current.String())
+			"link", l.name, "round_trip", rtt.String(), "ack_timeout", previous.String(), "new_ack_timeout", l.ackWait.current.String())
 	}
 }

@@ -1,5 +1,28 @@
 // Package uplink forwards the agent's spool to the hub over MQTT
-// (paho.mqtt.golang), lane by lane, SOS first.
+// (paho.mqtt.golang), lane by lane, the SOS lane on a connection of its
+// own.
+//
+// # SOS link
+//
+// The uplink keeps two connections to the hub, each with its own
+// goroutine, reconnect and backoff. The main link (client id: the agent
+// id) carries the status and GPS lanes and receives the hub's SOS states
+// and vehicle credentials. The SOS link (client id:
+// protocol.SOSLinkClientID) carries only the SOS lane and receives only its
+// Acks, on protocol.SOSAckTopic. The hub commits each connection's batches
+// on that connection's goroutine, one after the other, so on one shared
+// connection an SOS waited behind every GPS batch already on the wire
+// during an outage drain. And paho runs a connection's message handlers
+// one at a time, so the Ack of an SOS batch waited behind the SOS states
+// the hub sent before it, each stored durably by the agent: in a burst of
+// thousands of SOS, the SOS lane then sent a batch only every few hundred
+// milliseconds. On its own link, an SOS waits for neither. The uplink
+// counts as connected (State) only while both links are up, so the agent
+// treats a hub it cannot send SOS to as unreachable.
+//
+// The hub must know the SOS link: a hub that does not allow the
+// subscription to protocol.SOSAckTopic refuses it, and the SOS link keeps
+// reconnecting. Upgrade the hub before its agents.
 //
 // # Delivery
 //
@@ -33,7 +56,7 @@
 //     runs the OnPublish hook synchronously for each before it reads the
 //     next packet (server.go processPublish), and the hub's hook commits
 //     the batch inside OnPublish. So one connection's batches commit
-//     strictly in send order.
+//     strictly in send order. Each lane travels on one link only.
 //  4. Across connections, mochi stops reading from a connection once a
 //     new connection with the same client id takes it over (Client.Read
 //     checks Closed before each packet), so at most one batch of the old
@@ -60,18 +83,20 @@
 // before the batch would let the hub refuse a batch whose predecessor it
 // has not committed, and would make the window loss-free in every lane.
 //
-// # SOS first
+// # Lane order
 //
-// Before every batch it publishes, the uplink looks at the lanes in
-// protocol.Lanes order (SOS, status, GPS). The SOS and status lanes have
-// their own in-flight slot, outside the GPS window, so an SOS appended
-// during a long GPS drain is published at once, even when the GPS window
-// is full, and before any further GPS batch. On the wire it follows the
-// GPS batches already sent. Those are bounded in bytes, not only in
-// number (see GPS bytes in flight). So the hub commits the SOS within
-// about one round trip plus the time to send one GPS batch. On a fast link
-// it commits the SOS after about two GPS batches, each sized to about a
-// third of 50 ms of the hub's work.
+// Before every batch it publishes, a link looks at its lanes in
+// protocol.Lanes order (the main link: status, then GPS). The status lane
+// has its own in-flight slot, outside the GPS window. The SOS lane, on its
+// own link, is published as soon as the spool reports new records,
+// whatever the GPS window contains. Both links get the spool's
+// notification of appended records.
+//
+// On a slow WAN the two links share the path, so an SOS still queues
+// behind the GPS bytes in flight in the network. Those are bounded in
+// bytes, not only in number (see GPS bytes in flight): the hub commits
+// the SOS within about one round trip plus the time to send one GPS
+// batch.
 //
 // # GPS bytes in flight
 //

@@ -37,11 +37,11 @@ func newMetrics() *metrics {
 	m := &metrics{
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "xpress_agent_uplink_connected",
-			Help: "1 while the uplink has an MQTT connection to the hub, else 0.",
+			Help: "1 while both of the uplink's MQTT connections to the hub (main link and SOS link) are up, else 0.",
 		}),
 		connectAttempts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_connect_attempts_total",
-			Help: "Connection attempts to the hub.",
+			Help: "Connection attempts to the hub, of both links.",
 		}),
 		connectFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_connect_failures_total",
@@ -108,7 +108,7 @@ func newMetrics() *metrics {
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_reconnects_total",
-			Help: "Connections to the hub established after an earlier one since the agent started.",
+			Help: "Connections to the hub established after an earlier one of the same link since the agent started.",
 		}),
 		linkDead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_agent_uplink_link_dead_total",

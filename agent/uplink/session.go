@@ -35,12 +35,11 @@ const (
 // PINGRESP came back in time (ping.go). paho exports no sentinel for it.
 const pingTimeoutText = "pingresp not received, disconnecting"
 
-// run connects, drains and reconnects until Close.
-func (u *Uplink) run() {
-	defer close(u.done)
+// run connects l, drains its lanes and reconnects until Close.
+func (u *Uplink) run(l *hubLink) {
 	attempt := 0
 	for {
-		progressed, err := u.session()
+		progressed, err := u.session(l)
 		if errors.Is(err, errStopped) {
 			return
 		}
@@ -52,7 +51,7 @@ func (u *Uplink) run() {
 		if attempt%logEveryAttempts == 0 {
 			level = u.log.Warn
 		}
-		level("uplink to hub down; reconnecting", "hub", u.cfg.HubURL, "attempt", attempt+1,
+		level("uplink to hub down; reconnecting", "link", l.name, "hub", u.cfg.HubURL, "attempt", attempt+1,
 			"retry_in", delay.String(), "error", err)
 		attempt++
 
@@ -77,6 +76,7 @@ func (u *Uplink) sleep(d time.Duration) bool {
 // conn is one MQTT connection to the hub and the channels its paho
 // callbacks feed.
 type conn struct {
+	link   *hubLink
 	client paho.Client
 	// up is the agent clock when the connection came up.
 	up   time.Time
@@ -84,28 +84,26 @@ type conn struct {
 	lost chan error
 }
 
-// session runs one connection: connect, subscribe to Acks, send batches
-// until the link fails or Close. progressed reports whether the hub
-// acknowledged anything, which resets the backoff.
-func (u *Uplink) session() (progressed bool, err error) {
-	c, err := u.connect()
+// session runs one connection of l: connect, subscribe to Acks, send
+// batches until the link fails or Close. progressed reports whether the
+// hub acknowledged anything, which resets the backoff.
+func (u *Uplink) session(l *hubLink) (progressed bool, err error) {
+	c, err := u.connect(l)
 	if err != nil {
 		u.metrics.connectFailures.Inc()
 		return false, err
 	}
-	if u.connectedBefore {
+	if l.connectedBefore {
 		u.metrics.reconnects.Inc()
 	}
-	u.connectedBefore = true
-	u.setState(StateConnected)
-	u.metrics.connected.Set(1)
-	u.log.Info("uplink connected to hub", "hub", u.cfg.HubURL)
+	l.connectedBefore = true
+	u.linkUp(l)
+	u.log.Info("uplink connected to hub", "link", l.name, "client", l.clientID, "hub", u.cfg.HubURL)
 
 	s := newSession(u, c)
 	defer func() {
-		u.setState(StateDisconnected)
-		u.metrics.connected.Set(0)
-		for _, lane := range protocol.Lanes {
+		u.linkDown(l)
+		for _, lane := range l.lanes {
 			u.metrics.inflight.WithLabelValues(string(lane)).Set(0)
 		}
 		c.client.Disconnect(250)
@@ -114,20 +112,25 @@ func (u *Uplink) session() (progressed bool, err error) {
 	return s.progressed, err
 }
 
-// connect opens a clean MQTT session as the agent and subscribes to its
-// Ack topic and, when Config.OnSOSState is set, to its SOS state topics.
-func (u *Uplink) connect() (*conn, error) {
+// connect opens a clean MQTT session of l as the agent and subscribes to
+// l's Ack topic. On the main link only, it also subscribes to the SOS
+// state topics, the vehicle credentials and the operator list, each when
+// its callback (Config.OnSOSState, Config.OnVehicleCredential,
+// Config.OnOperators) is set. Their handlers run on the connection's paho
+// goroutine, ahead of the Acks that arrive behind them, and the SOS
+// link's Acks must not wait for them.
+func (u *Uplink) connect(l *hubLink) (*conn, error) {
 	select {
 	case <-u.stop:
 		return nil, errStopped
 	default:
 	}
 	u.metrics.connectAttempts.Inc()
-	c := &conn{acks: make(chan protocol.Ack, ackBuffer), lost: make(chan error, 1)}
+	c := &conn{link: l, acks: make(chan protocol.Ack, ackBuffer), lost: make(chan error, 1)}
 
 	opts := paho.NewClientOptions().
 		AddBroker(u.cfg.HubURL).
-		SetClientID(u.cfg.AgentID).
+		SetClientID(l.clientID).
 		SetUsername(u.cfg.AgentID).
 		SetPassword(u.cfg.Password).
 		// The spool holds the data and resends it, so paho keeps no session.
@@ -167,7 +170,7 @@ func (u *Uplink) connect() (*conn, error) {
 	u.metrics.credsRefused.Set(0)
 	c.up = u.cfg.Now()
 
-	ackTopic := protocol.AckTopic(u.cfg.AgentID)
+	ackTopic := l.ackTopic
 	code, err := u.subscribe(c, ackTopic, func(_ paho.Client, m paho.Message) {
 		u.receiveAck(c, m.Payload())
 	})
@@ -179,7 +182,7 @@ func (u *Uplink) connect() (*conn, error) {
 		return nil, err
 	}
 
-	if u.cfg.OnSOSState != nil {
+	if l.states && u.cfg.OnSOSState != nil {
 		filter := protocol.SOSStateUpdateFilter(u.cfg.AgentID)
 		code, err := u.subscribe(c, filter, func(_ paho.Client, m paho.Message) {
 			u.cfg.OnSOSState(m.Topic(), m.Payload())
@@ -193,6 +196,36 @@ func (u *Uplink) connect() (*conn, error) {
 			// does not send SOS states.
 			u.log.Error("hub rejected the SOS state subscription; vehicles will not hear the hub's SOS states",
 				"filter", filter, "code", fmt.Sprintf("0x%02x", code))
+		}
+	}
+	if l.states && u.cfg.OnVehicleCredential != nil {
+		code, err := u.subscribe(c, protocol.VehicleCredentialFilter, func(_ paho.Client, m paho.Message) {
+			u.cfg.OnVehicleCredential(m.Topic(), m.Payload())
+		})
+		if err != nil {
+			c.client.Disconnect(0)
+			return nil, err
+		}
+		if code >= 0x80 {
+			// The agent keeps authenticating vehicles with the credentials
+			// it holds; batches still flow.
+			u.log.Error("hub rejected the vehicle credential subscription; new, rotated and revoked vehicle credentials will not reach this agent",
+				"filter", protocol.VehicleCredentialFilter, "code", fmt.Sprintf("0x%02x", code))
+		}
+	}
+	if l.states && u.cfg.OnOperators != nil {
+		topic := protocol.AgentOperatorsTopic(u.cfg.AgentID)
+		code, err := u.subscribe(c, topic, func(_ paho.Client, m paho.Message) {
+			u.cfg.OnOperators(m.Topic(), m.Payload())
+		})
+		if err != nil {
+			c.client.Disconnect(0)
+			return nil, err
+		}
+		if code >= 0x80 {
+			// Staff keep signing in on the page with the list the agent holds.
+			u.log.Error("hub rejected the operator list subscription; operator account changes will not reach this agent's page",
+				"topic", topic, "code", fmt.Sprintf("0x%02x", code))
 		}
 	}
 	return c, nil

@@ -161,9 +161,23 @@ type Config struct {
 	// and the payload, which is empty when the hub clears a retained state.
 	// The uplink subscribes with QoS 1 after each connect, so the hub's
 	// retained states arrive again after every reconnect. It runs on
-	// paho's goroutine, which also delivers the Acks, and paho
-	// acknowledges the message when it returns, so it must return quickly.
+	// paho's goroutine of the main link, which also delivers the Acks of
+	// the GPS and status lanes (not those of the SOS lane, which has its
+	// own link), and paho acknowledges the message when it returns, so it
+	// must return quickly.
 	OnSOSState func(topic string, payload []byte)
+	// OnVehicleCredential, if set, receives each vehicle credential the
+	// hub publishes to every agent (protocol.VehicleCredentialFilter): the
+	// topic and the payload. Like OnSOSState it runs on paho's goroutine
+	// after each connect's subscribe, which brings every retained
+	// credential again, and must return quickly.
+	OnVehicleCredential func(topic string, payload []byte)
+	// OnOperators, if set, receives the list of operators who may sign in
+	// on the agent's page, which the hub keeps retained on the agent's
+	// protocol.AgentOperatorsTopic: the topic and the payload. Like
+	// OnSOSState it runs on paho's goroutine after each connect's
+	// subscribe, which brings the list again, and must return quickly.
+	OnOperators func(topic string, payload []byte)
 }
 
 // Validate checks the required fields and, with ValidateLimits, the
@@ -264,17 +278,14 @@ type Uplink struct {
 	// Ack never deletes past it.
 	sent map[protocol.Lane]uint64
 
-	// Only the run goroutine uses the fields below.
+	// links are the main link and the SOS link (see hubLink). stateMu
+	// orders their updates of the state and of the gauges they share.
+	links   []*hubLink
+	stateMu sync.Mutex
 
-	// transientErrors counts the hub's transient rejections in a row.
-	transientErrors int
 	// sizer sets the record count of GPS batches; it outlives sessions.
+	// Only the goroutine of the link that carries the GPS lane uses it.
 	sizer batchSizer
-	// ackWait is the Ack timeout in force; it outlives sessions.
-	ackWait ackTimeoutState
-	// connectedBefore is set once a connection came up, so later ones
-	// count as reconnects.
-	connectedBefore bool
 
 	// releaser deletes acknowledged records from the spool.
 	releaser *releaser
@@ -341,7 +352,7 @@ func New(cfg Config) *Uplink {
 		log:     cfg.Logger.With("component", "uplink", "agent", cfg.AgentID),
 		metrics: newMetrics(),
 		sizer:   newBatchSizer(cfg.MaxBatchRecords),
-		ackWait: newAckTimeoutState(cfg.AckTimeout),
+		links:   newLinks(cfg),
 		acked:   make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		sent:    make(map[protocol.Lane]uint64, len(protocol.Lanes)),
 		stop:    make(chan struct{}),
@@ -349,7 +360,7 @@ func New(cfg Config) *Uplink {
 	}
 	u.releaser = newReleaser(cfg.Spool, u.log)
 	u.metrics.batchTarget.Set(float64(u.sizer.target))
-	u.metrics.ackTimeout.Set(u.ackWait.current.Seconds())
+	u.metrics.ackTimeout.Set(cfg.AckTimeout.Seconds())
 	return u
 }
 
@@ -371,7 +382,15 @@ func (u *Uplink) Open() error {
 	u.opened.Store(true)
 	u.stateSince.Store(u.cfg.Now().UnixNano())
 	u.releaser.start()
-	go u.run()
+	var wg sync.WaitGroup
+	wg.Go(u.fanOutNotify)
+	for _, l := range u.links {
+		wg.Go(func() { u.run(l) })
+	}
+	go func() {
+		wg.Wait()
+		close(u.done)
+	}()
 	u.log.Info("uplink started", "hub", u.cfg.HubURL, "spool", u.cfg.Spool.SpoolID())
 	return nil
 }
@@ -397,7 +416,8 @@ func (u *Uplink) Close() error {
 // credentials at the last connection attempt that got a CONNACK.
 func (u *Uplink) CredentialsRefused() bool { return u.refusals.Load() > 0 }
 
-// State returns whether the uplink is connected to the hub.
+// State returns whether the uplink is connected to the hub: connected
+// while both its links are up (see the package doc, SOS link).
 func (u *Uplink) State() State { return State(u.state.Load()) }
 
 // Acked returns, per lane, the highest sequence number the hub
@@ -413,7 +433,7 @@ func (u *Uplink) Acked() map[protocol.Lane]uint64 {
 }
 
 // StateSince returns when the uplink entered its current state, by the
-// agent clock: its last connect or disconnect, or Open when it has not
+// agent clock: when its last link came up or its first link went down, or Open when it has not
 // connected yet. It is zero before Open.
 func (u *Uplink) StateSince() time.Time {
 	ns := u.stateSince.Load()

@@ -176,16 +176,24 @@ func TestUplink_SendsSOSFirstInSequenceOrder(t *testing.T) {
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
 
-	if got, want := batchShape(hub.Received()), "sos:1-2 status:1-1 gps:1-2 gps:3-4 gps:5-5"; got != want {
-		t.Errorf("batches = %s, want %s", got, want)
+	// The SOS lane goes on the SOS link; the main link sends status
+	// before GPS.
+	if got, want := batchShape(hub.ReceivedOn(protocol.SOSLinkClientID(agentID))), "sos:1-2"; got != want {
+		t.Errorf("batches on the SOS link = %s, want %s", got, want)
+	}
+	if got, want := batchShape(hub.ReceivedOn(agentID)), "status:1-1 gps:1-2 gps:3-4 gps:5-5"; got != want {
+		t.Errorf("batches on the main link = %s, want %s", got, want)
 	}
 	// More is true when records wait behind a batch, not when it is merely full.
 	var more []string
-	for _, b := range hub.Received() {
+	for _, b := range append(hub.ReceivedOn(protocol.SOSLinkClientID(agentID)), hub.ReceivedOn(agentID)...) {
 		more = append(more, fmt.Sprintf("%s:%d-%d:%v", b.Lane, b.First(), b.Last(), b.More))
 	}
 	if got, want := strings.Join(more, " "), "sos:1-2:false status:1-1:false gps:1-2:true gps:3-4:true gps:5-5:false"; got != want {
 		t.Errorf("batches with More = %s, want %s", got, want)
+	}
+	if n := len(hub.Received()); n != 5 {
+		t.Errorf("hub received %d batches, want 5: %s", n, batchShape(hub.Received()))
 	}
 	if got := len(hub.Committed(protocol.LaneGPS)); got != 5 {
 		t.Errorf("hub committed %d gps records, want 5", got)
@@ -207,26 +215,39 @@ func TestUplink_SendsSOSFirstInSequenceOrder(t *testing.T) {
 	}
 }
 
+// An SOS that arrives while the hub holds a GPS batch uncommitted, as a
+// busy hub does during an outage drain, travels on the SOS link and is
+// committed and acknowledged while the GPS lane is still stalled.
 func TestUplink_SOSJumpsGPSBacklog(t *testing.T) {
 	hub := hubtest.Start(t, "127.0.0.1:0")
 	sp := openSpool(t)
 	for i := range 6 {
 		appendRecords(t, sp, fix("veh-001", i))
 	}
-	// While the first GPS batch is with the hub, an SOS arrives.
+	stalled, release := gate(t)
 	hub.SetRespond(func(h *hubtest.Hub, b *protocol.Batch) []protocol.Ack {
 		if b.Lane == protocol.LaneGPS && b.First() == 1 {
 			appendRecords(t, sp, sos("veh-009", "sos-mid-backlog"))
+			<-stalled
 		}
 		return []protocol.Ack{h.Commit(b)}
 	})
-	// Stop-and-wait: the SOS must take the place of the second GPS batch.
-	startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.MaxBatchRecords = 2; c.MaxInflightBatches = 1 })
+	u, _ := startUplink(t, sp, hub.URL(), func(c *uplink.Config) { c.MaxBatchRecords = 2; c.MaxInflightBatches = 1 })
+
+	eventually(t, "the SOS to be committed and acknowledged while the GPS lane is stalled", func() bool {
+		return len(hub.Committed(protocol.LaneSOS)) == 1 && u.Acked()[protocol.LaneSOS] == 1
+	})
+	if got := u.Acked()[protocol.LaneGPS]; got != 0 {
+		t.Errorf("gps acknowledged through %d while the hub held the first batch, want 0", got)
+	}
+	release()
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
-
-	if got, want := batchShape(hub.Received()), "gps:1-2 sos:1-1 gps:3-4 gps:5-6"; got != want {
-		t.Errorf("batches = %s, want %s (the SOS before the rest of the GPS backlog)", got, want)
+	if got, want := batchShape(hub.ReceivedOn(agentID)), "gps:1-2 gps:3-4 gps:5-6"; got != want {
+		t.Errorf("batches on the main link = %s, want %s", got, want)
+	}
+	if got, want := batchShape(hub.ReceivedOn(protocol.SOSLinkClientID(agentID))), "sos:1-1"; got != want {
+		t.Errorf("batches on the SOS link = %s, want %s", got, want)
 	}
 }
 
@@ -281,8 +302,11 @@ func TestUplink_ReconnectsAfterHubRestart(t *testing.T) {
 		return len(restarted.Committed(protocol.LaneGPS)) == 2 && len(restarted.Committed(protocol.LaneSOS)) == 1
 	})
 
-	if got, want := batchShape(restarted.Received()), "sos:1-1 gps:2-3"; got != want {
-		t.Errorf("batches after restart = %s, want %s", got, want)
+	if got, want := batchShape(restarted.ReceivedOn(protocol.SOSLinkClientID(agentID))), "sos:1-1"; got != want {
+		t.Errorf("batches on the SOS link after restart = %s, want %s", got, want)
+	}
+	if got, want := batchShape(restarted.ReceivedOn(agentID)), "gps:2-3"; got != want {
+		t.Errorf("batches on the main link after restart = %s, want %s", got, want)
 	}
 	if first := hub.Committed(protocol.LaneGPS); first[0].Historical {
 		t.Error("record sent while the link was up is marked historical")

@@ -63,7 +63,7 @@ type session struct {
 
 func newSession(u *Uplink, c *conn) *session {
 	s := &session{u: u, c: c}
-	for _, lane := range protocol.Lanes {
+	for _, lane := range c.link.lanes {
 		window := 1
 		if lane == protocol.LaneGPS {
 			window = u.cfg.MaxInflightBatches
@@ -109,7 +109,7 @@ func (s *session) run() error {
 func (s *session) wait(wake <-chan time.Time) error {
 	u := s.u
 	select {
-	case <-u.cfg.Spool.Notify():
+	case <-s.c.link.notify:
 		return nil
 	case ack := <-s.c.acks:
 		s.handleAck(ack)
@@ -281,7 +281,7 @@ func (s *session) anyInFlight() bool {
 func (s *session) nextWake() (time.Time, bool) {
 	var at time.Time
 	if s.anyInFlight() {
-		at = s.headSince.Add(s.u.ackWait.current)
+		at = s.headSince.Add(s.c.link.ackWait.current)
 	}
 	for _, ls := range s.lanes {
 		// A lane with batches in flight resumes on their Acks, not on a timer.
@@ -295,7 +295,7 @@ func (s *session) nextWake() (time.Time, bool) {
 // checkAckTimeout returns ErrAckTimeout when the oldest batch in flight
 // waited the Ack timeout in force for its Ack (see ackTimeoutState).
 func (s *session) checkAckTimeout() error {
-	waited := s.u.ackWait.current
+	waited := s.c.link.ackWait.current
 	if !s.anyInFlight() || time.Since(s.headSince) < waited {
 		return nil
 	}
@@ -310,7 +310,7 @@ func (s *session) checkAckTimeout() error {
 			oldest, lane = &ls.flights[0], ls.lane
 		}
 	}
-	u.ackTimedOut(lane, *oldest)
+	u.ackTimedOut(s.c.link, lane, *oldest)
 	return fmt.Errorf("%w: %s batch %d-%d, waited %s", ErrAckTimeout, lane, oldest.first, oldest.last, waited)
 }
 

@@ -95,11 +95,18 @@ func TestUplink_SOSSkipsFullGPSWindow(t *testing.T) {
 	if got := metricValue(t, reg, "xpress_agent_uplink_batches_sent_total", map[string]string{"lane": "gps"}); got != 2 {
 		t.Errorf("gps batches sent before the hub answered = %v, want 2", got)
 	}
+	// On its own link the SOS does not wait for the stalled GPS batch.
+	eventually(t, "the SOS to be committed while the GPS window is stalled", func() bool {
+		return len(hub.Committed(protocol.LaneSOS)) == 1
+	})
 	release()
 
 	eventually(t, "the spool to drain", func() bool { return spoolEmpty(sp) })
-	if got, want := batchShape(hub.Received()), "gps:1-2 gps:3-4 sos:1-1 gps:5-6 gps:7-8"; got != want {
-		t.Errorf("batches = %s, want %s (the SOS right behind the window, before later GPS)", got, want)
+	if got, want := batchShape(hub.ReceivedOn(agentID)), "gps:1-2 gps:3-4 gps:5-6 gps:7-8"; got != want {
+		t.Errorf("batches on the main link = %s, want %s", got, want)
+	}
+	if got, want := batchShape(hub.ReceivedOn(protocol.SOSLinkClientID(agentID))), "sos:1-1"; got != want {
+		t.Errorf("batches on the SOS link = %s, want %s", got, want)
 	}
 }
 

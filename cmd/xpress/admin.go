@@ -28,6 +28,10 @@ const (
 // adminTimeout bounds one admin API request.
 const adminTimeout = 30 * time.Second
 
+// maxAdminResponse bounds an admin API response: room for the list of a
+// fleet of 100,000 vehicles.
+const maxAdminResponse = 64 << 20
+
 // agentToken reads the agent's hub token from the environment or its
 // file, and warns when there is none: the hub refuses such an agent
 // unless its agent authentication is turned off.
@@ -43,10 +47,19 @@ func agentToken(e env, log *slog.Logger) (string, error) {
 	return token, nil
 }
 
-// runAdmin runs `xpress admin agent add|rotate|remove|list`, a client of
-// the hub's admin API.
+// runAdmin runs `xpress admin agent add|rotate|remove|list` and `xpress
+// admin vehicle ...` (see runAdminVehicle), clients of the hub's admin API.
 func runAdmin(ctx context.Context, args []string, e env) error {
-	const usageText = "usage: xpress admin agent add|rotate|remove|list [flags] [agent id]"
+	const usageText = "usage: xpress admin agent add|rotate|remove|list [flags] [agent id]\n       " + vehicleUsage + "\n" + operatorUsage + "\n" + tokenUsage
+	if len(args) > 0 && args[0] == "vehicle" {
+		return runAdminVehicle(ctx, args[1:], e)
+	}
+	if len(args) > 0 && args[0] == "operator" {
+		return runAdminOperator(ctx, args[1:], e)
+	}
+	if len(args) > 0 && args[0] == "token" {
+		return runAdminToken(ctx, args[1:], e)
+	}
 	if len(args) < 2 || args[0] != "agent" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprintln(e.stderr, usageText)
@@ -201,7 +214,7 @@ func (c adminClient) do(ctx context.Context, method, path string, body, out any)
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse))
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/agent/uplink"
 	"github.com/xpress-ops/tower/internal/configcheck"
 	"github.com/xpress-ops/tower/protocol"
@@ -36,6 +37,12 @@ type agentFlags struct {
 	maxInflight     int
 	maxBatchRecords int
 	maxBatchBytes   int
+
+	vehicleAuth         string
+	vehicleConnectRate  int
+	vehicleConnectBurst int
+	vehicleAuthFailures int
+	vehicleAuthBlock    time.Duration
 }
 
 // agentFlagNames maps the agent.Config fields that flags set to those
@@ -65,6 +72,11 @@ var agentFlagNames = map[string]string{
 	"OutageSMS":                "twilio-account-sid",
 	"PublicURL":                "public-url",
 	"HTTPAllowedHosts":         "http-allowed-hosts",
+	"VehicleAuth":              "vehicle-auth",
+	"VehicleConnectRate":       "vehicle-connect-rate",
+	"VehicleConnectBurst":      "vehicle-connect-burst",
+	"VehicleAuthFailures":      "vehicle-auth-failures",
+	"VehicleAuthBlock":         "vehicle-auth-block",
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -76,7 +88,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hubURL, "hub-url", "tcp://localhost:1884", "MQTT URL of the hub's agent listener")
 	fs.StringVar(&f.dataDir, "data-dir", "./xpress-agent-data", "directory of the agent's spool")
 	fs.StringVar(&f.httpAddr, "http-addr", ":9090", "address of /metrics, /healthz, /readyz, the regional outage page (/) "+
-		"and its local API, including the SOS acknowledge endpoint POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge, which has no login yet: keep it on the office network")
+		"and its local API, including the SOS acknowledge endpoint POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge; operators sign in with their hub accounts, which the hub sends to the agent")
 	fs.Int64Var(&f.spoolMaxBytes, "spool-max-bytes", 0, fmt.Sprintf(
 		"cap on records waiting in the spool, from %s to %s; past it the oldest GPS fixes are evicted, then status records, never SOS (0: 2 GiB, negative: no cap)",
 		configcheck.FormatBytes(agent.MinSpoolMaxBytes), configcheck.FormatBytes(agent.MaxSpoolMaxBytes)))
@@ -109,6 +121,21 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxBatchBytes, "uplink-max-batch-bytes", 0, fmt.Sprintf(
 		"most bytes of records in one batch to the hub, from %s to %s (0: 1 MiB)",
 		configcheck.FormatBytes(uplink.MinBatchBytes), configcheck.FormatBytes(protocol.MaxBatchBytes/2)))
+	fs.StringVar(&f.vehicleAuth, "vehicle-auth", agent.VehicleAuthHub, "how vehicles' MQTT passwords are checked: "+
+		"hub (against the credentials issued with 'xpress admin vehicle add', synced from the hub and kept in the data directory) "+
+		"or off (any password; only when the vehicle listeners are on loopback addresses)")
+	fs.IntVar(&f.vehicleConnectRate, "vehicle-connect-rate", 0, fmt.Sprintf(
+		"CONNECT attempts per second one vehicle address may make, %d to %d; vehicles behind carrier NAT share addresses (0: %d)",
+		broker.MinConnectRate, broker.MaxConnectRate, broker.DefaultConnectRate))
+	fs.IntVar(&f.vehicleConnectBurst, "vehicle-connect-burst", 0, fmt.Sprintf(
+		"CONNECT attempts one vehicle address may make at once, %d to %d (0: %d)",
+		broker.MinConnectBurst, broker.MaxConnectBurst, broker.DefaultConnectBurst))
+	fs.IntVar(&f.vehicleAuthFailures, "vehicle-auth-failures", 0, fmt.Sprintf(
+		"failed vehicle authentications per minute one address may have before it is refused for --vehicle-auth-block, %d to %d (0: %d)",
+		broker.MinAuthFailures, broker.MaxAuthFailures, broker.DefaultAuthFailures))
+	fs.DurationVar(&f.vehicleAuthBlock, "vehicle-auth-block", 0, fmt.Sprintf(
+		"how long an address over --vehicle-auth-failures is refused, %s to %s; vehicles it connected before still get in (0: %s)",
+		broker.MinAuthBlock, broker.MaxAuthBlock, broker.DefaultAuthBlock))
 }
 
 func (f *agentFlags) config() agent.Config {
@@ -133,6 +160,12 @@ func (f *agentFlags) config() agent.Config {
 		UplinkMaxInflightBatches: f.maxInflight,
 		UplinkMaxBatchRecords:    f.maxBatchRecords,
 		UplinkMaxBatchBytes:      f.maxBatchBytes,
+
+		VehicleAuth:         f.vehicleAuth,
+		VehicleConnectRate:  f.vehicleConnectRate,
+		VehicleConnectBurst: f.vehicleConnectBurst,
+		VehicleAuthFailures: f.vehicleAuthFailures,
+		VehicleAuthBlock:    f.vehicleAuthBlock,
 	}
 }
 

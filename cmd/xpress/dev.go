@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/hub"
 	"github.com/xpress-ops/tower/sim"
 )
@@ -108,6 +109,10 @@ func runDev(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	defer h.Close()
+	adminFile, _, err := ensureDevAdmin(ctx, h.Accounts(), df.dataDir)
+	if err != nil {
+		return err
+	}
 
 	var agents []devAgent
 	defer func() {
@@ -126,6 +131,10 @@ func runDev(ctx context.Context, args []string, e env) error {
 			DataDir:      filepath.Join(df.dataDir, "agent-"+id),
 			HTTPAddr:     "127.0.0.1:0",
 			Logger:       log.With("process", "agent", "agent", id),
+			VehicleAuth:  agent.VehicleAuthHub,
+			// Every simulated vehicle connects from the loopback address.
+			VehicleConnectRate:  broker.MaxConnectRate,
+			VehicleConnectBurst: broker.MaxConnectBurst,
 		}
 		if err := cfg.Validate(); err != nil {
 			return renameToFlags(err, devAgentFlagNames)
@@ -148,12 +157,21 @@ func runDev(ctx context.Context, args []string, e env) error {
 		store = "PostgreSQL"
 	}
 	fmt.Fprintf(e.stdout, "dashboard:    http://%s/\n", displayAddr(h.HTTPAddr().String()))
+	fmt.Fprintf(e.stdout, "sign in as %s with the password in %s\n", devAdminUser, adminFile)
 	fmt.Fprintf(e.stdout, "store:        %s\n", store)
 	for _, a := range agents {
-		fmt.Fprintf(e.stdout, "vehicle MQTT: tcp://%s for %s (username = vehicle id)\n", displayAddr(a.agent.MQTTAddr().String()), a.region)
+		fmt.Fprintf(e.stdout, "vehicle MQTT: tcp://%s for %s (username = vehicle id, password = its token from 'xpress admin vehicle add')\n", displayAddr(a.agent.MQTTAddr().String()), a.region)
 	}
 
-	stats, err := runDevSims(ctx, df.sim, agents, log)
+	// Each run gives the simulated vehicles new tokens.
+	tokensFile := filepath.Join(df.dataDir, devVehicleTokensFile)
+	if err := os.Remove(tokensFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove old vehicle tokens: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "vehicle tokens of the simulated vehicles: %s (vehicle_id,token)\n", tokensFile)
+	stats, err := runDevSims(ctx, df.sim, agents, log, func(ctx context.Context, a devAgent, ids []string) (map[string]string, error) {
+		return provisionDevVehicles(ctx, h, a.agent, ids, tokensFile)
+	})
 	if err != nil {
 		return err
 	}
@@ -166,7 +184,10 @@ func runDev(ctx context.Context, args []string, e env) error {
 
 // runDevSims spreads the simulated vehicles over the agents, one
 // simulator per agent, and returns their summed totals when all end.
-func runDevSims(ctx context.Context, sf simFlags, agents []devAgent, log *slog.Logger) (sim.Stats, error) {
+//
+// provision gives the vehicles of one agent's simulator their tokens.
+func runDevSims(ctx context.Context, sf simFlags, agents []devAgent, log *slog.Logger,
+	provision func(ctx context.Context, a devAgent, ids []string) (map[string]string, error)) (sim.Stats, error) {
 	type result struct {
 		stats sim.Stats
 		err   error
@@ -193,6 +214,13 @@ func runDevSims(ctx context.Context, sf simFlags, agents []devAgent, log *slog.L
 				return sim.Stats{}, err
 			}
 			cfg.RelocateTo = city
+		}
+		var err error
+		if cfg.Passwords, err = provision(ctx, a, sim.VehicleIDs(cfg)); err != nil {
+			if ctx.Err() != nil {
+				return sim.Stats{}, nil // stopped while provisioning: no simulator ran
+			}
+			return sim.Stats{}, err
 		}
 		if err := cfg.Validate(); err != nil {
 			return sim.Stats{}, err

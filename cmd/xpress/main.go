@@ -42,7 +42,7 @@ func commands() []command {
 		{"dev", "run hub, one agent and the simulator in one process", runDev},
 		{"bench", "run a load scenario against a tower it starts on loopback", runBench},
 		{"migrate", "apply the PostgreSQL schema migrations and exit", runMigrate},
-		{"admin", "manage agent credentials through the hub's admin API", runAdmin},
+		{"admin", "manage agent and vehicle credentials, operators and API tokens through the hub's admin API", runAdmin},
 		{"version", "print the version and exit", runVersion},
 	}
 }

@@ -10,7 +10,7 @@ import (
 func TestRun_AgentHelpNamesOutageMode(t *testing.T) {
 	_, out := runAgentArgs(t, nil, "-h")
 	for _, want := range []string{
-		"the regional outage page", "POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", "no login yet",
+		"the regional outage page", "POST /api/v1/local/sos/{vehicle}/{sos_id}/acknowledge", "sign in with their hub accounts",
 		"-public-url", "-http-allowed-hosts", "-twilio-api-url", "-outage-notify-language",
 	} {
 		if !strings.Contains(out, want) {

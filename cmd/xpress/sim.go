@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/xpress-ops/tower/sim"
@@ -77,6 +78,8 @@ func runSim(ctx context.Context, args []string, e env) error {
 	sf.register(fs, true)
 	lf.register(fs)
 	fs.StringVar(&password, "password", "", "password every vehicle sends (prefer XPRESS_PASSWORD: a flag shows in ps)")
+	var credentialsFile string
+	fs.StringVar(&credentialsFile, "credentials-file", "", `file of "vehicle_id,token" lines from 'xpress admin vehicle add --out', one per simulated vehicle (mode 0600); replaces --password`)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
@@ -93,6 +96,11 @@ func runSim(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	cfg.Password = password
+	if credentialsFile != "" {
+		if cfg.Passwords, err = readCredentialsFile(credentialsFile); err != nil {
+			return err
+		}
+	}
 	cfg.Logger, cfg.Registerer = log, newRegistry()
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -117,4 +125,26 @@ func printStats(w io.Writer, s sim.Stats) {
 	fmt.Fprintf(w, "fix latency from scheduled send to PUBACK: p50 %s, p90 %s, p99 %s, max %s (%d samples)\n",
 		s.FixLatency.P50, s.FixLatency.P90, s.FixLatency.P99, s.FixLatency.Max, s.FixLatency.Count)
 	fmt.Fprintf(w, "elapsed:  %s\n", s.Elapsed.Round(time.Millisecond))
+}
+
+// readCredentialsFile reads the per-vehicle tokens of xpress sim
+// --credentials-file from a file only its owner may read.
+func readCredentialsFile(path string) (map[string]string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("--credentials-file: %w", err)
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("--credentials-file %s has mode %04o, readable by group or others: run chmod 600 %s", path, perm, path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--credentials-file: %w", err)
+	}
+	defer f.Close()
+	creds, err := sim.ReadCredentials(f)
+	if err != nil {
+		return nil, fmt.Errorf("--credentials-file %s: %w", path, err)
+	}
+	return creds, nil
 }

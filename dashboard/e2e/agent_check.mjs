@@ -1,14 +1,18 @@
 // Drives the agent's regional page in headless Chromium for
-// agent_e2e_test.go. Usage: node agent_check.mjs URL SCREENSHOT_DIR NAME
+// agent_e2e_test.go. Usage:
+// node agent_check.mjs URL SCREENSHOT_DIR USERNAME PASSWORD
 //
-// It prints one JSON snapshot of the page per line: "loaded" once an SOS
-// row is shown, "missing-name" after Acknowledge is clicked with no name,
-// and "acknowledged" after NAME is typed and Acknowledge clicked again.
+// It prints one JSON snapshot of the page per line: "no-operators" when
+// the sign-in form shows that the agent has no operator accounts yet,
+// "wrong-password" after a sign-in with a wrong password once the
+// accounts arrived, "loaded" once signed in with PASSWORD and an SOS row
+// is shown, "acknowledged" after Acknowledge is clicked, and
+// "signed-out" after the sign-out button.
 // The Go test makes every assertion; this script only reports what the
 // page shows.
 import { chromium } from 'playwright-core';
 
-const [url, shots, name] = process.argv.slice(2);
+const [url, shots, username, password] = process.argv.slice(2);
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
@@ -19,7 +23,9 @@ try {
   const errors = [];
   page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
   page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+    // Chromium logs every 401 response; the page gets one for each poll
+    // while signed out and for the wrong password, as designed.
+    if (m.type() === 'error' && !m.text().includes('status of 401')) errors.push(`console: ${m.text()}`);
   });
 
   const snapshot = async (phase) => {
@@ -36,7 +42,10 @@ try {
         calm: shown('calm'),
         notice: shown('notice'),
         error: shown('error'),
-        help: shown('actor-help'),
+        login: !document.getElementById('login-main').hidden,
+        loginNotice: shown('login-notice'),
+        loginError: shown('login-error'),
+        signedIn: shown('who'),
         panelClass: document.getElementById('sos-panel').className,
         rows: [...document.querySelectorAll('#sos tbody tr')].map((tr) => ({
           className: tr.className,
@@ -50,18 +59,31 @@ try {
   };
 
   await page.goto(url);
+  await page.waitForFunction(() => !document.getElementById('login-notice').hidden);
+  await snapshot('no-operators');
+
+  // The Go test hands the agent its operator list after that snapshot;
+  // the form's next poll drops the notice.
+  await page.waitForFunction(() => document.getElementById('login-notice').hidden, null, { timeout: 30000 });
+  await page.fill('#username', username);
+  await page.fill('#password', password + '-wrong');
+  await page.click('#login-submit');
+  await page.waitForFunction(() => !document.getElementById('login-error').hidden);
+  await snapshot('wrong-password');
+
+  await page.fill('#password', password);
+  await page.click('#login-submit');
   await page.waitForSelector('#sos tbody tr button[data-action=acknowledge]');
   await page.waitForFunction(() => !document.getElementById('outage').hidden);
   await snapshot('loaded');
 
   await page.click('button[data-action=acknowledge]');
-  await page.waitForFunction(() => !document.getElementById('actor-help').hidden);
-  await snapshot('missing-name');
-
-  await page.fill('#actor', name);
-  await page.click('button[data-action=acknowledge]');
   await page.waitForFunction(() => document.body.innerText.includes('Acknowledged here by'));
   await snapshot('acknowledged');
+
+  await page.click('#sign-out');
+  await page.waitForFunction(() => !document.getElementById('login-main').hidden);
+  await snapshot('signed-out');
 } finally {
   await browser.close();
 }

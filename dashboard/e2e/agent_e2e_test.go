@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"log/slog"
 	"net"
@@ -19,21 +20,25 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/xpress-ops/tower/agent"
+	"github.com/xpress-ops/tower/internal/passhash"
 	"github.com/xpress-ops/tower/protocol"
 )
 
 // agentSnapshot is what agent_check.mjs reports about the regional page.
 type agentSnapshot struct {
-	Phase      string `json:"phase"`
-	Title      string `json:"title"`
-	Hub        string `json:"hub"`
-	Outage     string `json:"outage"`
-	Calm       string `json:"calm"`
-	Notice     string `json:"notice"`
-	Error      string `json:"error"`
-	Help       string `json:"help"`
-	PanelClass string `json:"panelClass"`
-	Rows       []struct {
+	Phase       string `json:"phase"`
+	Title       string `json:"title"`
+	Hub         string `json:"hub"`
+	Outage      string `json:"outage"`
+	Calm        string `json:"calm"`
+	Notice      string `json:"notice"`
+	Error       string `json:"error"`
+	Login       bool   `json:"login"`
+	LoginNotice string `json:"loginNotice"`
+	LoginError  string `json:"loginError"`
+	SignedIn    string `json:"signedIn"`
+	PanelClass  string `json:"panelClass"`
+	Rows        []struct {
 		ClassName string   `json:"className"`
 		Cells     []string `json:"cells"`
 		MapLink   string   `json:"mapLink"`
@@ -111,7 +116,10 @@ func TestAgentPage_OutageAcknowledge(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "agent_check.mjs", "http://"+a.HTTPAddr().String()+"/", shots, "Maria Santos")
+	// The operator's password is made for this run; the hub would send
+	// its argon2id hash in the agent's operator list.
+	password := rand.Text()
+	cmd := exec.CommandContext(ctx, "node", "agent_check.mjs", "http://"+a.HTTPAddr().String()+"/", shots, "maria", password)
 	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -143,7 +151,29 @@ func TestAgentPage_OutageAcknowledge(t *testing.T) {
 		return s
 	}
 
+	// The agent never reached the hub, so every sign-in fails for now.
+	if none := next("no-operators"); !none.Login || !strings.Contains(none.LoginNotice, "No operator accounts received from the hub yet") || len(none.Rows) != 0 {
+		t.Errorf("page without operator accounts: sign-in form %v, notice %q, rows %d", none.Login, none.LoginNotice, len(none.Rows))
+	}
+	hash, err := passhash.Hash(password, passhash.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := protocol.EncodeOperatorList(&protocol.OperatorList{Agent: "ncr-page", Region: "NCR-Manila", IssuedAt: time.Now().UTC(),
+		Operators: []protocol.OperatorCredential{{Username: "maria", DisplayName: "Maria Santos", Role: "operator", Hash: hash}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.LocalAuth().HubMessage(protocol.AgentOperatorsTopic("ncr-page"), list)
+
+	if wrong := next("wrong-password"); !wrong.Login || wrong.LoginError != "wrong user name or password" || wrong.LoginNotice != "" {
+		t.Errorf("wrong password: sign-in form %v, error %q, notice %q", wrong.Login, wrong.LoginError, wrong.LoginNotice)
+	}
+
 	loaded := next("loaded")
+	if loaded.Login || !strings.Contains(loaded.SignedIn, "Maria Santos") || !strings.Contains(loaded.SignedIn, "operator") {
+		t.Errorf("signed in: sign-in form %v, operator shown %q", loaded.Login, loaded.SignedIn)
+	}
 	if !strings.HasPrefix(loaded.Title, "HUB DOWN") || loaded.Hub != "Hub: UNREACHABLE" || !strings.Contains(loaded.Outage, "HUB UNREACHABLE for") {
 		t.Errorf("outage display: title %q, hub %q, banner %q", loaded.Title, loaded.Hub, loaded.Outage)
 	}
@@ -163,9 +193,6 @@ func TestAgentPage_OutageAcknowledge(t *testing.T) {
 		t.Errorf("row class %q, map link %q", loaded.Rows[0].ClassName, loaded.Rows[0].MapLink)
 	}
 
-	if missing := next("missing-name"); missing.Help != "Enter your name to acknowledge" {
-		t.Errorf("help without a name = %q", missing.Help)
-	}
 	select {
 	case st := <-states:
 		t.Fatalf("driver heard %s before anyone acknowledged", st.State)
@@ -173,13 +200,16 @@ func TestAgentPage_OutageAcknowledge(t *testing.T) {
 	}
 
 	acked := next("acknowledged")
-	if len(acked.Rows) != 1 || !strings.Contains(strings.Join(acked.Rows[0].Cells, " | "), "Acknowledged here by Maria Santos") {
+	if len(acked.Rows) != 1 || !strings.Contains(strings.Join(acked.Rows[0].Cells, " | "), "Acknowledged here by Maria Santos (maria)") {
 		t.Errorf("rows after the acknowledgement = %+v", acked.Rows)
 	}
 	if !strings.Contains(acked.Notice, "the driver has been told") || acked.Error != "" {
 		t.Errorf("notice %q, error %q", acked.Notice, acked.Error)
 	}
 	expect(protocol.SOSStateAcknowledged)
+	if out := next("signed-out"); !out.Login || out.SignedIn != "" || !strings.Contains(out.LoginNotice, "signed out") {
+		t.Errorf("after sign-out: sign-in form %v, operator shown %q, notice %q", out.Login, out.SignedIn, out.LoginNotice)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("agent_check.mjs: %v\n%s", err, stderr.String())
 	}

@@ -1,7 +1,9 @@
 // Drives the dashboard in headless Chromium for dashboard_e2e_test.go.
-// Usage: node check.mjs URL SCREENSHOT_DIR
+// Usage: XPRESS_E2E_USER=name XPRESS_E2E_PASSWORD=secret node check.mjs URL SCREENSHOT_DIR
 //
-// It prints one JSON snapshot of the page per line: "loaded" once the REST
+// It opens URL, which sends it to the sign-in page, and signs in with the
+// user name and password from the environment. It prints one JSON
+// snapshot of the page per line: "loaded" once the REST
 // state is shown and the stream is live, then one per phase that the Go
 // test names on stdin. For each phase it first takes the phase's steps
 // (fill a field, click an element), then waits until the texts the phase
@@ -21,38 +23,61 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   const errors = [];
+  // Every WebSocket the page opened, and whether it has closed. One whose
+  // handshake failed, as during the hub's restart, reports an error and
+  // no close.
+  const sockets = [];
+  page.on('websocket', (ws) => {
+    const entry = { url: ws.url(), closed: false };
+    sockets.push(entry);
+    ws.on('close', () => { entry.closed = true; });
+    ws.on('socketerror', () => { entry.closed = true; });
+  });
   page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
   page.on('console', (m) => {
     if (m.type() === 'error') errors.push(`console: ${m.text()}`);
   });
 
-  const snapshot = (phase) => page.evaluate((phase) => {
+  const snapshot = async (phase) => ({ ...(await page.evaluate((phase) => {
+    const text = (id) => {
+      const node = document.getElementById(id);
+      return node ? node.textContent : '';
+    };
+    const visibleText = (id) => {
+      const node = document.getElementById(id);
+      return node && !node.hidden ? node.textContent : '';
+    };
     const rows = (sel) => [...document.querySelectorAll(sel)].map((tr) => ({
       className: tr.className,
       cells: [...tr.cells].map((td) => td.textContent),
     }));
-    const alert = document.getElementById('alert');
-    const notice = document.getElementById('notice');
     return {
       phase,
-      conn: document.getElementById('conn').textContent,
-      seq: document.getElementById('seq').textContent,
+      path: location.pathname + location.search,
+      conn: text('conn'),
+      seq: text('seq'),
       title: document.title,
-      alert: alert.hidden ? '' : alert.textContent,
+      alert: visibleText('alert'),
       incidents: rows('#incidents tbody tr'),
       closed: rows('#closed tbody tr'),
       events: rows('#detail-events tbody tr'),
       dialogs: [...document.querySelectorAll('dialog[open] h2')].map((h) => h.textContent),
-      notice: notice.hidden ? '' : notice.textContent,
-      operator: document.getElementById('operator').value,
+      notice: visibleText('notice'),
+      signedIn: [text('who-name'), text('who-role'), text('who-regions')],
+      login: [visibleText('login-notice'), visibleText('login-error')],
       vehicles: rows('#vehicles tbody tr'),
       agents: [...document.querySelectorAll('#agents li')].map((li) => li.textContent),
-      plot: document.getElementById('plot-bounds').textContent,
+      plot: text('plot-bounds'),
     };
-  }, phase);
+  }, phase)), sockets: sockets.map((s) => ({ ...s })) });
 
   await page.goto(url);
-  await page.waitForFunction(() => document.getElementById('conn').textContent === 'Live'
+  await page.waitForSelector('#login-form');
+  await page.fill('#username', process.env.XPRESS_E2E_USER || '');
+  await page.fill('#password', process.env.XPRESS_E2E_PASSWORD || '');
+  await page.click('#login-submit');
+  // The page changes from the sign-in page to the dashboard meanwhile.
+  await page.waitForFunction(() => (document.getElementById('conn') || {}).textContent === 'Live'
     && document.querySelectorAll('#vehicles tbody tr').length > 0);
   const loaded = await snapshot('loaded');
   await page.screenshot({ path: `${shots}/loaded.png`, fullPage: true });
@@ -60,15 +85,16 @@ try {
 
   // Each stdin line names a phase, the steps to take and the texts that
   // must then be on the page, such as {"phase": "live", "texts":
-  // ["DISCONNECTED"]} or {"phase": "ack", "steps": [{"fill": ["#operator",
-  // "Maria"]}, {"click": "button[data-action=acknowledge]"}], "texts": [...]}.
+  // ["DISCONNECTED"]} or {"phase": "ack", "steps": [{"click":
+  // "button[data-action=acknowledge]"}], "texts": [...]}.
   for await (const line of lines) {
     const { phase, texts, steps } = JSON.parse(line);
     for (const step of steps || []) {
       if (step.fill) await page.fill(step.fill[0], step.fill[1]);
       if (step.click) await page.click(step.click);
     }
-    await page.waitForFunction((texts) => texts.every((t) => document.body.innerText.includes(t)), texts);
+    await page.waitForFunction((texts) => document.body !== null
+      && texts.every((t) => document.body.innerText.includes(t)), texts);
     const snap = await snapshot(phase);
     await page.screenshot({ path: `${shots}/${phase}.png`, fullPage: true });
     console.log(JSON.stringify({ ...snap, errors }));

@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,9 +27,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/xpress-ops/tower/hub/api"
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/hub/store/embedded"
+	"github.com/xpress-ops/tower/internal/passhash"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -138,13 +143,18 @@ func (m *memStore) add(inc store.Incident) {
 
 // snapshot is what check.mjs reports about the page.
 type snapshot struct {
-	Phase     string   `json:"phase"`
-	Conn      string   `json:"conn"`
-	Seq       string   `json:"seq"`
-	Title     string   `json:"title"`
-	Alert     string   `json:"alert"`
-	Notice    string   `json:"notice"`
-	Operator  string   `json:"operator"`
+	Phase  string `json:"phase"`
+	Conn   string `json:"conn"`
+	Seq    string `json:"seq"`
+	Title  string `json:"title"`
+	Alert  string `json:"alert"`
+	Notice string `json:"notice"`
+	Path   string `json:"path"`
+	// SignedIn is the signed-in operator's name, role and regions.
+	SignedIn []string `json:"signedIn"`
+	// Login is the sign-in page's notice and error.
+	Login     []string `json:"login"`
+	Sockets   []socket `json:"sockets"`
 	Dialogs   []string `json:"dialogs"`
 	Incidents []row    `json:"incidents"`
 	Closed    []row    `json:"closed"`
@@ -153,6 +163,12 @@ type snapshot struct {
 	Agents    []string `json:"agents"`
 	Plot      string   `json:"plot"`
 	Errors    []string `json:"errors"`
+}
+
+// socket is a WebSocket the page opened.
+type socket struct {
+	URL    string `json:"url"`
+	Closed bool   `json:"closed"`
 }
 
 type row struct {
@@ -202,14 +218,40 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		Kind: protocol.SOSMedical, State: store.StateAcknowledged, HasLocation: true, Lat: 14.5995, Lon: 120.9842,
 		PressedAt: pressed, ReceivedAt: pressed, OpenedAt: pressed, UpdatedAt: pressed, Presses: 1,
 	})
+	// The operator signs in with an account of a real store, which also
+	// keeps the sessions across the API server's restart.
+	accounts := embedded.New(embedded.Config{Path: filepath.Join(t.TempDir(), "hub.db")})
+	if err := accounts.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accounts.Close() })
+	password := rand.Text()
+	hash, err := passhash.Hash(password, passhash.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := accounts.CreateOperator(context.Background(), store.Operator{
+		Username: "maria", DisplayName: "Maria Santos", Role: store.OperatorRoleOperator, Regions: []string{"NCR", "Cebu"},
+	}, hash); err != nil {
+		t.Fatal(err)
+	}
 	bus := events.NewBus(events.Config{})
+	// registry is the metrics registry of the current API server.
+	var registry atomic.Pointer[prometheus.Registry]
 	newServer := func() *api.Server {
+		reg := prometheus.NewRegistry()
+		registry.Store(reg)
 		return api.New(api.Config{
-			Store: st,
-			Bus:   bus,
-			// As the hub does: an operator's action reaches every dashboard.
+			Store:      st,
+			Bus:        bus,
+			Accounts:   accounts,
+			Registerer: reg,
+			// Pings end the stream of a session revoked in the store.
+			PingInterval: 200 * time.Millisecond,
+			// As the hub does: an operator's action reaches the dashboards
+			// of the incident's region.
 			OnIncidentChange: func(c store.IncidentChange) {
-				if _, err := bus.Publish(events.TypeIncidentUpdated, c); err != nil {
+				if _, err := bus.PublishIn(c.Incident.Region, events.TypeIncidentUpdated, c); err != nil {
 					t.Errorf("publish: %v", err)
 				}
 			},
@@ -239,6 +281,7 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "check.mjs", ts.URL+"/", shots)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "XPRESS_E2E_USER=maria", "XPRESS_E2E_PASSWORD="+password)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
@@ -286,6 +329,11 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 			if restarting && strings.Contains(e, "WebSocket connection to") {
 				continue
 			}
+			// The page learns that nobody is signed in from a 401, which
+			// the browser reports.
+			if strings.Contains(e, "status of 401") {
+				continue
+			}
 			t.Errorf("browser reported: %s", e)
 		}
 		return s
@@ -295,6 +343,9 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	loaded := next("loaded", nil)
 	if loaded.Conn != "Live" {
 		t.Errorf("connection label = %q, want Live", loaded.Conn)
+	}
+	if want := []string{"Maria Santos", "operator", "Cebu, NCR"}; !slices.Equal(loaded.SignedIn, want) {
+		t.Errorf("signed-in operator shown as %q, want %q", loaded.SignedIn, want)
 	}
 	if len(loaded.Vehicles) != 2 {
 		t.Fatalf("vehicle rows = %d, want 2", len(loaded.Vehicles))
@@ -322,22 +373,24 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		Kind: protocol.SOSCrash, State: store.StateOpen, HasLocation: true, Lat: 14.5547, Lon: 121.0244,
 		PressedAt: now, ReceivedAt: now, OpenedAt: now, UpdatedAt: now, Presses: 2, CancelRequested: true,
 	}
-	publish := func(typ string, data any) {
+	// The hub publishes each event in its region; the page gets those of
+	// the operator's regions.
+	publish := func(region, typ string, data any) {
 		t.Helper()
-		if _, err := bus.Publish(typ, data); err != nil {
+		if _, err := bus.PublishIn(region, typ, data); err != nil {
 			t.Fatal(err)
 		}
 	}
 	st.add(opened)
-	publish(events.TypeIncidentOpened, store.IncidentChange{Incident: opened, Opened: true})
+	publish("NCR", events.TypeIncidentOpened, store.IncidentChange{Incident: opened, Opened: true})
 	newFix := now.Add(-time.Second)
-	publish(events.TypeFix, store.StoredFix{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: newFix,
+	publish("NCR", events.TypeFix, store.StoredFix{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: newFix,
 		Fix: protocol.Fix{Time: newFix, Lat: 14.56, Lon: 121.03, SpeedKmh: ptr(12.0)}})
 	// An older fix arriving late must not move the vehicle back.
-	publish(events.TypeFix, store.StoredFix{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: now,
+	publish("NCR", events.TypeFix, store.StoredFix{VehicleID: "MNL-0002", AgentID: "agent-ncr", Region: "NCR", ReceivedAt: now,
 		Fix: protocol.Fix{Time: fixTime.Add(-time.Hour), Lat: 10.3157, Lon: 123.8854}})
-	publish(events.TypeVehicleStatus, store.VehicleStatus{VehicleID: "MNL-0002", AgentID: "agent-ncr", Online: true, ReceivedAt: now})
-	publish(events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: false, Since: now})
+	publish("NCR", events.TypeVehicleStatus, store.VehicleStatus{VehicleID: "MNL-0002", AgentID: "agent-ncr", Online: true, ReceivedAt: now})
+	publish("Cebu", events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: false, Since: now})
 	live := next("live", nil, "DISCONNECTED", "14.56000", "seq 5")
 	if len(live.Incidents) != 2 {
 		t.Fatalf("incident rows = %d, want 2", len(live.Incidents))
@@ -379,14 +432,10 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		t.Errorf("acknowledged incident actions = %q, want no Acknowledge and a plain cancel", acked)
 	}
 
-	// An operator acknowledges incident 42 from its row.
+	// The operator acknowledges incident 42 from its row.
 	ack := next("acknowledged", []step{
-		{Fill: []string{"#operator", "Maria Santos"}},
 		{Click: `#incidents button[data-action="acknowledge"][data-id="42"]`},
 	}, "Incident 42 acknowledged.")
-	if ack.Operator != "Maria Santos" {
-		t.Errorf("operator field = %q, want Maria Santos", ack.Operator)
-	}
 	if len(ack.Incidents) != 2 || ack.Incidents[0].Cells[1] != "ACKNOWLEDGED" {
 		t.Errorf("incident rows after acknowledging = %+v, want 42 acknowledged", ack.Incidents)
 	}
@@ -422,8 +471,8 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 	}, "Audit trail", "Cancelled as false alarm", "pressed by mistake")
 	wantEvents := []struct{ label, actor string }{
 		{"SOS opened", "vehicle:MNL-0002"},
-		{"Acknowledged", "operator:Maria Santos"},
-		{"Cancelled as false alarm", "operator:Maria Santos"},
+		{"Acknowledged", "operator:maria"},
+		{"Cancelled as false alarm", "operator:maria"},
 	}
 	if len(detail.Events) != len(wantEvents) {
 		t.Fatalf("audit trail rows = %+v, want %d", detail.Events, len(wantEvents))
@@ -453,8 +502,8 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	dispatched.State, dispatched.UpdatedAt = store.StateDispatched, time.Now().UTC().Add(time.Minute)
-	publish(events.TypeIncidentUpdated, store.IncidentChange{Incident: dispatched})
-	publish(events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: true, Since: now.Add(time.Second)})
+	publish("NCR", events.TypeIncidentUpdated, store.IncidentChange{Incident: dispatched})
+	publish("Cebu", events.TypeAgentStatus, api.AgentState{ID: "agent-cebu", Region: "Cebu", Connected: true, Since: now.Add(time.Second)})
 	current.Store(newServer())
 
 	resumed := next("resumed", nil, "Live", "seq 9", "connected")
@@ -468,6 +517,44 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		t.Errorf("MNL-0002 latitude after resume = %q, want 14.56000 kept from the stream", v[2])
 	}
 
+	// Signing out closes the stream and shows the sign-in page.
+	out := next("signed-out", []step{{Click: "#sign-out"}}, "You are signed out.")
+	if !strings.HasPrefix(out.Path, "/login.html") {
+		t.Errorf("page after signing out = %s, want the sign-in page", out.Path)
+	}
+	wantSocketsClosed(t, "after signing out", out.Sockets)
+	wantStreams(t, registry.Load(), 0)
+
+	// A wrong password gets the hub's message; the right one signs in again.
+	wrong := next("wrong-password", []step{
+		{Fill: []string{"#username", "maria"}},
+		{Fill: []string{"#password", "not-the-password"}},
+		{Click: "#login-submit"},
+	}, "wrong user name or password")
+	if !strings.HasPrefix(wrong.Path, "/login.html") || wrong.Login[1] == "" {
+		t.Errorf("page after a wrong password = %s with error %q, want the sign-in page and an error", wrong.Path, wrong.Login[1])
+	}
+	again := next("signed-in-again", []step{
+		{Fill: []string{"#password", password}},
+		{Click: "#login-submit"},
+	}, "Live", "Maria Santos")
+	if again.Path != "/" {
+		t.Errorf("page after signing in = %s, want the dashboard", again.Path)
+	}
+	wantStreams(t, registry.Load(), 1)
+
+	// A session revoked elsewhere ends the stream at the hub's next ping,
+	// and the page goes to the sign-in page instead of reconnecting.
+	if _, err := accounts.DeleteOperatorSessions(context.Background(), "maria"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := next("revoked", nil, "You are signed out.")
+	if !strings.HasPrefix(revoked.Path, "/login.html") {
+		t.Errorf("page after the session was revoked = %s, want the sign-in page", revoked.Path)
+	}
+	wantSocketsClosed(t, "after the session was revoked", revoked.Sockets)
+	wantStreams(t, registry.Load(), 0)
+
 	if err := stdin.Close(); err != nil {
 		t.Error(err)
 	}
@@ -476,4 +563,46 @@ func TestDashboard_LiveEventsAndResume(t *testing.T) {
 		t.Fatalf("check.mjs: %v\n%s", err, stderr.String())
 	}
 	t.Logf("screenshots in %s", shots)
+}
+
+// wantSocketsClosed fails the test unless the page opened streams and
+// the newest, the one that was live, has closed. Older ones closed before
+// it opened, or failed their handshake during the restart.
+func wantSocketsClosed(t *testing.T, when string, sockets []socket) {
+	t.Helper()
+	if len(sockets) == 0 {
+		t.Errorf("%s: the page opened no WebSocket", when)
+		return
+	}
+	if last := sockets[len(sockets)-1]; !last.Closed {
+		t.Errorf("%s: WebSocket %s is still open", when, last.URL)
+	}
+}
+
+// wantStreams waits until the API server of reg serves n streams: the
+// server closes a stream shortly after the browser's socket reports
+// closing, and opens one shortly before the page shows it live.
+func wantStreams(t *testing.T, reg *prometheus.Registry, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := -1.0
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == "xpress_api_websocket_clients" && len(f.GetMetric()) == 1 {
+				got = f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the hub serves %v streams, want %v", got, n)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

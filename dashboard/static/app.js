@@ -3,6 +3,12 @@
 // actions (acknowledge, assign, dispatch, note, resolve, cancel) that
 // operators take on an SOS.
 //
+// The page needs a signed-in operator: it reads the session first and
+// sends the operator to login.html when there is none, or when any request
+// returns 401. State-changing requests carry the session's CSRF token in
+// X-CSRF-Token. The hub sends only the operator's regions, in REST
+// responses and on the stream.
+//
 // Start-up order: open the WebSocket first, and on its "hello" frame load
 // the REST state while queueing stream events, then apply the queue. So no
 // event published between the REST read and the stream's start is lost.
@@ -17,11 +23,8 @@
   // How many resolved or cancelled incidents the "Recently closed" list keeps.
   const CLOSED_LIMIT = 20;
   const NOTICE_MS = 6000;
-  const OPERATOR_KEY = 'xpress.operator';
-  // Browsers send header values as Latin-1 bytes and the hub requires
-  // UTF-8, so the name sent in X-Xpress-Operator is limited to printable
-  // ASCII here: 1 to 64 characters, no space at either end.
-  const OPERATOR_PATTERN = /^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$/;
+  // The close reason of a stream the hub ended because its session ended.
+  const SIGNED_OUT_REASON = 'signed out';
   const STALE_AFTER_MS = 5 * 60 * 1000;
   const MAX_FUTURE_MS = 5 * 60 * 1000;
   const BACKOFF_MIN_MS = 500;
@@ -43,6 +46,10 @@
   };
 
   const conn = { ws: null, attempt: 0, timer: null, retryAt: 0 };
+  // current is the signed-in operator, from GET /api/v1/session: operator,
+  // display_name, role, regions and csrf_token. leaving is set once the
+  // page is on its way to the sign-in page, so nothing reconnects.
+  const session = { current: null, leaving: false };
   let sound = null; // AudioContext once the operator enables sound
   const dirty = { incidents: false, vehicles: false, agents: false, plot: false };
   // The open action dialog ({action, id}) and the incident shown in the detail dialog.
@@ -205,6 +212,10 @@
 
   async function getJSON(path) {
     const res = await fetch(path, { headers: { Accept: 'application/json' }, cache: 'no-store' });
+    if (res.status === 401) {
+      toLogin('expired');
+      throw new Error(`${path}: 401 signed out`);
+    }
     let body = null;
     try {
       body = await res.json();
@@ -287,12 +298,26 @@
       conn.attempt = 0;
       setConn('connected', 'Live');
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (conn.ws !== ws) {
         return;
       }
       conn.ws = null;
-      scheduleReconnect();
+      if (session.leaving) {
+        return;
+      }
+      if (event.code === 1008 && event.reason === SIGNED_OUT_REASON) {
+        // Signed out here, in another tab, or by an admin.
+        toLogin('signed-out');
+        return;
+      }
+      // A refused upgrade looks like any other failure, so reconnect only
+      // while the session lasts.
+      checkSession().then((signedIn) => {
+        if (signedIn) {
+          scheduleReconnect();
+        }
+      });
     };
   }
 
@@ -664,60 +689,110 @@
     updateReconnectLabel();
   }
 
-  // ---- Operator name ----
+  // ---- Session ----
+
+  // toLogin leaves for the sign-in page, which shows why (reason, or
+  // nothing when empty).
+  function toLogin(reason) {
+    if (session.leaving) {
+      return;
+    }
+    session.leaving = true;
+    clearTimeout(conn.timer);
+    if (conn.ws) {
+      conn.ws.close();
+    }
+    location.replace(reason ? `/login.html?reason=${encodeURIComponent(reason)}` : '/login.html');
+  }
+
+  // readSession reads the session into session.current. It returns true when
+  // the operator is signed in, false after leaving for the sign-in page on
+  // 401 with reason, and throws when the hub cannot be reached.
+  async function readSession(reason) {
+    const res = await fetch('/api/v1/session', { headers: { Accept: 'application/json' }, cache: 'no-store' });
+    if (res.status === 401) {
+      toLogin(reason);
+      return false;
+    }
+    if (!res.ok) {
+      throw new Error(`${res.status} ${res.statusText}`);
+    }
+    session.current = await res.json();
+    renderWho();
+    return true;
+  }
+
+  // checkSession is readSession for the reconnect: a hub that cannot be
+  // reached counts as signed in, so the stream keeps retrying.
+  async function checkSession() {
+    try {
+      return await readSession('expired');
+    } catch (err) {
+      return true;
+    }
+  }
+
+  function renderWho() {
+    const current = session.current || {};
+    el('who-name').textContent = current.display_name || current.operator || '–';
+    el('who-name').title = current.operator || '';
+    el('who-role').textContent = current.role || '';
+    const regions = Array.isArray(current.regions) ? current.regions : [];
+    el('who-regions').textContent = regions.includes('*') || current.role === 'admin'
+      ? 'all regions'
+      : regions.join(', ');
+    // "Assign to me" depends on the operator.
+    dirty.incidents = dirty.closed = true;
+  }
 
   function operatorName() {
-    return el('operator').value.trim();
+    return session.current ? session.current.operator : '';
   }
 
-  function operatorValid(name) {
-    return OPERATOR_PATTERN.test(name);
+  // csrfHeaders returns the headers of a state-changing request.
+  function csrfHeaders(headers) {
+    return Object.assign({ 'X-CSRF-Token': session.current ? session.current.csrf_token : '' }, headers);
   }
 
-  function operatorHelp(text) {
-    const help = el('operator-help');
-    help.textContent = text;
-    help.hidden = !text;
-    el('operator').classList.toggle('missing', !!text);
-  }
-
-  function setupOperator() {
-    const input = el('operator');
+  async function signOut() {
+    const button = el('sign-out');
+    button.disabled = true;
     try {
-      input.value = localStorage.getItem(OPERATOR_KEY) || '';
-    } catch (e) {
-      // Storage may be disabled; the name then lasts for this page only.
-    }
-    input.addEventListener('input', () => {
-      const name = operatorName();
-      if (operatorValid(name)) {
-        operatorHelp('');
+      const res = await fetch('/api/v1/session', { method: 'DELETE', headers: csrfHeaders({ Accept: 'application/json' }), cache: 'no-store' });
+      if (!res.ok && res.status !== 401) {
+        let body = null;
         try {
-          localStorage.setItem(OPERATOR_KEY, name);
+          body = await res.json();
         } catch (e) {
-          // See above.
+          body = null;
         }
+        throw new Error(body && body.error ? body.error : `${res.status} ${res.statusText}`);
       }
-      // "Assign to me" depends on the name.
-      dirty.incidents = dirty.closed = true;
-    });
-    input.addEventListener('change', () => {
-      const name = operatorName();
-      operatorHelp(name === '' || operatorValid(name) ? '' : 'Use 1–64 plain letters, digits, spaces or punctuation (no accents).');
-    });
+      toLogin('signed-out');
+    } catch (err) {
+      showError(`Could not sign out (${err.message}).`);
+      button.disabled = false;
+    }
   }
 
-  // requireOperator returns the operator's name, or null after asking for it.
-  function requireOperator() {
-    const name = operatorName();
-    if (operatorValid(name)) {
-      return name;
+  // start reads the session, retrying while the hub cannot be reached,
+  // then opens the stream.
+  async function start() {
+    let delay = BACKOFF_MIN_MS;
+    for (;;) {
+      try {
+        // A first visit without a session needs no explanation.
+        if (await readSession('')) {
+          showError('');
+          connect();
+        }
+        return;
+      } catch (err) {
+        showError(`Could not reach the hub (${err.message}); retrying in ${Math.round(delay / 1000)} s.`);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+      }
     }
-    operatorHelp(name === ''
-      ? 'Enter your name first: every action is recorded with it.'
-      : 'Use 1–64 plain letters, digits, spaces or punctuation (no accents).');
-    el('operator').focus();
-    return null;
   }
 
   // ---- Incident actions ----
@@ -757,7 +832,7 @@
     if (inc.state === 'open') {
       list.push({ action: 'acknowledge', label: 'Acknowledge', className: 'primary' });
     }
-    if (active && (!operatorName() || inc.assigned_to !== operatorName())) {
+    if (active && inc.assigned_to !== operatorName()) {
       list.push({ action: 'assign', label: 'Assign to me' });
     }
     if (inc.state === 'open' || inc.state === 'acknowledged') {
@@ -794,16 +869,16 @@
   // postAction sends one action and applies the incident it returns. It
   // throws an Error with the hub's message when the action fails.
   async function postAction(id, path, body) {
-    const name = requireOperator();
-    if (!name) {
-      throw new Error('Enter your operator name at the top of the page first.');
-    }
     const res = await fetch(`/api/v1/incidents/${id}/${path}`, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json', 'X-Xpress-Operator': name },
+      headers: csrfHeaders({ 'Content-Type': 'application/json', Accept: 'application/json' }),
       body: JSON.stringify(body),
       cache: 'no-store',
     });
+    if (res.status === 401) {
+      toLogin('expired');
+      throw new Error('Your session ended: sign in again.');
+    }
     let data = null;
     try {
       data = await res.json();
@@ -879,10 +954,6 @@
   }
 
   function openActionDialog(action, id) {
-    if (!requireOperator()) {
-      showError('Enter your operator name at the top of the page first: every action is recorded with it.');
-      return;
-    }
     const spec = DIALOG_ACTIONS[action];
     const inc = findIncident(id);
     const confirmDriver = action === 'cancel' && inc && inc.cancel_requested;
@@ -1115,12 +1186,12 @@
 
   document.addEventListener('DOMContentLoaded', () => {
     el('sound').addEventListener('click', toggleSound);
-    setupOperator();
+    el('sign-out').addEventListener('click', signOut);
     setupActions();
     window.addEventListener('resize', () => { dirty.plot = true; });
     setInterval(render, RENDER_INTERVAL_MS);
     setInterval(tick, 1000);
     tick();
-    connect();
+    start();
   });
 })();

@@ -18,12 +18,6 @@ import (
 // in bytes.
 const MaxActionBody = 16 << 10
 
-// OperatorHeader names the operator who sends an incident action.
-//
-// NOTE: the name is taken on trust because the hub has no operator login
-// yet. Authenticated sessions are to replace this header.
-const OperatorHeader = "X-Xpress-Operator"
-
 // actionRoute is one POST /api/v1/incidents/{id}/<path> route.
 type actionRoute struct {
 	action store.Action
@@ -57,21 +51,20 @@ func (e *unsupportedMediaTypeError) Error() string {
 }
 
 // handleAction returns the handler of one incident action. It checks, in
-// order, the Content-Type (415), the operator header, the incident id
-// and the JSON body (400, or 413 past MaxActionBody), then calls the
-// store and reports the change to Config.OnIncidentChange.
+// order, the Content-Type (415), the incident id and the JSON body (400,
+// or 413 past MaxActionBody), then calls the store and reports the
+// change to Config.OnIncidentChange.
 func (s *Server) handleAction(route actionRoute) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		// NOTE: requiring application/json also keeps other sites from
-		// posting actions: an HTML form cannot send that type, and a
-		// script on another origin can send it only after a CORS preflight,
-		// which the hub does not approve. CSRF tokens come with operator login.
+		// Requiring application/json adds to the CSRF token check: an
+		// HTML form cannot send that type, and a script on another origin
+		// can send it only after a CORS preflight, which the hub does not
+		// approve. The actor is the principal the middleware authenticated.
 		if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		operator, err := operatorName(r.Header)
-		if err != nil {
+		if _, err := operatorName(r); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -85,7 +78,7 @@ func (s *Server) handleAction(route actionRoute) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		actor := "operator:" + operator
+		actor := actorFor(r)
 		if text, err = store.ValidateAction(route.action, actor, text); err != nil {
 			s.writeError(w, r, badRequest("%v", err))
 			return
@@ -93,6 +86,12 @@ func (s *Server) handleAction(route actionRoute) http.HandlerFunc {
 
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 		defer cancel()
+		// An incident's region never changes, so checking it first is
+		// enough.
+		if _, _, err := s.visibleIncident(ctx, r, id); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		change, err := s.act(ctx, route.action, id, actor, text)
 		if err != nil {
 			s.writeError(w, r, err)
@@ -140,19 +139,21 @@ func checkJSONContentType(value string) error {
 	return nil
 }
 
-// operatorName reads the operator name from OperatorHeader.
-func operatorName(h http.Header) (string, error) {
-	values := h.Values(OperatorHeader)
-	switch {
-	case len(values) == 0 || values[0] == "":
-		return "", badRequest("missing %s header: send the operator's name, 1 to %d printable characters", OperatorHeader, store.MaxOperatorName)
-	case len(values) > 1:
-		return "", badRequest("%s header sent %d times: send it once", OperatorHeader, len(values))
+// operatorName returns the user name of the request's principal, which
+// the authentication middleware put in its context.
+func operatorName(r *http.Request) (string, error) {
+	p, ok := PrincipalFrom(r.Context())
+	if !ok || p.Operator == "" {
+		return "", errors.New("request reached a handler without a principal")
 	}
-	if err := store.ValidateOperatorName(values[0]); err != nil {
-		return "", badRequest("invalid %s header %q: use 1 to %d printable characters", OperatorHeader, truncate(values[0], 80), store.MaxOperatorName)
-	}
-	return values[0], nil
+	return p.Operator, nil
+}
+
+// actorFor returns the name of the request's principal on incident events
+// and audit entries: "operator:<username>", or AdminTokenOperator.
+func actorFor(r *http.Request) string {
+	p, _ := PrincipalFrom(r.Context())
+	return actorOf(p)
 }
 
 // incidentID reads the {id} path value: a positive integer.

@@ -16,8 +16,10 @@ import (
 	"github.com/xpress-ops/tower/hub/store"
 )
 
-// testOperator is the operator name the action tests send.
-const testOperator = "Maria Santos"
+// testOperator is the operator name of the principal the action tests
+// act as: testAdmin, which withTestPrincipal puts on requests that name
+// no other.
+const testOperator = "admin"
 
 // changeRecorder collects the changes a server reports to OnIncidentChange.
 type changeRecorder struct {
@@ -52,12 +54,11 @@ func newActionServer(t *testing.T, n int) (*testServer, *changeRecorder) {
 }
 
 // post sends a POST request with body. Each header in headers is set
-// unless its value is empty; nil headers means a JSON content type and
-// testOperator.
+// unless its value is empty; nil headers means a JSON content type.
 func (ts *testServer) post(t *testing.T, path string, headers map[string]string, body string) (*http.Response, []byte) {
 	t.Helper()
 	if headers == nil {
-		headers = map[string]string{"Content-Type": "application/json", api.OperatorHeader: testOperator}
+		headers = map[string]string{"Content-Type": "application/json"}
 	}
 	req, err := http.NewRequest(http.MethodPost, ts.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -177,8 +178,8 @@ func TestActions_AssignedToAndTimesInJSON(t *testing.T) {
 	ts, _ := newActionServer(t, 1)
 	ts.postJSON(t, "/api/v1/incidents/1/acknowledge", `{}`, http.StatusOK)
 	v := ts.postJSON(t, "/api/v1/incidents/1/assign", `{"assignee":"Maria Santos"}`, http.StatusOK)
-	if got := jsonPath(t, v, "incident", "assigned_to"); got != testOperator {
-		t.Errorf("incident.assigned_to = %v, want %s", got, testOperator)
+	if got := jsonPath(t, v, "incident", "assigned_to"); got != "Maria Santos" {
+		t.Errorf("incident.assigned_to = %v, want Maria Santos", got)
 	}
 	if got := jsonPath(t, v, "incident", "acknowledged_at"); got != "2026-12-04T02:00:00Z" {
 		t.Errorf("incident.acknowledged_at = %v, want the fake clock", got)
@@ -254,7 +255,7 @@ func TestActions_NonJSONContentTypeIs415(t *testing.T) {
 		"application/json; version=2",
 		"json",
 	} {
-		res, raw := ts.post(t, "/api/v1/incidents/1/notes", map[string]string{"Content-Type": ct, api.OperatorHeader: testOperator}, `{"text":"x"}`)
+		res, raw := ts.post(t, "/api/v1/incidents/1/notes", map[string]string{"Content-Type": ct}, `{"text":"x"}`)
 		v := decodeResponse(t, "POST with Content-Type "+ct, res, raw, http.StatusUnsupportedMediaType)
 		if msg := errorMessage(v); !strings.Contains(msg, "send application/json") {
 			t.Errorf("Content-Type %q: error %q, want it to ask for application/json", ct, msg)
@@ -266,55 +267,36 @@ func TestActions_NonJSONContentTypeIs415(t *testing.T) {
 
 	// Parameters and case that mean the same type are accepted.
 	for i, ct := range []string{"application/json; charset=UTF-8", "Application/JSON"} {
-		res, raw := ts.post(t, fmt.Sprintf("/api/v1/incidents/%d/acknowledge", i+1), map[string]string{"Content-Type": ct, api.OperatorHeader: testOperator}, ``)
+		res, raw := ts.post(t, fmt.Sprintf("/api/v1/incidents/%d/acknowledge", i+1), map[string]string{"Content-Type": ct}, ``)
 		decodeResponse(t, "POST with Content-Type "+ct, res, raw, http.StatusOK)
 	}
 }
 
-func TestActions_OperatorHeaderRequired(t *testing.T) {
-	ts, _ := newActionServer(t, 1)
-	for name, operator := range map[string]string{
-		"missing":       "",
-		"65 characters": strings.Repeat("m", 65),
-		"tab inside":    "Maria\tSantos",
-		"latin-1 byte":  "Jos\xe9",
-	} {
-		res, raw := ts.post(t, "/api/v1/incidents/1/acknowledge", map[string]string{"Content-Type": "application/json", api.OperatorHeader: operator}, ``)
-		v := decodeResponse(t, "operator "+name, res, raw, http.StatusBadRequest)
-		if msg := errorMessage(v); !strings.Contains(msg, api.OperatorHeader) {
-			t.Errorf("operator %s: error %q, want it to name %s", name, msg, api.OperatorHeader)
-		}
+func TestActions_ActorIsThePrincipal(t *testing.T) {
+	ts, _ := newActionServer(t, 2)
+	// Without a principal the request is refused before the store.
+	res, raw := ts.post(t, "/api/v1/incidents/1/acknowledge", map[string]string{"Content-Type": "application/json", testPrincipalHeader: "none"}, ``)
+	v := decodeResponse(t, "no principal", res, raw, http.StatusUnauthorized)
+	if msg := errorMessage(v); !strings.Contains(msg, "sign in first") {
+		t.Errorf("no principal: error %q, want it to ask to sign in", msg)
 	}
-	res, raw := ts.post(t, "/api/v1/incidents/1/acknowledge", map[string]string{"Content-Type": "application/json"}, ``)
-	v := decodeResponse(t, "missing operator", res, raw, http.StatusBadRequest)
-	if want := "missing X-Xpress-Operator header: send the operator's name"; !strings.Contains(errorMessage(v), want) {
-		t.Errorf("missing operator: error %q, want it to contain %q", errorMessage(v), want)
-	}
-
-	req, err := http.NewRequest(http.MethodPost, ts.URL+"/api/v1/incidents/1/acknowledge", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Add(api.OperatorHeader, "Maria")
-	req.Header.Add(api.OperatorHeader, "Jose")
-	res, raw = ts.send(t, req)
-	decodeResponse(t, "two operator headers", res, raw, http.StatusBadRequest)
-
 	if calls := ts.store.actionCalls(); len(calls) != 0 {
-		t.Errorf("store called %d times for rejected requests, want 0", len(calls))
+		t.Errorf("store called %d times for a refused request, want 0", len(calls))
 	}
-
-	// A name of the maximum length, and one with accents, are accepted.
-	for i, name := range []string{strings.Repeat("m", 64), "José Rizal"} {
-		ts.store.update(func(f *fakeStore) {
-			f.incidents = append(f.incidents, sampleIncident(int64(10+i), "MNL-0100", store.StateOpen, testNow))
-		})
-		res, raw := ts.post(t, fmt.Sprintf("/api/v1/incidents/%d/acknowledge", 10+i), map[string]string{"Content-Type": "application/json", api.OperatorHeader: name}, ``)
-		v := decodeResponse(t, "operator "+name, res, raw, http.StatusOK)
-		if got := jsonPath(t, v, "event", "actor"); got != "operator:"+name {
-			t.Errorf("event.actor = %v, want operator:%s", got, name)
-		}
+	// A header naming another operator, as older clients sent, changes
+	// nothing. The incident is moved into the principal's region first.
+	ts.store.update(func(f *fakeStore) { f.incidents[0].Region = "NCR-Manila" })
+	res, raw = ts.post(t, "/api/v1/incidents/1/acknowledge", map[string]string{
+		"Content-Type": "application/json", testPrincipalHeader: "manila", "X-Xpress-Operator": "Somebody Else",
+	}, ``)
+	v = decodeResponse(t, "as maria", res, raw, http.StatusOK)
+	if got := jsonPath(t, v, "event", "actor"); got != "operator:maria" {
+		t.Errorf("event.actor = %v, want operator:maria", got)
+	}
+	res, raw = ts.post(t, "/api/v1/incidents/2/acknowledge", nil, ``)
+	v = decodeResponse(t, "as admin", res, raw, http.StatusOK)
+	if got := jsonPath(t, v, "event", "actor"); got != "operator:"+testOperator {
+		t.Errorf("event.actor = %v, want operator:%s", got, testOperator)
 	}
 }
 
@@ -400,7 +382,7 @@ func TestActions_StoreErrorsMapToStatus(t *testing.T) {
 func TestActions_SecurityHeadersOnEveryResponse(t *testing.T) {
 	ts, _ := newActionServer(t, 1)
 	ts.postJSON(t, "/api/v1/incidents/1/resolve", `{"resolution":"done"}`, http.StatusOK)
-	jsonHeaders := map[string]string{"Content-Type": "application/json", api.OperatorHeader: testOperator}
+	jsonHeaders := map[string]string{"Content-Type": "application/json"}
 	for _, req := range []struct {
 		path    string
 		headers map[string]string
@@ -452,8 +434,8 @@ func TestIncidents_LifecycleFilters(t *testing.T) {
 	ts := newTestServer(t, events.Config{}, nil)
 	ts.getJSON(t, "/api/v1/incidents?assigned_to=Maria%20Santos&since=2026-12-04T08:00:00%2B08:00&until=2026-12-04T02:30:00Z&offset=20&limit=10", http.StatusOK)
 	f := ts.store.filter()
-	if f.AssignedTo != testOperator {
-		t.Errorf("filter assigned to %q, want %q", f.AssignedTo, testOperator)
+	if f.AssignedTo != "Maria Santos" {
+		t.Errorf("filter assigned to %q, want Maria Santos", f.AssignedTo)
 	}
 	if want := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC); !f.Since.Equal(want) {
 		t.Errorf("filter since %s, want %s", f.Since, want)

@@ -3,13 +3,10 @@ package api
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/xpress-ops/tower/hub/store"
@@ -19,43 +16,34 @@ import (
 // working when a rotate request names no grace.
 const DefaultRotationGrace = 24 * time.Hour
 
-// adminDisabledMessage explains why the admin API is not served.
-const adminDisabledMessage = "admin API disabled: start the hub with XPRESS_ADMIN_TOKEN or XPRESS_ADMIN_TOKEN_FILE set"
+// adminDisabledMessage explains why the agent credential routes are not
+// served.
+const adminDisabledMessage = "admin API disabled: the hub has no credential store"
 
 // adminRoutes mounts the admin API, which manages the agents' hub
-// credentials. Every route needs the header "Authorization: Bearer
-// <Config.AdminToken>"; without an admin token or a credential store the
-// routes respond 503 with how to enable them.
+// credentials. Every route needs an admin principal (see admin); without
+// a credential store the routes respond 503.
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/admin/agents", s.admin(s.handleListCredentials))
 	mux.HandleFunc("POST /api/v1/admin/agents", s.admin(s.handleCreateCredential))
 	mux.HandleFunc("POST /api/v1/admin/agents/{id}/rotate", s.admin(s.handleRotateCredential))
 	mux.HandleFunc("DELETE /api/v1/admin/agents/{id}", s.admin(s.handleRevokeCredential))
+	s.vehicleAdminRoutes(mux)
 }
 
-// admin wraps an admin handler with the bearer token check. Tokens are
-// compared as SHA-256 hashes in constant time, so neither their content
-// nor their length shows in the response time.
+// admin wraps an admin handler: the request's principal must have the
+// admin role, which the admin token (Authorization: Bearer
+// <Config.AdminToken>, checked by the authentication middleware) and
+// admin operators, signed in or with an API token, have. Without a
+// credential store the route responds 503.
 func (s *Server) admin(next http.HandlerFunc) http.HandlerFunc {
-	var want [sha256.Size]byte
-	if s.cfg.AdminToken != "" {
-		want = sha256.Sum256([]byte(s.cfg.AdminToken))
-	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.AdminToken == "" || s.cfg.Credentials == nil {
+	return s.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Credentials == nil {
 			s.writeJSON(w, r, http.StatusServiceUnavailable, map[string]string{"error": adminDisabledMessage})
 			return
 		}
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		got := sha256.Sum256([]byte(strings.TrimSpace(token)))
-		if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-			s.log.Warn("admin request refused: missing or wrong bearer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="xpress admin"`)
-			s.writeJSON(w, r, http.StatusUnauthorized, map[string]string{"error": "missing or wrong admin token: send Authorization: Bearer <admin token>"})
-			return
-		}
 		next(w, r)
-	}
+	})
 }
 
 // credentialResponse is an agent credential, with its token right after

@@ -100,6 +100,9 @@ func (s *Server) handleContacts(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
 	list, err := s.cfg.Contacts.Contacts(ctx, f)
+	if err == nil {
+		list, err = s.scopedContacts(ctx, r, list)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -108,14 +111,14 @@ func (s *Server) handleContacts(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleSaveContact creates a contact (POST, 201) or replaces one (PUT,
-// 200). Like the incident actions it needs a JSON body and the operator
-// header, which keeps other sites' forms from posting here.
+// 200). Like the incident actions it needs a JSON body, which keeps other
+// sites' forms from posting here.
 func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
 	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	operator, err := operatorName(r.Header)
+	operator, err := operatorName(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -140,6 +143,20 @@ func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
+	if id != 0 {
+		// A contact outside the caller's regions is unknown to it.
+		if err := s.contactVisible(ctx, r, id); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	if ok, err := s.contactInScope(ctx, r, c); err != nil || !ok {
+		if err == nil {
+			err = &forbiddenError{msg: "you may manage only the contacts of your regions and of their vehicles"}
+		}
+		s.writeError(w, r, err)
+		return
+	}
 	saved, err := s.cfg.Contacts.SaveContact(ctx, c)
 	if err != nil {
 		if errors.Is(err, store.ErrInvalid) {
@@ -161,11 +178,10 @@ func (s *Server) handleSaveContact(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, code, contactResponse{Contact: saved, Warnings: warnings})
 }
 
-// handleDeleteContact removes a contact. It takes no body but requires
-// the operator header. Another site cannot send a DELETE with that header
-// without a CORS preflight, which the hub does not approve.
+// handleDeleteContact removes a contact. It takes no body; the
+// authentication middleware requires the CSRF token of a cookie request.
 func (s *Server) handleDeleteContact(w http.ResponseWriter, r *http.Request) {
-	operator, err := operatorName(r.Header)
+	operator, err := operatorName(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -177,6 +193,10 @@ func (s *Server) handleDeleteContact(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
+	if err := s.contactVisible(ctx, r, id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if err := s.cfg.Contacts.DeleteContact(ctx, id); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -197,7 +217,7 @@ func (s *Server) handleNotifications(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	inc, _, err := s.cfg.Store.Incident(ctx, id)
+	inc, _, err := s.visibleIncident(ctx, r, id)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -47,11 +47,10 @@ func (s *Server) dispatchRoutes(mux *http.ServeMux) {
 
 // handleRetryNotification makes a pending or failed notification due now,
 // for an operator who fixed its cause (a contact's number, the provider's
-// credentials) or will not wait for its backoff. Like the incident actions
-// it needs the operator header, which the audit event names; it takes no
-// body. A notification being sent or already sent gets 409.
+// credentials) or will not wait for its backoff. The audit event names
+// the principal, as for the incident actions; it takes no body. A notification being sent or already sent gets 409.
 func (s *Server) handleRetryNotification(w http.ResponseWriter, r *http.Request) {
-	operator, err := operatorName(r.Header)
+	operator, err := operatorName(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -74,7 +73,11 @@ func (s *Server) handleRetryNotification(w http.ResponseWriter, r *http.Request)
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	n, err := s.cfg.Dispatch.RetryNotification(ctx, id, nid, "operator:"+operator)
+	if _, _, err := s.visibleIncident(ctx, r, id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	n, err := s.cfg.Dispatch.RetryNotification(ctx, id, nid, actorFor(r))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -189,6 +192,10 @@ func (s *Server) handleEmergencyHealth(w http.ResponseWriter, r *http.Request) {
 		s.writeJSON(w, r, http.StatusServiceUnavailable, body)
 		return
 	}
+	// Operators and supervisors see the incidents and agents of their
+	// own regions only; the dispatcher's channels are the same for all.
+	sc := requestScope(r)
+	open = filterScope(sc, open, func(inc store.Incident) string { return inc.Region })
 	body.OpenUnacknowledged = len(open)
 	for _, inc := range open {
 		if waited := now.Sub(waitingSince(inc)).Seconds(); waited > body.OldestUnacknowledgedSeconds || body.OldestIncidentID == 0 {
@@ -216,7 +223,7 @@ func (s *Server) handleEmergencyHealth(w http.ResponseWriter, r *http.Request) {
 			countNoun(body.OpenUnacknowledged, "open incident", "open incidents"), body.OldestIncidentID, body.OldestUnacknowledgedSeconds))
 	}
 
-	for _, a := range s.cfg.Agents() {
+	for _, a := range filterScope(sc, s.cfg.Agents(), func(a AgentState) string { return a.Region }) {
 		if a.Connected {
 			body.AgentsOnline++
 		} else {

@@ -87,7 +87,7 @@ func newDispatchServer(t *testing.T, configure ...func(*api.Config)) *dispatchSe
 		f(&cfg)
 	}
 	srv := api.New(cfg)
-	ds.Server = httptest.NewServer(srv.Handler())
+	ds.Server = httptest.NewServer(withTestPrincipal(srv.Handler()))
 	t.Cleanup(func() {
 		srv.Close()
 		ds.Server.Close()
@@ -117,8 +117,8 @@ func (ds *dispatchServer) request(t *testing.T, method, path, body string, opera
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if operator {
-		req.Header.Set(api.OperatorHeader, "Ana")
+	if !operator && method != http.MethodGet {
+		req.Header.Set(testPrincipalHeader, "none")
 	}
 	res, err := ds.Client().Do(req)
 	if err != nil {
@@ -237,10 +237,10 @@ func TestContactsRejectBadInput(t *testing.T) {
 		{"unknown role", "POST", "/api/v1/contacts", `{"name":"A","role":"boss","region":"NCR-Manila","phone":"09171234567"}`, true, 400, `role \"boss\" is unknown`},
 		{"no address", "POST", "/api/v1/contacts", `{"name":"A","role":"responder","region":"NCR-Manila"}`, true, 400, "neither phone nor email"},
 		{"unknown field", "POST", "/api/v1/contacts", `{"name":"A","role":"responder","region":"NCR-Manila","phone":"09171234567","pager":"1"}`, true, 400, "unknown field"},
-		{"missing operator", "POST", "/api/v1/contacts", `{"name":"A","role":"responder","region":"NCR-Manila","phone":"09171234567"}`, false, 400, api.OperatorHeader},
-		{"delete without operator", "DELETE", "/api/v1/contacts/1", "", false, 400, api.OperatorHeader},
+		{"missing operator", "POST", "/api/v1/contacts", `{"name":"A","role":"responder","region":"NCR-Manila","phone":"09171234567"}`, false, 401, "sign in first"},
+		{"delete without operator", "DELETE", "/api/v1/contacts/1", "", false, 401, "sign in first"},
 		{"bad id", "PUT", "/api/v1/contacts/x", `{"name":"A","role":"responder","region":"NCR-Manila","phone":"09171234567"}`, true, 400, "invalid contact id"},
-		{"bad role filter", "GET", "/api/v1/contacts?role=boss", "", false, 400, "invalid role"},
+		{"bad role filter", "GET", "/api/v1/contacts?role=boss", "", true, 400, "invalid role"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -254,7 +254,6 @@ func TestContactsRejectBadInput(t *testing.T) {
 	// A form post, as another site's page could send, is refused.
 	req, _ := http.NewRequest(http.MethodPost, ds.URL+"/api/v1/contacts", strings.NewReader("name=A"))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set(api.OperatorHeader, "Ana")
 	res, err := ds.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -29,10 +29,13 @@ func errorStatus(err error) (int, string) {
 		mediaType  *unsupportedMediaTypeError
 		tooLarge   *http.MaxBytesError
 		stateError *store.StateError
+		forbidden  *forbiddenError
 	)
 	switch {
 	case errors.As(err, &bad):
 		return http.StatusBadRequest, bad.msg
+	case errors.As(err, &forbidden):
+		return http.StatusForbidden, forbidden.msg
 	case errors.As(err, &mediaType):
 		return http.StatusUnsupportedMediaType, mediaType.Error()
 	case errors.As(err, &tooLarge):

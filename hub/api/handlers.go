@@ -71,6 +71,7 @@ func (s *Server) handleVehicles(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	positions = filterScope(requestScope(r), positions, func(p store.Position) string { return p.Region })
 	s.writeJSON(w, r, http.StatusOK, map[string]any{"vehicles": nonNil(positions)})
 }
 
@@ -127,11 +128,25 @@ func (s *Server) handleTrack(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
+	// A vehicle outside the caller's regions gets the 404 of an unknown
+	// one. A caller who sees every region gets an empty track for an
+	// unknown vehicle, as before scoping.
+	visible, err := s.vehicleVisible(ctx, r, id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !visible {
+		s.writeError(w, r, errNotVisible)
+		return
+	}
 	fixes, err := s.cfg.Store.Fixes(ctx, id, from, to, limit)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	// Fixes the vehicle sent while in another region stay hidden.
+	fixes = filterScope(requestScope(r), fixes, func(f store.StoredFix) string { return f.Region })
 	s.writeJSON(w, r, http.StatusOK, trackResponse{
 		VehicleID: id, From: from, To: to, Limit: limit, Truncated: len(fixes) >= limit, Fixes: nonNil(fixes),
 	})
@@ -145,7 +160,7 @@ func (s *Server) handleIncidents(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	incidents, err := s.cfg.Store.Incidents(ctx, f)
+	incidents, err := s.scopedIncidents(ctx, r, f)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -167,7 +182,7 @@ func (s *Server) handleIncident(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	inc, evs, err := s.cfg.Store.Incident(ctx, id)
+	inc, evs, err := s.visibleIncident(ctx, r, id)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -176,7 +191,7 @@ func (s *Server) handleIncident(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
-	agents := slices.Clone(s.cfg.Agents())
+	agents := filterScope(requestScope(r), slices.Clone(s.cfg.Agents()), func(a AgentState) string { return a.Region })
 	slices.SortFunc(agents, func(a, b AgentState) int { return strings.Compare(a.ID, b.ID) })
 	s.writeJSON(w, r, http.StatusOK, map[string]any{"agents": nonNil(agents)})
 }

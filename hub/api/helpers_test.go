@@ -277,7 +277,7 @@ func newTestServer(t *testing.T, busCfg events.Config, edit func(*api.Config)) *
 		t.Fatalf("config: %v", err)
 	}
 	srv := api.New(cfg)
-	ts := httptest.NewServer(srv.Handler())
+	ts := httptest.NewServer(withTestPrincipal(srv.Handler()))
 	t.Cleanup(func() {
 		if err := srv.Close(); err != nil {
 			t.Errorf("close api: %v", err)
@@ -288,6 +288,44 @@ func newTestServer(t *testing.T, busCfg events.Config, edit func(*api.Config)) *
 		}
 	})
 	return &testServer{Server: ts, api: srv, bus: bus, store: fs, reg: reg}
+}
+
+// testPrincipalHeader chooses the principal of a test request: the key of
+// a testPrincipals entry. A request without it acts as testAdmin.
+const testPrincipalHeader = "X-Test-Principal"
+
+// The principals of the tests.
+var (
+	testAdmin      = api.Principal{Operator: "admin", Role: api.RoleAdmin, Regions: []string{api.AllRegions}}
+	testPrincipals = map[string]api.Principal{
+		"admin":   testAdmin,
+		"manila":  {Operator: "maria", Role: api.RoleOperator, Regions: []string{"NCR-Manila"}, SessionID: "session-maria"},
+		"cebu":    {Operator: "carlo", Role: api.RoleSupervisor, Regions: []string{"Cebu"}, SessionID: "session-carlo"},
+		"visayas": {Operator: "vera", Role: api.RoleOperator, Regions: []string{"Cebu", "Iloilo"}, SessionID: "session-vera"},
+		"nowhere": {Operator: "nina", Role: api.RoleOperator, Regions: []string{"Davao"}},
+		// Another session and an API token of the Manila operator.
+		"manila-2":     {Operator: "maria", Role: api.RoleOperator, Regions: []string{"NCR-Manila"}, SessionID: "session-maria-2"},
+		"manila-token": {Operator: "maria", Role: api.RoleOperator, Regions: []string{"NCR-Manila"}, TokenID: 7},
+	}
+)
+
+// withTestPrincipal puts the principal that testPrincipalHeader names in
+// each request's context, which the authentication middleware keeps. The
+// value "none", an Authorization header or a cookie leave the request to
+// the middleware.
+func withTestPrincipal(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name := r.Header.Get(testPrincipalHeader)
+		if name == "none" || r.Header.Get("Authorization") != "" || r.Header.Get("Cookie") != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p, ok := testPrincipals[name]
+		if !ok {
+			p = testAdmin
+		}
+		next.ServeHTTP(w, r.WithContext(api.WithPrincipal(r.Context(), p)))
+	})
 }
 
 // get requests path and returns the response with its body read.

@@ -142,6 +142,27 @@ type Config struct {
 	// rotated or revoked its credential, so the agent listener can drop
 	// what it remembers of the old token. Nil means no call.
 	OnCredentialChange func(agentID string)
+	// VehicleCredentials serves the admin API's vehicle credential routes
+	// (see vehicleAdminRoutes). Nil, or an empty AdminToken, makes them
+	// respond 503.
+	VehicleCredentials store.VehicleCredentialStore
+	// OnVehicleCredentialChange is called after the admin API created,
+	// rotated or revoked vehicle credentials, so the hub sends the change
+	// to the agents. It must not block. Nil means no call.
+	OnVehicleCredentialChange func()
+	// OnOperatorChange is called after the admin API created, changed or
+	// deleted an operator account, so the hub sends the agents their new
+	// operator lists. It must not block. Nil means no call.
+	OnOperatorChange func()
+	// Accounts keeps operator accounts, sign-in sessions, API tokens and
+	// the audit log (see auth.go). Nil means nobody can sign in and only
+	// the admin token is accepted.
+	Accounts store.OperatorStore
+	// LoginBurst and LoginInterval limit the sign-in attempts of one
+	// remote address: a burst of LoginBurst, then one per LoginInterval.
+	// Zero means DefaultLoginBurst and DefaultLoginInterval.
+	LoginBurst    int
+	LoginInterval time.Duration
 }
 
 // Validate checks the fields New cannot repair: Store and Bus must be set
@@ -177,6 +198,10 @@ type Server struct {
 	done chan struct{}
 	// streams counts running stream handlers, so Close can wait for them.
 	streams sync.WaitGroup
+	// live holds the running streams, so sign-out can end them.
+	live streamRegistry
+	// auth holds the sign-in rate limiters and the dummy password hash.
+	auth *authState
 }
 
 // New returns a server configured by cfg, with defaults filled in. It
@@ -224,11 +249,18 @@ func New(cfg Config) *Server {
 	if cfg.Contacts == nil {
 		cfg.Contacts, _ = cfg.Store.(ContactStore)
 	}
+	if cfg.LoginBurst <= 0 {
+		cfg.LoginBurst = DefaultLoginBurst
+	}
+	if cfg.LoginInterval <= 0 {
+		cfg.LoginInterval = DefaultLoginInterval
+	}
 
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "api"),
 		metrics: newMetrics(cfg.Registerer),
+		auth:    newAuthState(cfg.AdminToken),
 		done:    make(chan struct{}),
 	}
 	s.handler = s.routes()
@@ -255,11 +287,13 @@ func (s *Server) routes() http.Handler {
 	s.contactRoutes(mux)
 	s.dispatchRoutes(mux)
 	s.adminRoutes(mux)
+	s.operatorAdminRoutes(mux)
+	s.sessionRoutes(mux)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)
 
 	mux.Handle("GET /", s.cfg.Dashboard)
-	return s.instrument(httpsec.Headers(mux))
+	return s.instrument(httpsec.Headers(s.authenticate(mux)))
 }
 
 // Close disconnects every WebSocket client with status 1001 (going away),

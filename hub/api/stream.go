@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +54,17 @@ type controlFrame struct {
 // goroutine of its own. That frees the HTTP server's goroutine, whose stack
 // grew while it parsed the request, and the request itself: about 8 KB of
 // hub RSS per client in `xpress bench fanout` (docs/benchmarks.md).
+//
+// The stream sends only the events of the regions the request's principal
+// may see, and rejects a request without a principal with 401. Signing
+// out ends the stream of that session with status 1008 (see
+// endSessionStreams).
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	p, ok := PrincipalFrom(r.Context())
+	if !ok {
+		s.writeJSON(w, r, http.StatusUnauthorized, map[string]string{"error": "sign in to open the event stream"})
+		return
+	}
 	after, resume, err := parseAfter(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -74,9 +85,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.wsClients.Inc()
 
-	log := s.log.With("remote", r.RemoteAddr)
-	log.Info("stream client connected", "origin", r.Header.Get("Origin"), "after", r.URL.Query().Get("after"))
-	st := &stream{server: s, conn: conn, log: log, started: time.Now()}
+	log := s.log.With("remote", r.RemoteAddr, "operator", p.Operator)
+	log.Info("stream client connected", "origin", r.Header.Get("Origin"), "after", r.URL.Query().Get("after"),
+		"role", p.Role, "regions", p.Regions)
+	st := &stream{server: s, conn: conn, log: log, started: time.Now(),
+		principal: p, seeAll: p.AllRegionsVisible(), signedOut: make(chan struct{})}
+	s.live.join(st)
 	go st.serve(after, resume)
 }
 
@@ -85,6 +99,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 func (st *stream) serve(after uint64, resume bool) {
 	defer st.server.streams.Done()
 	defer st.server.metrics.wsClients.Dec()
+	defer st.server.live.leave(st)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	readDone := make(chan struct{})
@@ -99,6 +114,9 @@ func (st *stream) serve(after uint64, resume bool) {
 	case errors.Is(err, errServerClosing), errors.Is(err, events.ErrClosed):
 		log.Info("stream closed by the hub", "reason", err)
 		st.close(websocket.StatusGoingAway, "hub shutting down")
+	case errors.Is(err, errSignedOut):
+		log.Info("stream closed: its operator was signed out")
+		st.close(websocket.StatusPolicyViolation, "signed out")
 	case st.clientSentData.Load():
 		log.Warn("stream client sent a message, closing")
 		st.close(websocket.StatusPolicyViolation, "the stream accepts no messages")
@@ -132,6 +150,13 @@ type stream struct {
 	server *Server
 	conn   *websocket.Conn
 	log    *slog.Logger
+	// principal is who opened the stream; seeAll caches whether it sees
+	// every region.
+	principal Principal
+	seeAll    bool
+	// signedOut is closed by signOut.
+	signedOut   chan struct{}
+	signOutOnce sync.Once
 	// clientSentData is set when the client sent a data message, which the
 	// stream does not accept.
 	clientSentData atomic.Bool
@@ -198,6 +223,8 @@ func (st *stream) run(ctx context.Context, after uint64, resume bool) error {
 			return ctx.Err()
 		case <-s.done:
 			return errServerClosing
+		case <-st.signedOut:
+			return errSignedOut
 		case <-ping.C:
 			// NOTE: events wait while a ping waits for its pong. A client
 			// that falls a bus buffer behind meanwhile is resubscribed by
@@ -207,6 +234,15 @@ func (st *stream) run(ctx context.Context, after uint64, resume bool) error {
 			cancel()
 			if err != nil {
 				return fmt.Errorf("ping: %w", err)
+			}
+			ended, err := s.sessionEnded(ctx, st.principal)
+			if err != nil {
+				// A store that cannot answer does not end the stream: the
+				// next ping asks again.
+				st.log.Warn("could not check the stream's session", "error", err)
+			}
+			if ended {
+				return errSignedOut
 			}
 		case <-sub.Ready():
 			if sub, err = st.sendReady(ctx, sub); err != nil {
@@ -236,6 +272,12 @@ func (st *stream) sendReady(ctx context.Context, sub *events.Subscription) (*eve
 		}
 		if !ok {
 			return sub, nil
+		}
+		if !st.seeAll && !st.principal.CanSee(ev.Region) {
+			// The client never learns of the event, but a resume starts
+			// after it.
+			st.last = ev.Seq
+			continue
 		}
 		if err := st.sendEvent(ev); err != nil {
 			return sub, fmt.Errorf("send event %d: %w", ev.Seq, err)
@@ -314,4 +356,11 @@ func (st *stream) write(typ string, body []byte) error {
 	}
 	st.server.metrics.framesSent.WithLabelValues(frameLabel(typ)).Inc()
 	return nil
+}
+
+// signOut ends the stream, which then closes the connection with status
+// 1008 and the reason "signed out". It does not wait, and is safe to call
+// more than once.
+func (st *stream) signOut() {
+	st.signOutOnce.Do(func() { close(st.signedOut) })
 }

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
@@ -36,12 +37,26 @@ var benchIncident = map[string]any{
 func BenchmarkStream_Fanout(b *testing.B) {
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			benchmarkStreamFanout(b, n)
+			benchmarkStreamFanout(b, n, "admin")
 		})
 	}
 }
 
-func benchmarkStreamFanout(b *testing.B, clients int) {
+// BenchmarkStream_FanoutRegional is BenchmarkStream_Fanout with clients
+// that see one region: one op publishes an event of another region,
+// which every client reads past without sending it, then one of theirs.
+func BenchmarkStream_FanoutRegional(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			benchmarkStreamFanout(b, n, "manila")
+		})
+	}
+}
+
+// benchmarkStreamFanout connects clients streams as the test principal
+// who and measures the delivery of incidents in NCR-Manila. For clients
+// other than the admin, each follows one in Cebu.
+func benchmarkStreamFanout(b *testing.B, clients int, who string) {
 	ts := newBenchServer(b)
 
 	var remaining atomic.Int64
@@ -51,7 +66,7 @@ func benchmarkStreamFanout(b *testing.B, clients int) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for i := range clients {
-		conn, _, err := websocket.Dial(ctx, ts.streamURL(""), nil)
+		conn, _, err := websocket.Dial(ctx, ts.streamURL(""), &websocket.DialOptions{HTTPHeader: http.Header{testPrincipalHeader: {who}}})
 		if err != nil {
 			b.Fatalf("dial client %d: %v", i, err)
 		}
@@ -76,7 +91,12 @@ func benchmarkStreamFanout(b *testing.B, clients int) {
 	b.ResetTimer()
 	for b.Loop() {
 		remaining.Store(int64(clients))
-		if _, err := ts.bus.Publish(events.TypeIncidentOpened, benchIncident); err != nil {
+		if who != "admin" {
+			if _, err := ts.bus.PublishIn("Cebu", events.TypeIncidentOpened, benchIncident); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := ts.bus.PublishIn("NCR-Manila", events.TypeIncidentOpened, benchIncident); err != nil {
 			b.Fatal(err)
 		}
 		<-delivered
@@ -93,7 +113,7 @@ func newBenchServer(b *testing.B) *testServer {
 	bus := events.NewBus(events.Config{Registerer: reg})
 	fs := &fakeStore{events: map[int64][]store.IncidentEvent{}, now: testNow}
 	srv := api.New(api.Config{Store: fs, Bus: bus, Registerer: reg, Now: func() time.Time { return testNow }})
-	ts := httptest.NewServer(srv.Handler())
+	ts := httptest.NewServer(withTestPrincipal(srv.Handler()))
 	b.Cleanup(func() {
 		if err := srv.Close(); err != nil {
 			b.Errorf("close api: %v", err)

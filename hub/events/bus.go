@@ -6,7 +6,9 @@
 // Publish encodes each event once, into its frame: the JSON object
 // {"type","seq","time","data"} that Event.Frame returns. Every subscriber
 // gets the same bytes, so sending an event to many WebSocket clients costs
-// no further encoding.
+// no further encoding. PublishIn also tags the event with the region whose
+// data it carries (Event.Region, not part of the frame), so a subscriber
+// that serves several regions' clients chooses events without decoding them.
 //
 // A subscription is read in one of two ways. C returns a channel that
 // Publish fills, with room for Config.Buffer events; it suits the few
@@ -87,6 +89,11 @@ type Event struct {
 	Seq  uint64          `json:"seq"`
 	Time time.Time       `json:"time"`
 	Data json.RawMessage `json:"data"`
+	// Region is the region whose data the event carries, as given to
+	// PublishIn, so that a subscriber can pass on only the events of the
+	// regions its client may see without decoding Data. It is empty for an
+	// event of no region. It is not part of the frame.
+	Region string `json:"-"`
 
 	// frame is the event's JSON encoding. Data is a part of it.
 	frame []byte
@@ -216,13 +223,22 @@ func NewBus(cfg Config) *Bus {
 	return b
 }
 
-// Publish encodes data as JSON, gives it the next sequence number, encodes
-// the event's frame and delivers it to every subscription. It does not wait
-// for subscribers. A rejected event uses up no sequence number. Publish
-// returns ErrInvalidType for a bad type name, an encoding error for data
-// that has no JSON form or a clock outside the years 0 to 9999, and
-// ErrClosed after Close.
+// Publish publishes an event of no region: PublishIn with an empty region.
+// The WebSocket stream sends such events only to clients that see every
+// region.
 func (b *Bus) Publish(typ string, data any) (Event, error) {
+	return b.PublishIn("", typ, data)
+}
+
+// PublishIn encodes data as JSON, gives it the next sequence number, encodes
+// the event's frame and delivers it to every subscription. region is the
+// region whose data the event carries, which subscribers use to choose the
+// events they pass on; it is not part of the frame. PublishIn does not wait
+// for subscribers. A rejected event uses up no sequence number. It returns
+// ErrInvalidType for a bad type name, an encoding error for data that has
+// no JSON form or a clock outside the years 0 to 9999, and ErrClosed after
+// Close.
+func (b *Bus) PublishIn(region, typ string, data any) (Event, error) {
 	if err := checkType(typ); err != nil {
 		return Event{}, err
 	}
@@ -233,7 +249,7 @@ func (b *Bus) Publish(typ string, data any) (Event, error) {
 		return Event{}, fmt.Errorf("encode %s event: %w", typ, err)
 	}
 
-	ev, wake, err := b.publish(typ, raw)
+	ev, wake, err := b.publish(region, typ, raw)
 	if err != nil {
 		return Event{}, err
 	}
@@ -248,7 +264,7 @@ func (b *Bus) Publish(typ string, data any) (Event, error) {
 
 // publish stamps and stores one event and feeds the channels. It returns
 // the wake channel that the caller must close, if any.
-func (b *Bus) publish(typ string, raw []byte) (*Event, chan struct{}, error) {
+func (b *Bus) publish(region, typ string, raw []byte) (*Event, chan struct{}, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed.Load() {
@@ -260,6 +276,7 @@ func (b *Bus) publish(typ string, raw []byte) (*Event, chan struct{}, error) {
 	}
 	seq := b.latest.Load() + 1
 	ev := newEvent(typ, seq, now, raw)
+	ev.Region = region
 	b.slots[seq%b.history].Store(ev)
 	b.latest.Store(seq)
 

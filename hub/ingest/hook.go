@@ -89,8 +89,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // OnSessionEstablish runs after authentication and before mochi lets a
 // connection take over the session of a live client with the same client
 // id: mochi disconnects the old connection (MQTT 5 reason "session taken
-// over"). The uplink uses the agent id as client id, so two agents
-// configured with one id keep taking the session from each other; this
+// over"). The uplink uses the agent id as client id of its main link, and
+// protocol.SOSLinkClientID of it for its SOS link, so two agents
+// configured with one id keep taking the sessions from each other; this
 // logs each takeover with both remote addresses. A connection with the
 // same user name and another client id does not take over and both stay.
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
@@ -104,9 +105,12 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 }
 
 // OnACLCheck lets an agent publish only to its batch topic, and subscribe
-// only to its ack topic and to topics and filters under its SOS state
-// prefix (protocol.SOSStateUpdatePrefix). Mochi also calls it with write
-// false before delivering a message to a subscriber.
+// only to its ack topics (protocol.AckTopic and protocol.SOSAckTopic), to topics and filters under its SOS state
+// prefix (protocol.SOSStateUpdatePrefix) and to the vehicle credentials
+// the hub publishes to every agent (protocol.VehicleCredentialPrefix), and
+// to its own operator list (protocol.AgentOperatorsTopic), never another
+// agent's. Mochi also calls it with write false before delivering a
+// message to a subscriber.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	s := h.server
 	agentID := string(cl.Properties.Username)
@@ -114,11 +118,17 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	action := "subscribe"
 	if write {
 		allowed, action = protocol.BatchTopic(agentID), "publish"
-	} else if strings.HasPrefix(topic, protocol.SOSStateUpdatePrefix(agentID)) {
+	} else if strings.HasPrefix(topic, protocol.SOSStateUpdatePrefix(agentID)) || strings.HasPrefix(topic, protocol.VehicleCredentialPrefix) {
 		return true
 	}
 	if topic == allowed {
 		return true
+	}
+	if !write && topic == protocol.SOSAckTopic(agentID) {
+		return true // the Acks of the agent's SOS link
+	}
+	if !write && topic == protocol.AgentOperatorsTopic(agentID) {
+		return true // the operators who may sign in on the agent's page
 	}
 	s.metrics.aclDenied.WithLabelValues(action).Inc()
 	s.log.Warn("agent denied access to topic", "agent", agentID, "topic", topic, "action", action)
@@ -157,16 +167,17 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	s := h.server
 	agentID := string(cl.Properties.Username)
+	ackTopic := ackTopicOf(cl, agentID)
 	s.metrics.batchesReceived.Inc()
 	s.metrics.batchBytes.Observe(float64(len(pk.Payload)))
 
 	b, err := protocol.DecodeBatch(pk.Payload)
 	if err != nil {
-		s.rejectInvalid(agentID, pk.Payload, err)
+		s.rejectInvalid(agentID, ackTopic, pk.Payload, err)
 		return pk, refusal(cl, packets.ErrPayloadFormatInvalid)
 	}
 	if b.AgentID != agentID {
-		s.rejectImpostor(agentID, b)
+		s.rejectImpostor(agentID, ackTopic, b)
 		return pk, refusal(cl, packets.ErrNotAuthorized)
 	}
 
@@ -176,7 +187,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	cancel()
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		s.commitFailed(agentID, b, err)
+		s.commitFailed(agentID, ackTopic, b, err)
 		return pk, refusal(cl, packets.ErrUnspecifiedError)
 	}
 
@@ -188,8 +199,19 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if s.cfg.OnCommit != nil {
 		s.cfg.OnCommit(b, res)
 	}
-	s.sendAck(&protocol.Ack{AgentID: agentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: res.Through})
+	s.sendAck(ackTopic, &protocol.Ack{AgentID: agentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: res.Through})
 	return pk, packets.CodeSuccessIgnore
+}
+
+// ackTopicOf returns the topic for the Acks of the batches cl sends: the
+// SOS link's own Ack topic for the agent's SOS link, so that its Acks
+// never wait behind the SOS states and Acks the hub sends on the agent's
+// other connection, and the agent's Ack topic for any other connection.
+func ackTopicOf(cl *mqtt.Client, agentID string) string {
+	if cl.ID == protocol.SOSLinkClientID(agentID) {
+		return protocol.SOSAckTopic(agentID)
+	}
+	return protocol.AckTopic(agentID)
 }
 
 // refusal returns the hook error for a rejected batch: code for an MQTT 5
@@ -205,7 +227,7 @@ func refusal(cl *mqtt.Client, code packets.Code) error {
 // decode. When the envelope's spool and lane can still be read, the agent
 // gets a permanent error Ack with its cursor, so it stops resending the
 // batch. Otherwise no Ack is sent, because an Ack needs a lane.
-func (s *Server) rejectInvalid(agentID string, payload []byte, decodeErr error) {
+func (s *Server) rejectInvalid(agentID, ackTopic string, payload []byte, decodeErr error) {
 	reason := protocol.Reason(decodeErr)
 	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
 
@@ -220,7 +242,7 @@ func (s *Server) rejectInvalid(agentID string, payload []byte, decodeErr error) 
 	}
 	s.log.Warn("invalid batch rejected", "agent", agentID, "spool", envelope.SpoolID, "lane", envelope.Lane,
 		"bytes", len(payload), "reason", reason, "error", decodeErr)
-	s.sendAck(&protocol.Ack{
+	s.sendAck(ackTopic, &protocol.Ack{
 		AgentID:   agentID,
 		SpoolID:   envelope.SpoolID,
 		Lane:      envelope.Lane,
@@ -232,11 +254,11 @@ func (s *Server) rejectInvalid(agentID string, payload []byte, decodeErr error) 
 
 // rejectImpostor sends a permanent error Ack for a batch that names
 // another agent than the connection's. Nothing of it is stored.
-func (s *Server) rejectImpostor(agentID string, b *protocol.Batch) {
+func (s *Server) rejectImpostor(agentID, ackTopic string, b *protocol.Batch) {
 	s.metrics.batchesRejected.WithLabelValues(reasonAgentMismatch).Inc()
 	s.log.Warn("batch rejected: it names another agent than the connection",
 		"agent", agentID, "claimed_agent", b.AgentID, "spool", b.SpoolID, "lane", b.Lane, "seq", b.First())
-	s.sendAck(&protocol.Ack{
+	s.sendAck(ackTopic, &protocol.Ack{
 		AgentID:   agentID,
 		SpoolID:   b.SpoolID,
 		Lane:      b.Lane,
@@ -248,7 +270,7 @@ func (s *Server) rejectImpostor(agentID string, b *protocol.Batch) {
 
 // commitFailed sends an error Ack for a batch the store did not commit.
 // The Ack is not permanent, so the agent resends the batch later.
-func (s *Server) commitFailed(agentID string, b *protocol.Batch, err error) {
+func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, err error) {
 	reason, text := reasonStoreError, "commit failed"
 	level := slog.LevelError
 	switch {
@@ -261,7 +283,7 @@ func (s *Server) commitFailed(agentID string, b *protocol.Batch, err error) {
 	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
 	s.log.Log(context.Background(), level, "batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
 		"seq", b.First(), "prev", b.Prev, "records", len(b.Records), "error", err)
-	s.sendAck(&protocol.Ack{
+	s.sendAck(ackTopic, &protocol.Ack{
 		AgentID: agentID,
 		SpoolID: b.SpoolID,
 		Lane:    b.Lane,
@@ -284,11 +306,12 @@ func (s *Server) cursor(agentID, spoolID string, lane protocol.Lane) uint64 {
 	return seq
 }
 
-// sendAck publishes a to the agent's ack topic with QoS 1.
-func (s *Server) sendAck(a *protocol.Ack) {
+// sendAck publishes a to topic, one of the agent's Ack topics (see
+// ackTopicOf), with QoS 1.
+func (s *Server) sendAck(topic string, a *protocol.Ack) {
 	payload, err := protocol.EncodeAck(a)
 	if err == nil {
-		err = s.broker.Publish(protocol.AckTopic(a.AgentID), payload, false, 1)
+		err = s.broker.Publish(topic, payload, false, 1)
 	}
 	if err != nil {
 		s.metrics.acksFailed.Inc()

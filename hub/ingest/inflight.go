@@ -11,7 +11,8 @@ func (s *Server) Inflight(agentID string) int {
 	if broker == nil {
 		return 0
 	}
-	// The agent's uplink uses its agent id as the MQTT client id.
+	// The uplink's main link, which receives the SOS states, uses the
+	// agent id as its MQTT client id.
 	cl, ok := broker.Clients.Get(agentID)
 	if !ok || cl.Closed() {
 		return 0

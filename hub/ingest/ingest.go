@@ -8,8 +8,18 @@
 //	PUBLISH xpress/v1/agents/{id}/batch ─▶ decode ─▶ store.CommitBatch ─▶ OnCommit ─▶ Ack on xpress/v1/agents/{id}/ack ─▶ PUBACK
 //
 // Because mochi runs the hook before it writes the PUBACK and reads a
-// connection's packets one at a time, one agent's batches commit in the
-// order it sent them. Batches are never forwarded to other subscribers.
+// connection's packets one at a time, the batches one connection sends
+// commit in the order it sent them. Batches are never forwarded to other
+// subscribers.
+//
+// An agent's uplink has two connections. Its main link, whose client id
+// is the agent id, carries the GPS and status lanes and receives the SOS
+// states. Its SOS link (protocol.SOSLinkClientID) carries only the SOS
+// lane. Each connection's batches commit on that connection's goroutine,
+// so an SOS never waits behind the GPS batches the main link has queued,
+// and the SOS link's Acks go to protocol.SOSAckTopic, where they never
+// wait behind the SOS states sent to the main link. An agent counts as
+// connected while either connection is up (see OnAgentStatus).
 package ingest
 
 import (

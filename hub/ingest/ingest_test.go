@@ -107,10 +107,16 @@ type agent struct {
 
 func dialAgent(t *testing.T, addr net.Addr, agentID, password string) (*agent, error) {
 	t.Helper()
+	return dialAgentAs(t, addr, agentID, "test-"+agentID, password)
+}
+
+// dialAgentAs connects as agentID with the MQTT client id clientID.
+func dialAgentAs(t *testing.T, addr net.Addr, agentID, clientID, password string) (*agent, error) {
+	t.Helper()
 	a := &agent{id: agentID, acks: make(chan *protocol.Ack, 16), lost: make(chan error, 1)}
 	opts := paho.NewClientOptions().
 		AddBroker("tcp://" + addr.String()).
-		SetClientID("test-" + agentID).
+		SetClientID(clientID).
 		SetUsername(agentID).
 		SetPassword(password).
 		SetCleanSession(true).

@@ -172,6 +172,12 @@ type Store interface {
 
 	// AgentCredentialStore keeps the credentials of the agent listener.
 	AgentCredentialStore
+	// VehicleCredentialStore keeps the credentials of the agents' vehicle listeners.
+	VehicleCredentialStore
+
+	// OperatorStore keeps operator accounts, sessions, API tokens and the
+	// audit log.
+	OperatorStore
 
 	// Ping checks that the store can serve requests.
 	Ping(ctx context.Context) error

@@ -31,8 +31,10 @@ type Hub struct {
 	// Addr is the host:port the hub listens on.
 	Addr string
 
-	mu        sync.Mutex
-	batches   []protocol.Batch
+	mu      sync.Mutex
+	batches []protocol.Batch
+	// clients holds the client id each of batches came from.
+	clients   []string
 	committed map[protocol.Lane][]protocol.Record
 	cursor    map[protocol.Lane]uint64
 	respond   func(h *Hub, b *protocol.Batch) []protocol.Ack
@@ -121,6 +123,20 @@ func (h *Hub) Received() []protocol.Batch {
 	return append([]protocol.Batch(nil), h.batches...)
 }
 
+// ReceivedOn returns the batches received so far from the MQTT client
+// clientID, in order.
+func (h *Hub) ReceivedOn(clientID string) []protocol.Batch {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []protocol.Batch
+	for i, b := range h.batches {
+		if h.clients[i] == clientID {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // Committed returns a copy of the lane's committed records.
 func (h *Hub) Committed(lane protocol.Lane) []protocol.Record {
 	h.mu.Lock()
@@ -128,7 +144,10 @@ func (h *Hub) Committed(lane protocol.Lane) []protocol.Record {
 	return append([]protocol.Record(nil), h.committed[lane]...)
 }
 
-func (h *Hub) handleBatch(payload []byte) {
+// handleBatch commits or answers a batch that the client clientID sent.
+// As the hub's ingest, it acknowledges batches of an agent's SOS link on
+// protocol.SOSAckTopic and others on protocol.AckTopic.
+func (h *Hub) handleBatch(clientID string, payload []byte) {
 	b, err := protocol.DecodeBatch(payload)
 	if err != nil {
 		h.t.Errorf("test hub got an invalid batch: %v", err)
@@ -136,6 +155,7 @@ func (h *Hub) handleBatch(payload []byte) {
 	}
 	h.mu.Lock()
 	h.batches = append(h.batches, *b)
+	h.clients = append(h.clients, clientID)
 	respond := h.respond
 	h.mu.Unlock()
 
@@ -151,7 +171,11 @@ func (h *Hub) handleBatch(payload []byte) {
 			h.t.Errorf("encode ack: %v", err)
 			return
 		}
-		if err := h.server.Publish(protocol.AckTopic(b.AgentID), data, false, 1); err != nil {
+		topic := protocol.AckTopic(b.AgentID)
+		if clientID == protocol.SOSLinkClientID(b.AgentID) {
+			topic = protocol.SOSAckTopic(b.AgentID)
+		}
+		if err := h.server.Publish(topic, data, false, 1); err != nil {
 			h.t.Errorf("publish ack: %v", err)
 		}
 	}
@@ -175,7 +199,7 @@ func (k *hubHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
 func (k *hubHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if _, err := protocol.ParseBatchTopic(pk.TopicName); err == nil && !cl.Net.Inline {
-		k.hub.handleBatch(pk.Payload)
+		k.hub.handleBatch(cl.ID, pk.Payload)
 	}
 	return pk, nil
 }

@@ -1,17 +1,19 @@
 // Regional page of an agent: the open SOS alerts of the office's
 // vehicles, polled from the agent's local API, and the acknowledge action
-// that regional staff take while the hub is unreachable. The page never
+// that regional staff take while the hub is unreachable. Staff sign in
+// with their hub accounts, which the agent keeps a copy of. The page never
 // builds HTML from data: every value goes in with textContent.
 'use strict';
 
 (function () {
   const POLL_MS = 2000;
   const NOTICE_MS = 8000;
-  const ACTOR_KEY = 'xpress.localActor';
   const TITLE = document.title;
 
   const el = (id) => document.getElementById(id);
-  const state = { data: null, pending: new Set(), noticeTimer: null };
+  // session is the signed-in operator with the CSRF token, null without one.
+  // noOperators is set while the form shows that the agent has no accounts.
+  const state = { data: null, session: null, noOperators: false, pending: new Set(), noticeTimer: null };
 
   function formatDuration(seconds) {
     const s = Math.max(0, Math.round(seconds));
@@ -183,18 +185,65 @@
     }
   }
 
-  // load reads the local API and shows it.
+  // showSignIn shows the sign-in form instead of the SOS list, with
+  // message as the reason. It also shows when the agent has no operator
+  // accounts from the hub yet.
+  function showSignIn(body, message) {
+    state.session = null;
+    el('local-main').hidden = true;
+    el('who').hidden = true;
+    el('sign-out').hidden = true;
+    el('outage').hidden = true;
+    el('calm').hidden = true;
+    el('notice').hidden = true;
+    const notice = el('login-notice');
+    if (body && body.operator_list_received === false) {
+      notice.textContent = 'No operator accounts received from the hub yet: the agent needs to reach the hub once. ' +
+        'Until then nobody can sign in here; call the operators.';
+      notice.hidden = false;
+      state.noOperators = true;
+    } else if (message || state.noOperators || el('login-main').hidden) {
+      // A poll of the form keeps the message shown, unless the accounts
+      // arrived since.
+      notice.textContent = message || '';
+      notice.hidden = !message;
+      state.noOperators = false;
+    }
+    if (el('login-main').hidden) {
+      el('login-main').hidden = false;
+      el('username').focus();
+    }
+  }
+
+  // showSignedIn shows the operator of the session and the SOS list.
+  function showSignedIn(session) {
+    state.session = session;
+    el('login-main').hidden = true;
+    el('local-main').hidden = false;
+    el('who-name').textContent = session.display_name || session.operator;
+    el('who-role').textContent = session.role;
+    el('who').hidden = false;
+    el('sign-out').hidden = false;
+  }
+
+  // load reads the local API and shows it, or the sign-in form without a
+  // session.
   async function load() {
     try {
       const resp = await fetch('/api/v1/local/sos', { cache: 'no-store' });
       const data = await resp.json();
+      if (resp.status === 401) {
+        showSignIn(data, state.session ? 'Your session ended: sign in again.' : '');
+        return;
+      }
       state.data = data;
       if (resp.ok) showError('');
       render(data);
     } catch (err) {
       showError('Cannot reach this agent: ' + err.message);
+    } finally {
+      el('clock').textContent = new Date().toLocaleTimeString('en-GB', { timeZone: 'Asia/Manila' }) + ' PHT';
     }
-    el('clock').textContent = new Date().toLocaleTimeString('en-GB', { timeZone: 'Asia/Manila' }) + ' PHT';
   }
 
   async function poll() {
@@ -202,20 +251,73 @@
     setTimeout(poll, POLL_MS);
   }
 
-  async function acknowledge(button) {
-    const actorInput = el('actor');
-    const help = el('actor-help');
-    const actor = actorInput.value.trim();
-    if (!actor) {
-      actorInput.classList.add('missing');
-      help.textContent = 'Enter your name to acknowledge';
-      help.hidden = false;
-      actorInput.focus();
+  // start reads the session and shows the page or the sign-in form.
+  async function start() {
+    try {
+      const resp = await fetch('/api/v1/local/session', { cache: 'no-store' });
+      const body = await resp.json().catch(() => ({}));
+      if (resp.ok) {
+        showSignedIn(body);
+      } else {
+        showSignIn(body, '');
+      }
+    } catch (err) {
+      showError('Cannot reach this agent: ' + err.message);
+    }
+    poll();
+  }
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const error = el('login-error');
+    const submit = el('login-submit');
+    const username = el('username').value.trim();
+    const password = el('password').value;
+    if (!username || !password) {
+      error.textContent = 'Enter your user name and password.';
+      error.hidden = false;
       return;
     }
-    actorInput.classList.remove('missing');
-    help.hidden = true;
+    submit.disabled = true;
+    try {
+      const resp = await fetch('/api/v1/local/session', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ username, password }),
+      });
+      const body = await resp.json().catch(() => ({}));
+      if (!resp.ok) {
+        error.textContent = body.error || `Sign-in failed (${resp.status})`;
+        error.hidden = false;
+        return;
+      }
+      error.hidden = true;
+      el('password').value = '';
+      showSignedIn(body);
+      await load();
+    } catch (err) {
+      error.textContent = 'Cannot reach this agent: ' + err.message;
+      error.hidden = false;
+    } finally {
+      submit.disabled = false;
+    }
+  }
 
+  async function signOut() {
+    const csrf = state.session ? state.session.csrf_token : '';
+    try {
+      await fetch('/api/v1/local/session', { method: 'DELETE', headers: { 'X-CSRF-Token': csrf } });
+    } catch (err) {
+      // The session ends on the agent after its idle time anyway.
+    }
+    showSignIn(null, 'You are signed out.');
+  }
+
+  async function acknowledge(button) {
+    if (!state.session) {
+      showSignIn(null, 'Sign in to acknowledge.');
+      return;
+    }
     const vehicle = button.dataset.vehicle;
     const sosID = button.dataset.sos;
     const key = vehicle + '/' + sosID;
@@ -225,16 +327,19 @@
       const url = `/api/v1/local/sos/${encodeURIComponent(vehicle)}/${encodeURIComponent(sosID)}/acknowledge`;
       const resp = await fetch(url, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ actor }),
+        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': state.session.csrf_token },
+        body: '{}',
       });
       const body = await resp.json().catch(() => ({}));
 
+      if (resp.status === 401) {
+        showSignIn(body, 'Your session ended: sign in again, then acknowledge.');
+        return;
+      }
       if (!resp.ok) {
         showError(`Acknowledging SOS ${sosID} of ${vehicle} failed: ${body.error || resp.status}`);
         return;
       }
-      localStorage.setItem(ACTOR_KEY, actor);
 
       let text = body.message || `Acknowledged SOS ${sosID} of vehicle ${vehicle}: the driver has been told.`;
       if (body.acknowledged_sos_ids && body.acknowledged_sos_ids.length > 1) {
@@ -254,11 +359,12 @@
   }
 
   document.addEventListener('DOMContentLoaded', () => {
-    el('actor').value = localStorage.getItem(ACTOR_KEY) || '';
     el('sos').addEventListener('click', (ev) => {
       const button = ev.target.closest('button[data-action=acknowledge]');
       if (button) acknowledge(button);
     });
-    poll();
+    el('login-form').addEventListener('submit', signIn);
+    el('sign-out').addEventListener('click', signOut);
+    start();
   });
 })();

@@ -35,6 +35,12 @@ var (
 	bucketNotificationsDue  = []byte("notifications_due")
 	bucketNotificationsProv = []byte("notifications_by_provider")
 	bucketAgentCredentials  = []byte("agent_credentials")
+	bucketVehicleCreds      = []byte("vehicle_credentials")
+	bucketOperators         = []byte("operators")
+	bucketSessions          = []byte("operator_sessions")
+	bucketAPITokens         = []byte("api_tokens")
+	bucketAPITokenHashes    = []byte("api_token_hashes")
+	bucketAudit             = []byte("audit_log")
 
 	keyVersion = []byte("version")
 )
@@ -45,6 +51,8 @@ var dataBuckets = [][]byte{
 	bucketIncidents, bucketIncidentsByOpened, bucketIncidentsActive, bucketIncidentSOS,
 	bucketIncidentEvents, bucketCursors, bucketIncidentPresses, bucketContacts, bucketNotifications,
 	bucketNotificationKeys, bucketNotificationsDue, bucketNotificationsProv, bucketAgentCredentials,
+	bucketVehicleCreds,
+	bucketOperators, bucketSessions, bucketAPITokens, bucketAPITokenHashes, bucketAudit,
 }
 
 // The range of times the store can keep: microseconds since the Unix

@@ -33,6 +33,13 @@
 //	notifications_due     next attempt time + id → empty (pending and sending only)
 //	notifications_by_provider  provider id → notification id
 //	agent_credentials     agent id → credential with token hashes (JSON)
+//	vehicle_credentials   vehicle id → credential or tombstone with token hashes (JSON);
+//	                      the bucket's sequence is the last credential version
+//	operators             user name → operator with password hash (JSON)
+//	operator_sessions     SHA-256 of session id → session (JSON)
+//	api_tokens            id → API token with its hash (JSON)
+//	api_token_hashes      SHA-256 of token → id
+//	audit_log             id → audit entry (JSON), append-only
 //
 // Integers in keys are big-endian uint64. "unique" is the next sequence
 // number of the fixes bucket, so two fixes of one vehicle with the same

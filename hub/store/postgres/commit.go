@@ -26,13 +26,21 @@ var fixColumns = []string{
 //
 //  1. lock the cursor row (created at 0 if absent) with FOR UPDATE, so a
 //     concurrent commit of the same lane waits and then skips what this
-//     one stored, and upsert the agent;
+//     one stored, and create the agent's row if it is absent;
 //  2. COPY the fixes into the partitioned fixes table;
 //  3. upsert vehicle statuses, keeping the newest receive time;
-//  4. apply SOS and SOS cancel records in order (see applySOS);
-//  5. upsert the vehicles, move each vehicle's latest position forward
-//     when a fix is newer and at most MaxFuture ahead of the hub's clock,
-//     and set the cursor to the batch's last sequence number.
+//  4. apply SOS and SOS cancel records (see applySOSRecords);
+//  5. upsert the vehicles, update the agent's row when its region changed
+//     or its last_seen is more than agentSeenResolution old, move each
+//     vehicle's latest position forward when a fix is newer and at most
+//     MaxFuture ahead of the hub's clock, and set the cursor to the
+//     batch's last sequence number.
+//
+// The agent's row is shared by the transactions of all its lanes, which
+// commit at the same time on the agent's two connections (its SOS link
+// and its main link). Writing it in every transaction, from the start,
+// made an SOS batch wait for the GPS batch in progress to commit. So it is
+// written rarely, and then only in step 5.
 //
 // Steps 1 and 5 each send their statements in one pipeline (pgx.Batch),
 // so a batch of fixes costs five round trips to the server: BEGIN, step
@@ -153,7 +161,7 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	spoolID := store.CleanText(b.SpoolID)
 	region := store.CleanText(b.Region)
 
-	cursor, known, err := lockCursor(ctx, tx, b, spoolID, region, now)
+	cursor, known, agent, err := lockCursor(ctx, tx, b, spoolID, region, now)
 	if err != nil {
 		return store.CommitResult{}, err
 	}
@@ -188,18 +196,12 @@ func (s *Store) commitOnce(ctx context.Context, pool pgxBeginner, b *protocol.Ba
 	if res.Statuses, err = writeStatuses(ctx, tx, b.AgentID, statuses); err != nil {
 		return store.CommitResult{}, err
 	}
-	for _, r := range sos {
-		change, ok, err := s.applySOS(ctx, tx, b, region, r, now, fx)
-		if err != nil {
-			return store.CommitResult{}, fmt.Errorf("record %d: %w", r.Seq, err)
-		}
-		if ok {
-			res.Incidents = append(res.Incidents, change)
-		}
+	if res.Incidents, err = s.applySOSRecords(ctx, tx, b, region, sos, now, fx); err != nil {
+		return store.CommitResult{}, err
 	}
 	res.Unmatched, res.Invalid = len(fx.unmatched), len(fx.invalid)
 
-	if err := s.finishBatch(ctx, tx, b, spoolID, region, known, fresh, res.Fixes, now); err != nil {
+	if err := s.finishBatch(ctx, tx, b, spoolID, region, known, agent, fresh, res.Fixes, now); err != nil {
 		return store.CommitResult{}, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -214,13 +216,26 @@ type pgxBeginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
+// agentSeenResolution is how far the hub's clock must have moved past an
+// agent's stored last_seen before a batch writes it again (see
+// CommitBatch).
+const agentSeenResolution = time.Minute
+
+// agentSeen is an agent's stored row as a batch transaction read it.
+type agentSeen struct {
+	region   string
+	lastSeen time.Time
+}
+
 // lockCursor returns the lane's cursor and holds its row lock until the
-// transaction ends, upserts the agent and reads the stored rows of the
-// batch's vehicles (see readVehicles), in one round trip. When two
+// transaction ends, creates the agent's row if it is absent and reads it,
+// and reads the stored rows of the batch's vehicles (see readVehicles),
+// in one round trip. The agent's row is not locked: INSERT ... ON
+// CONFLICT DO NOTHING does not wait for a transaction that updates it. When two
 // transactions create the same cursor at once, the second INSERT waits for
 // the first to commit and then does nothing, and its SELECT, which takes a
 // new snapshot under READ COMMITTED, reads the committed value.
-func lockCursor(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, region string, now time.Time) (uint64, map[string]vehicleSeen, error) {
+func lockCursor(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, region string, now time.Time) (uint64, map[string]vehicleSeen, agentSeen, error) {
 	agentID, lane := b.AgentID, string(b.Lane)
 	batch := &pgx.Batch{}
 	batch.Queue(`
@@ -232,41 +247,51 @@ func lockCursor(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, regi
 		agentID, spoolID, lane)
 	batch.Queue(`
 		INSERT INTO agents (id, region, first_seen, last_seen) VALUES ($1, $2, $3, $3)
-		ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen = excluded.last_seen`,
+		ON CONFLICT (id) DO NOTHING`,
 		agentID, region, now)
+	batch.Queue(`SELECT region, last_seen FROM agents WHERE id = $1`, agentID)
 	ids := vehicleIDs(b.Records)
 	queueReadVehicles(batch, ids)
 	results := tx.SendBatch(ctx, batch)
 	defer results.Close()
 
+	var agent agentSeen
 	if _, err := results.Exec(); err != nil {
-		return 0, nil, fmt.Errorf("create cursor: %w", err)
+		return 0, nil, agent, fmt.Errorf("create cursor: %w", err)
 	}
 	var seq int64
 	if err := results.QueryRow().Scan(&seq); err != nil {
-		return 0, nil, fmt.Errorf("lock cursor: %w", err)
+		return 0, nil, agent, fmt.Errorf("lock cursor: %w", err)
 	}
 	if _, err := results.Exec(); err != nil {
-		return 0, nil, fmt.Errorf("upsert agent: %w", err)
+		return 0, nil, agent, fmt.Errorf("create agent: %w", err)
+	}
+	if err := results.QueryRow().Scan(&agent.region, &agent.lastSeen); err != nil {
+		return 0, nil, agent, fmt.Errorf("read agent: %w", err)
 	}
 	known, err := readVehicles(results, len(ids))
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, agent, err
 	}
 	if err := results.Close(); err != nil {
-		return 0, nil, fmt.Errorf("lock cursor: %w", err)
+		return 0, nil, agent, fmt.Errorf("lock cursor: %w", err)
 	}
-	return uint64(seq), known, nil
+	return uint64(seq), known, agent, nil
 }
 
 // finishBatch sends the batch transaction's last statements in one
 // round trip: the vehicles of fresh whose row must change (known holds the
-// rows lockCursor read), the latest positions of fixes, and the cursor
-// moved to the batch's last sequence number.
+// rows lockCursor read), the agent's row when it must change (see
+// CommitBatch), the latest positions of fixes, and the cursor moved to
+// the batch's last sequence number.
 func (s *Store) finishBatch(ctx context.Context, tx pgx.Tx, b *protocol.Batch, spoolID, region string,
-	known map[string]vehicleSeen, fresh []protocol.Record, fixes []store.StoredFix, now time.Time) error {
+	known map[string]vehicleSeen, agent agentSeen, fresh []protocol.Record, fixes []store.StoredFix, now time.Time) error {
 	batch := &pgx.Batch{}
-	steps := make([]string, 0, 3)
+	steps := make([]string, 0, 4)
+	if agent.region != region || now.Sub(agent.lastSeen) > agentSeenResolution {
+		batch.Queue(`UPDATE agents SET region = $2, last_seen = GREATEST(last_seen, $3) WHERE id = $1`, b.AgentID, region, now)
+		steps = append(steps, "update agent")
+	}
 	if queueVehicles(batch, b.AgentID, region, known, vehicleRecords(fresh)) {
 		steps = append(steps, "upsert vehicles")
 	}

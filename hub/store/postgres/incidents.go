@@ -108,12 +108,12 @@ func (s *Store) applySOS(ctx context.Context, tx pgx.Tx, b *protocol.Batch, regi
 		received := store.Time(r.ReceivedAt)
 		err = tx.QueryRow(ctx, `
 			SELECT id FROM incidents
-			WHERE vehicle_id = $1 AND state = ANY($2)
-			  AND received_at BETWEEN $3::timestamptz - make_interval(secs => $4)
-			                      AND $3::timestamptz + make_interval(secs => $4)
+			WHERE vehicle_id = $1 AND state IN (`+activeStatesList+`)
+			  AND received_at BETWEEN $2::timestamptz - make_interval(secs => $3)
+			                      AND $2::timestamptz + make_interval(secs => $3)
 			ORDER BY received_at DESC, id DESC
 			LIMIT 1`,
-			r.VehicleID, activeStates, received, store.RepeatWindow.Seconds()).Scan(&id)
+			r.VehicleID, received, store.RepeatWindow.Seconds()).Scan(&id)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return s.openIncident(ctx, tx, b, region, r, now)
@@ -162,10 +162,7 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 	if sos.HasLocation {
 		lat, lon = &sos.Lat, &sos.Lon
 	}
-	kind := sos.Kind
-	if kind == "" {
-		kind = protocol.SOSPanic
-	}
+	kind := sosKind(sos)
 
 	change.Incident, err = scanIncident(tx.QueryRow(ctx, `
 		INSERT INTO incidents (sos_id, vehicle_id, agent_id, region, kind, state, note, has_location,
@@ -187,7 +184,29 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 		return change, false, err
 	}
 
-	detail := []string{fmt.Sprintf("SOS %s (%s)", sos.ID, kind)}
+	change.Event, err = addEvent(ctx, tx, id, store.EventOpened, "vehicle:"+r.VehicleID, openedDetail(sos), now)
+	if err != nil {
+		return change, false, err
+	}
+	change.Opened = true
+	s.metrics.incidentsOpened.Inc()
+	s.log.Info("incident opened", "incident", id, "agent", b.AgentID, "vehicle", r.VehicleID, "sos", sos.ID, "kind", kind, "historical", r.Historical)
+	return change, true, nil
+}
+
+// sosKind returns the kind an incident opened by sos gets: its own, or
+// protocol.SOSPanic when it names none.
+func sosKind(sos *protocol.SOS) protocol.SOSKind {
+	if sos.Kind == "" {
+		return protocol.SOSPanic
+	}
+	return sos.Kind
+}
+
+// openedDetail returns the detail of the opened event of an incident
+// that sos opens.
+func openedDetail(sos *protocol.SOS) string {
+	detail := []string{fmt.Sprintf("SOS %s (%s)", sos.ID, sosKind(sos))}
 	if sos.IDAssigned {
 		detail = append(detail, "id assigned by the agent")
 	}
@@ -197,14 +216,7 @@ func (s *Store) openIncident(ctx context.Context, tx pgx.Tx, b *protocol.Batch, 
 	if sos.TimeError != "" {
 		detail = append(detail, "device time replaced by receive time: "+store.CleanText(sos.TimeError))
 	}
-	change.Event, err = addEvent(ctx, tx, id, store.EventOpened, "vehicle:"+r.VehicleID, strings.Join(detail, "; "), now)
-	if err != nil {
-		return change, false, err
-	}
-	change.Opened = true
-	s.metrics.incidentsOpened.Inc()
-	s.log.Info("incident opened", "incident", id, "agent", b.AgentID, "vehicle", r.VehicleID, "sos", sos.ID, "kind", kind, "historical", r.Historical)
-	return change, true, nil
+	return strings.Join(detail, "; ")
 }
 
 // incidentForSOS returns the incident an SOS id of the vehicle is attached to.

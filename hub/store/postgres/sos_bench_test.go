@@ -35,3 +35,35 @@ func BenchmarkCommitBatch_SOS(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCommitBatch_SOSBurst measures committing batches of 1,000 SOS,
+// each from a vehicle of its own, as the uplink sends a burst of SOS: each
+// op is one batch, and the incidents table grows by 1,000 per op.
+func BenchmarkCommitBatch_SOSBurst(b *testing.B) {
+	s := openStore(b, Config{})
+	const size = 1000
+	at := storetest.Epoch.Add(-time.Minute)
+	batches := make([]*protocol.Batch, b.N)
+	for i := range batches {
+		recs := make([]protocol.Record, size)
+		for j := range recs {
+			n := i*size + j
+			recs[j] = storetest.SOSRecord(uint64(n+1), fmt.Sprintf("veh-%07d", n), fmt.Sprintf("sos-%07d", n), at)
+		}
+		batches[i] = storetest.NewBatch(recs...)
+	}
+	ctx := context.Background()
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		res, err := s.CommitBatch(ctx, batches[i])
+		if err != nil {
+			b.Fatalf("CommitBatch: %v", err)
+		}
+		if len(res.Incidents) != size {
+			b.Fatalf("batch %d opened %d incidents, want %d", i, len(res.Incidents), size)
+		}
+	}
+	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "sos/s")
+}

@@ -28,6 +28,10 @@
 //   - the agent credential methods: create, verify (unknown agent, wrong
 //     token), rotation with and without grace by the hub clock, revoke,
 //     list, and credentials read back after a restart;
+//   - the operator account methods: operators (validation, update in
+//     one transaction, delete with their sessions and tokens), sessions,
+//     API tokens (verify, last use, revoke), the audit log's filters and
+//     order, and all of them read back after a restart;
 //   - DeleteFixesBefore: retention of fixes only;
 //   - Ping and Close: a closed store is unavailable, Close twice;
 //   - restart: a store reopened on the same data reads everything back,
@@ -87,6 +91,8 @@ func Run(t *testing.T, f Factory) {
 	cases = append(cases, dispatchCases...)
 	cases = append(cases, agentCases...)
 	cases = append(cases, credentialCases...)
+	cases = append(cases, accountCases...)
+	cases = append(cases, vehicleCredentialCases...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
