@@ -90,6 +90,12 @@ func TestRelay_FullQueueBackfillsFromSpool(t *testing.T) {
 			t.Errorf("entry of %s = %+v, want received with its place in the spool", id, e)
 		}
 	}
+	// The backfill delivers the states before it counts them, so the
+	// count may lag what the vehicle heard.
+	deadline := time.Now().Add(waitTimeout)
+	for testutil.ToFloat64(a.relay.metrics.backfilled) < 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := testutil.ToFloat64(a.relay.metrics.backfilled); got < 1 {
 		t.Errorf("backfilled = %v, want the records the full queue missed", got)
 	}
