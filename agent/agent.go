@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/agent/localauth"
@@ -50,6 +51,13 @@ const (
 	DefaultHubURL          = uplink.DefaultHubURL
 	DefaultHTTPAddr        = ":9090"
 	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultHTTPReadTimeout bounds reading one request to the page, body
+	// included, so a client that sends its body slowly cannot hold a
+	// connection; DefaultHTTPIdleTimeout closes idle keep-alive
+	// connections; DefaultHTTPMaxConns caps the open connections.
+	DefaultHTTPReadTimeout = 15 * time.Second
+	DefaultHTTPIdleTimeout = time.Minute
+	DefaultHTTPMaxConns    = 512
 	// SpoolFile is the spool's file name inside Config.DataDir.
 	SpoolFile = "spool.db"
 )
@@ -182,6 +190,9 @@ type Config struct {
 	// rejected, so a DNS rebinding page cannot reach the acknowledge
 	// endpoint. Ports are ignored, and names match in any case.
 	HTTPAllowedHosts []string
+	// HTTPReadTimeout bounds the reading of one HTTP request, body
+	// included. Zero means DefaultHTTPReadTimeout.
+	HTTPReadTimeout time.Duration
 }
 
 // Validate checks the required fields, the region and the ranges of the
@@ -284,6 +295,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = DefaultHTTPAddr
+	}
+	if cfg.HTTPReadTimeout <= 0 {
+		cfg.HTTPReadTimeout = DefaultHTTPReadTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -511,11 +525,17 @@ func (a *Agent) open(ctx context.Context) error {
 		a.cfg.Registerer.Unregister(a.httpRequests)
 		return errors.Join(fmt.Errorf("listen for HTTP on %s: %w", a.cfg.HTTPAddr, err), a.Close())
 	}
+	ln = netutil.LimitListener(ln, DefaultHTTPMaxConns)
 	if a.cfg.HTTPTLS != nil {
 		ln = tls.NewListener(ln, a.cfg.HTTPTLS)
 	}
 	a.httpListener = ln
-	a.httpServer = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	a.httpServer = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: min(5*time.Second, a.cfg.HTTPReadTimeout),
+		ReadTimeout:       a.cfg.HTTPReadTimeout,
+		IdleTimeout:       DefaultHTTPIdleTimeout,
+	}
 	a.httpDone = make(chan struct{})
 	go func() {
 		defer close(a.httpDone)

@@ -3,10 +3,8 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,44 +45,21 @@ const routeHostRejected = "host_rejected"
 // acknowledge endpoint. The request counter counts rejections under the
 // route routeHostRejected.
 func (a *Agent) checkHost(next http.Handler) http.Handler {
-	allowed := map[string]bool{"localhost": true}
-	for _, h := range a.cfg.HTTPAllowedHosts {
-		allowed[normalizeHost(h)] = true
-	}
+	check := httpsec.NewHostCheck(a.cfg.HTTPAllowedHosts)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host := r.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		host = normalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
-		status := 0
-		switch {
-		case host == "":
-			status = http.StatusBadRequest
-		case net.ParseIP(host) != nil, allowed[host]:
-		default:
-			status = http.StatusMisdirectedRequest
-		}
+		status := check.Status(r.Host)
 		if status == 0 {
 			next.ServeHTTP(w, r)
 			return
 		}
 		// instrument reads the route from the request after this returns.
 		r.Pattern = routeHostRejected
-		shown := r.Host
-		if len(shown) > 100 {
-			shown = shown[:100] + "..."
-		}
+		shown := httpsec.ShownHost(r.Host)
 		a.log.Warn("HTTP request rejected: Host not allowed", "host", shown, "method", r.Method, "path", r.URL.Path,
 			"remote", r.RemoteAddr, "status", status)
 		writeJSON(w, status, map[string]string{"error": fmt.Sprintf(
 			"host %q is not served by this agent: use its IP address, localhost, or a name given with --http-allowed-hosts", shown)})
 	})
-}
-
-// normalizeHost lowercases a host name and drops a trailing dot.
-func normalizeHost(h string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
 }
 
 // httpRequests counts the agent's HTTP requests by route and status.
@@ -131,11 +106,16 @@ type readiness struct {
 	// HubCredentials is "refused" while the hub refuses the agent's id or
 	// token (see uplink.Uplink.CredentialsRefused), else absent. Like
 	// Uplink it does not affect Ready: the agent keeps spooling.
-	HubCredentials string                       `json:"hub_credentials,omitempty"`
-	Agent          string                       `json:"agent"`
-	Region         string                       `json:"region"`
-	SpoolID        string                       `json:"spool_id,omitempty"`
-	Lanes          map[protocol.Lane]laneReport `json:"lanes,omitempty"`
+	HubCredentials string `json:"hub_credentials,omitempty"`
+	// HubSubscriptions is "refused" while the hub refuses one of the
+	// uplink's subscriptions (see uplink.Uplink.SubscriptionsRefused), so
+	// the agent may miss revoked vehicle credentials; else absent. The
+	// uplink reconnects to subscribe again. It does not affect Ready.
+	HubSubscriptions string                       `json:"hub_subscriptions,omitempty"`
+	Agent            string                       `json:"agent"`
+	Region           string                       `json:"region"`
+	SpoolID          string                       `json:"spool_id,omitempty"`
+	Lanes            map[protocol.Lane]laneReport `json:"lanes,omitempty"`
 	// SpoolSpace reports the spool's size cap and usage; absent when the spool is closed.
 	SpoolSpace *spaceReport `json:"spool_space,omitempty"`
 }
@@ -177,6 +157,9 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	}
 	if a.uplink.CredentialsRefused() {
 		r.HubCredentials = "refused"
+	}
+	if a.uplink.SubscriptionsRefused() {
+		r.HubSubscriptions = "refused"
 	}
 	spoolOpen, brokerUp := a.spoolOpen.Load(), a.brokerListen.Load()
 	if spoolOpen {

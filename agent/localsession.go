@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xpress-ops/tower/agent/localauth"
+	"github.com/xpress-ops/tower/internal/httpsec"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -38,6 +39,7 @@ const (
 	msgSignIn   = "sign in with your hub account"
 	msgBadLogin = "wrong user name or password"
 	msgCSRF     = "missing or wrong X-CSRF-Token header: reload the page"
+	msgOrigin   = "request from another origin refused"
 )
 
 // localSessionResponse is the body of a sign-in and of GET
@@ -97,9 +99,12 @@ func (a *Agent) requestSession(r *http.Request) (localauth.Session, bool) {
 
 // requireSession lets a request through only with a live session, which
 // it puts in the request's context; others get 401 with
-// signInRequired. With csrf set, it also requires the session's token in
-// the X-CSRF-Token header (403 otherwise).
+// signInRequired. It refuses with 403 a request whose Origin header is
+// present and not the page's own origin (see originAllowed). With csrf
+// set, it also requires the session's token in the X-CSRF-Token header
+// (403 otherwise).
 func (a *Agent) requireSession(csrf bool, next http.HandlerFunc) http.HandlerFunc {
+	hosts := httpsec.NewHostCheck(a.cfg.HTTPAllowedHosts)
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, ok := a.requestSession(r)
 		if !ok {
@@ -108,6 +113,10 @@ func (a *Agent) requireSession(csrf bool, next http.HandlerFunc) http.HandlerFun
 				msg = localauth.ErrNoOperators.Error()
 			}
 			writeJSON(w, http.StatusUnauthorized, signInRequired{Error: msg, OperatorListReceived: a.operators.Received()})
+			return
+		}
+		if !a.originAllowed(r, hosts) {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": msgOrigin})
 			return
 		}
 		if csrf && !sess.CheckCSRF(r.Header.Get(CSRFHeader)) {
@@ -128,6 +137,10 @@ func (a *Agent) requireSession(csrf bool, next http.HandlerFunc) http.HandlerFun
 // cookie. The password is never logged.
 func (a *Agent) handleLocalLogin(w http.ResponseWriter, r *http.Request) {
 	remote := remoteIP(r)
+	if !a.originAllowed(r, httpsec.NewHostCheck(a.cfg.HTTPAllowedHosts)) {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": msgOrigin})
+		return
+	}
 	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
 		a.writeAPIError(w, r, err, "", "")
 		return
@@ -213,6 +226,20 @@ func localActor(sess localauth.Session) string {
 		}
 	}
 	return sess.Username
+}
+
+// originAllowed reports whether r has no Origin header, or one naming
+// the host r was sent to, which hosts allows. It logs a refusal. A
+// request without Origin still needs its session's CSRF token to change
+// anything.
+func (a *Agent) originAllowed(r *http.Request, hosts *httpsec.HostCheck) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || httpsec.SameOrigin(r, origin, hosts) {
+		return true
+	}
+	a.log.Warn("local API request rejected: Origin of another site", "origin", httpsec.ShownHost(origin), "method", r.Method,
+		"path", r.URL.Path, "remote", r.RemoteAddr)
+	return false
 }
 
 // remoteIP returns the IP address of r's client, without the port.

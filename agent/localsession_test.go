@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -315,5 +317,79 @@ func TestLocalSession_EndsWhenHubListDropsOperator(t *testing.T) {
 	}
 	if _, err := a.LocalAuth().Login(staffUser, testPassword(t, staffUser), "192.0.2.7"); !errors.Is(err, localauth.ErrBadCredentials) {
 		t.Errorf("Login of removed operator = %v", err)
+	}
+}
+
+// A cookie request whose Origin header is another site's, or null, is
+// refused with 403 even with the right CSRF token; the page's own origin
+// and a request without Origin are served. Sign-in checks Origin too.
+func TestLocalAPI_RefusesForeignOrigin(t *testing.T) {
+	a := openAgent(t, testConfig(t, unusedHubURL(t), t.TempDir()))
+	s := session(t, a)
+	u := "http://" + a.HTTPAddr().String()
+	for origin, want := range map[string]int{
+		"https://evil.example": http.StatusForbidden,
+		"null":                 http.StatusForbidden,
+		"http://" + a.HTTPAddr().String() + ".evil.example": http.StatusForbidden,
+		"": http.StatusOK,
+		u:  http.StatusOK,
+	} {
+		req, _ := http.NewRequest(http.MethodGet, u+"/api/v1/local/session", nil)
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := s.do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET session with Origin %q = %d %s, want %d", origin, resp.StatusCode, body, want)
+		}
+	}
+	// A state-changing request with the right token from another origin.
+	req, _ := http.NewRequest(http.MethodPost, u+"/api/v1/local/sos/"+vehicle+"/sos-1/acknowledge", strings.NewReader(`{}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Origin", "https://evil.example")
+	resp, err := s.do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "another origin") {
+		t.Errorf("acknowledge from another origin = %d %s, want 403", resp.StatusCode, body)
+	}
+	code, _ := send(t, http.DefaultClient, http.MethodPost, u+"/api/v1/local/session", "application/json",
+		`{"username":"`+staffUser+`","password":"`+testPassword(t, staffUser)+`"}`, map[string]string{"Origin": "null"})
+	if code != http.StatusForbidden {
+		t.Errorf("sign in with Origin null = %d, want 403", code)
+	}
+}
+
+// A client that sends its headers and holds back the body loses the
+// connection after Config.HTTPReadTimeout.
+func TestHTTP_ReadTimeoutClosesSlowBody(t *testing.T) {
+	cfg := testConfig(t, unusedHubURL(t), t.TempDir())
+	cfg.HTTPReadTimeout = 300 * time.Millisecond
+	a := openAgent(t, cfg)
+	addr := a.HTTPAddr().String()
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "POST /api/v1/local/session HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: application/json\r\n"+
+		"Content-Length: 4000\r\n\r\n{"); err != nil {
+		t.Fatal(err)
+	}
+	// The test's own deadline is far beyond the agent's timeout: hitting
+	// it means the agent kept the connection open.
+	if err := slow.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, slow); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the agent kept a connection with a held-back body open")
 	}
 }

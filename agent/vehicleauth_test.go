@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,25 +18,8 @@ import (
 
 	"github.com/xpress-ops/tower/agent"
 	"github.com/xpress-ops/tower/hub"
+	"github.com/xpress-ops/tower/hub/dispatch/dispatchtest"
 )
-
-// agentClock is a settable agent clock.
-type agentClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *agentClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *agentClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
 
 // adminCall sends an admin API request to the hub and decodes the JSON
 // response into out.
@@ -157,7 +139,7 @@ func TestAgent_VehicleCredentialsFromHub(t *testing.T) {
 	}
 	tok1, tok2 := created.Vehicles[0].Token, created.Vehicles[1].Token
 
-	clock := &agentClock{now: time.Now()}
+	clock := dispatchtest.NewClock(time.Now())
 	dataDir := t.TempDir()
 	cfg := testConfig(t, "tcp://"+h.AgentMQTTAddr().String(), dataDir)
 	cfg.HubPassword, cfg.VehicleAuth, cfg.Now = agentToken, agent.VehicleAuthHub, clock.Now

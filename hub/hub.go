@@ -12,13 +12,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/xpress-ops/tower/hub/api"
 	"github.com/xpress-ops/tower/hub/credsync"
@@ -41,6 +44,19 @@ type Config struct {
 	AgentMQTTAddr string
 	// HTTPTLS, when set, makes HTTPAddr serve HTTPS with this configuration.
 	HTTPTLS *tls.Config
+	// HTTPReadTimeout bounds the reading of one HTTP request, body
+	// included, so a client that sends its body slowly cannot hold a
+	// connection. A WebSocket stream is not bounded by it: net/http
+	// clears the connection's deadline when the stream takes the
+	// connection over. Zero means DefaultHTTPReadTimeout.
+	HTTPReadTimeout time.Duration
+	// HTTPIdleTimeout closes a keep-alive connection idle this long.
+	// Zero means DefaultHTTPIdleTimeout.
+	HTTPIdleTimeout time.Duration
+	// HTTPMaxConns caps the open HTTP connections, WebSocket streams
+	// included; past it new connections wait to be accepted. Zero means
+	// DefaultHTTPMaxConns.
+	HTTPMaxConns int
 	// AgentMQTTTLSAddr, when set, is a second listener for agents, MQTT
 	// over TLS with AgentMQTTTLS, next to the plain one on AgentMQTTAddr.
 	AgentMQTTTLSAddr string
@@ -60,6 +76,10 @@ type Config struct {
 	// AllowedOrigins are extra Origin host patterns allowed to open the
 	// operator WebSocket; the hub's own origin is always allowed.
 	AllowedOrigins []string
+	// HTTPAllowedHosts are the host names the HTTP server serves besides
+	// IP addresses, localhost and the host of Dispatch.PublicURL. A
+	// request naming another host gets 421 (see api.Config.AllowedHosts).
+	HTTPAllowedHosts []string
 	// ExtraRegions are the region names a contact may serve besides
 	// protocol.KnownRegions, as the agents' --allow-region allows them.
 	ExtraRegions []string
@@ -94,6 +114,15 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		c.DataDir = "./xpress-data"
 	}
+	if c.HTTPReadTimeout <= 0 {
+		c.HTTPReadTimeout = DefaultHTTPReadTimeout
+	}
+	if c.HTTPIdleTimeout <= 0 {
+		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if c.HTTPMaxConns <= 0 {
+		c.HTTPMaxConns = DefaultHTTPMaxConns
+	}
 	if c.DisableAgentAuth && (!loopbackAddr(c.AgentMQTTAddr) || c.AgentMQTTTLSAddr != "" && !loopbackAddr(c.AgentMQTTTLSAddr)) {
 		return fmt.Errorf("agent authentication can only be turned off when the agent listeners are on loopback addresses, not %q: keep it on and give each agent a credential (xpress admin agent add)", c.AgentMQTTAddr)
 	}
@@ -117,8 +146,31 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// allowedHosts returns the host names the HTTP server serves besides IP
+// addresses and localhost: Config.HTTPAllowedHosts and the host of the
+// public URL, which operators and Twilio's callbacks use.
+func allowedHosts(cfg Config) []string {
+	hosts := slices.Clone(cfg.HTTPAllowedHosts)
+	if u, err := url.Parse(cfg.Dispatch.PublicURL); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
+	}
+	return hosts
+}
+
 // EmbeddedStoreFile is the embedded store's file name inside DataDir.
 const EmbeddedStoreFile = "hub.db"
+
+// Defaults of the HTTP server's limits, see Config.
+const (
+	// DefaultHTTPReadTimeout bounds reading one request; the largest
+	// request body is 16 KiB.
+	DefaultHTTPReadTimeout = 30 * time.Second
+	// DefaultHTTPIdleTimeout closes idle keep-alive connections.
+	DefaultHTTPIdleTimeout = 2 * time.Minute
+	// DefaultHTTPMaxConns caps the open connections, WebSocket streams
+	// included, below common file descriptor limits.
+	DefaultHTTPMaxConns = 4096
+)
 
 // openStore is a store with the lifecycle the hub drives.
 type openStore interface {
@@ -287,6 +339,7 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 		Gatherer:       h.cfg.Gatherer,
 		Agents:         h.agentStates,
 		AllowedOrigins: h.cfg.AllowedOrigins,
+		AllowedHosts:   allowedHosts(h.cfg),
 		Dispatch:       h.dispatcher,
 		ExtraRegions:   h.cfg.ExtraRegions,
 		// An operator's action reaches the dashboards as the same event a
@@ -311,13 +364,16 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen for HTTP on %s: %w", h.cfg.HTTPAddr, err)
 	}
+	ln = netutil.LimitListener(ln, h.cfg.HTTPMaxConns)
 	if h.cfg.HTTPTLS != nil {
 		ln = tls.NewListener(ln, h.cfg.HTTPTLS)
 	}
 	h.httpLn = ln
 	h.http = &http.Server{
 		Handler:           h.api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, h.cfg.HTTPReadTimeout),
+		ReadTimeout:       h.cfg.HTTPReadTimeout,
+		IdleTimeout:       h.cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(h.cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	h.done = make(chan error, 1)

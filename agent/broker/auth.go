@@ -162,18 +162,22 @@ func (h *hook) rejectConnect(cl *mqtt.Client, codes [2]packets.Code) error {
 }
 
 // OnConnectAuthenticate runs after OnConnect accepted the vehicle. It
-// accepts a client whose will message (if any) stays under its own
-// prefix and whose client id no other vehicle holds a session under. A
+// accepts a client whose will message (if any) goes to a topic the
+// vehicle may publish to (see willTopicAllowed) and whose client id no
+// other vehicle holds a session under. A
 // rejected client gets CONNACK "bad user name or password" from mochi
 // (0x86 in MQTT 5, and 0x05 in MQTT 3.1.1 by mochi's mapping).
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	vehicle := string(pk.Connect.Username)
 	log := h.log.With("vehicle", vehicle, "client", cl.ID, "remote", cl.Net.Remote)
 
-	if pk.Connect.WillFlag && !ownsTopic(vehicle, pk.Connect.WillTopic) {
-		h.metrics.rejects.WithLabelValues(reasonACL).Inc()
-		log.Warn("vehicle connection rejected: will topic is outside the vehicle's prefix", "topic", pk.Connect.WillTopic)
-		return false
+	if pk.Connect.WillFlag {
+		if err := willTopicAllowed(vehicle, pk.Connect.WillTopic); err != nil {
+			h.metrics.rejects.WithLabelValues(reasonACL).Inc()
+			log.Warn("vehicle connection rejected: the will topic is not one the vehicle may publish to",
+				"topic", pk.Connect.WillTopic, "reason", reasonACL, "error", err)
+			return false
+		}
 	}
 	// A session taken over by client id would hand this vehicle the other
 	// vehicle's subscriptions and in-flight messages.
@@ -184,6 +188,40 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	log.Debug("vehicle connected", "protocol_version", pk.ProtocolVersion)
 	return true
+}
+
+// willTopicAllowed returns nil when topic is one of the vehicle's own
+// topics it may publish to under the device contract: fix, sos,
+// sos/cancel or status. A will on an SOS state topic is refused: mochi
+// publishes a will without an ACL check, and only the agent writes the
+// states vehicles trust.
+func willTopicAllowed(vehicle, topic string) error {
+	vt, err := protocol.ParseVehicleTopic(topic)
+	if err != nil {
+		return err
+	}
+	if vt.VehicleID != vehicle {
+		return fmt.Errorf("%w: will topic %q belongs to vehicle %q", protocol.ErrUnknownTopic, topic, vt.VehicleID)
+	}
+	if vt.Kind == protocol.TopicSOSState {
+		return fmt.Errorf("%w: will topic %q is an SOS state topic, written only by the agent", protocol.ErrUnknownTopic, topic)
+	}
+	return nil
+}
+
+// OnWill drops the retain flag of a vehicle's will message before mochi
+// publishes it. The device contract has vehicles set {"online":false} on
+// their status topic as will, often retained like their status; the
+// agent stores the will in the spool either way (OnWillSent), and a
+// message a vehicle leaves behind when it drops must not stay on the
+// broker for later subscribers.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if will.Retain {
+		h.log.Debug("vehicle will message published without its retain flag", "vehicle", vehicleOf(cl),
+			"client", cl.ID, "topic", will.TopicName)
+		will.Retain = false
+	}
+	return will, nil
 }
 
 // OnACLCheck confines each vehicle to topics under its own prefix

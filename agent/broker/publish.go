@@ -59,6 +59,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnACLCheck,
 		mqtt.OnPublish,
+		mqtt.OnWill,
 		mqtt.OnWillSent,
 		mqtt.OnDisconnect,
 	}, []byte{b})

@@ -30,6 +30,8 @@ type rawConnect struct {
 	username  string
 	willTopic string
 	willBody  []byte
+	// willRetain sets the will's retain flag.
+	willRetain bool
 	// password is sent as the CONNECT password; empty sends "device-token".
 	password string
 	// localIP, when set, is the source address, e.g. "127.0.0.2".
@@ -69,6 +71,7 @@ func dialRaw(t *testing.T, addr net.Addr, c rawConnect) (*rawClient, packets.Pac
 		pk.Connect.WillQos = 1
 		pk.Connect.WillTopic = c.willTopic
 		pk.Connect.WillPayload = c.willBody
+		pk.Connect.WillRetain = c.willRetain
 	}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {

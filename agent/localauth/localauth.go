@@ -10,12 +10,16 @@
 // PHC string, is counted and logged, and the previous list stays.
 //
 // Login checks a password against the argon2id hash of the list. It
-// limits attempts per remote address (a token bucket) and locks a user
-// name for LockoutDuration after MaxFailures failures in a row. Unknown
-// user names and wrong passwords get the same error after the same work:
-// an unknown name is checked against a dummy hash. Sessions, failure
-// counts and lockouts are kept in memory only: a restart signs everyone
-// out and clears the lockouts. A new list ends the sessions of operators
+// limits attempts per remote address (a token bucket) and locks a pair
+// of user name and remote address for LockoutDuration after MaxFailures
+// failures in a row, so guesses from one address cannot lock a
+// supervisor out at the others. A user name is locked from every address only
+// after MaxAccountFailures failures in a row across addresses, which
+// stops guessing spread over many addresses. Unknown user names and
+// wrong passwords get the same error after the same work and lock the
+// same way: an unknown name is checked against a dummy hash. Sessions,
+// failure counts and lockouts are kept in memory only: a restart signs
+// everyone out and clears the lockouts. A new list ends the sessions of operators
 // it no longer holds, or whose password or role changed.
 package localauth
 
@@ -34,6 +38,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
 
+	"github.com/xpress-ops/tower/internal/httpsec"
 	"github.com/xpress-ops/tower/internal/passhash"
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -45,9 +50,12 @@ const File = "operators.db"
 const (
 	// DefaultIdleTimeout ends a session that sent no request for this long.
 	DefaultIdleTimeout = 12 * time.Hour
-	// DefaultMaxFailures is the number of failed sign-ins in a row that
-	// locks a user name.
+	// DefaultMaxFailures is the number of failed sign-ins in a row from
+	// one remote address that locks the user name for that address.
 	DefaultMaxFailures = 5
+	// DefaultMaxAccountFailures is the number of failed sign-ins in a row
+	// from any addresses that locks the user name for every address.
+	DefaultMaxAccountFailures = 50
 	// DefaultLockoutDuration is how long a locked user name stays locked.
 	DefaultLockoutDuration = 15 * time.Minute
 	// DefaultLoginBurst and DefaultLoginInterval limit the sign-in
@@ -116,11 +124,14 @@ type Config struct {
 	// IdleTimeout ends a session that sent no request for this long. Zero
 	// means DefaultIdleTimeout.
 	IdleTimeout time.Duration
-	// MaxFailures and LockoutDuration lock a user name after that many
-	// failed sign-ins in a row. Zero means DefaultMaxFailures and
-	// DefaultLockoutDuration.
-	MaxFailures     int
-	LockoutDuration time.Duration
+	// MaxFailures and LockoutDuration lock a user name for one remote
+	// address after that many failed sign-ins in a row from it.
+	// MaxAccountFailures locks it for every address after that many in a
+	// row from any. Zero means DefaultMaxFailures,
+	// DefaultMaxAccountFailures and DefaultLockoutDuration.
+	MaxFailures        int
+	MaxAccountFailures int
+	LockoutDuration    time.Duration
 	// LoginBurst and LoginInterval limit each remote address's attempts.
 	// Zero means DefaultLoginBurst and DefaultLoginInterval.
 	LoginBurst    int
@@ -173,9 +184,11 @@ type Store struct {
 	sessions  map[[sha256.Size]byte]*Session
 	addresses map[string]*rate.Limiter
 	failures  map[string]*failure
+	pairs     *httpsec.LoginLocks
 }
 
-// failure counts the failed sign-ins in a row of one user name.
+// failure counts the failed sign-ins in a row of one user name from
+// every address.
 type failure struct {
 	count       int
 	last        time.Time
@@ -189,6 +202,9 @@ func New(cfg Config) *Store {
 	}
 	if cfg.MaxFailures <= 0 {
 		cfg.MaxFailures = DefaultMaxFailures
+	}
+	if cfg.MaxAccountFailures <= 0 {
+		cfg.MaxAccountFailures = DefaultMaxAccountFailures
 	}
 	if cfg.LockoutDuration <= 0 {
 		cfg.LockoutDuration = DefaultLockoutDuration
@@ -220,6 +236,7 @@ func New(cfg Config) *Store {
 		sessions:  map[[sha256.Size]byte]*Session{},
 		addresses: map[string]*rate.Limiter{},
 		failures:  map[string]*failure{},
+		pairs:     httpsec.NewLoginLocks(cfg.MaxFailures, cfg.LockoutDuration, maxTracked),
 	}
 }
 
@@ -450,6 +467,9 @@ func (s *Store) Login(username, password, remote string) (Session, error) {
 		lockedUntil = f.lockedUntil
 	}
 	s.mu.Unlock()
+	if until, locked := s.pairs.Locked(username, remote, now); locked && until.After(lockedUntil) {
+		lockedUntil = until
+	}
 	switch {
 	case !open:
 		return Session{}, ErrNotOpen
@@ -474,7 +494,7 @@ func (s *Store) Login(username, password, remote string) (Session, error) {
 			s.log.Error("password hash from the hub cannot be checked", "username", username, "error", verr)
 		}
 		s.metrics.logins.WithLabelValues(loginBadCredentials).Inc()
-		if until, locked := s.fail(username, now); locked {
+		if until, locked := s.fail(username, remote, now); locked {
 			s.log.Warn("local sign-in locked after repeated failures", "username", username, "remote", remote, "until", until)
 			return Session{}, &LockedError{Until: until}
 		}
@@ -499,6 +519,7 @@ func (s *Store) Login(username, password, remote string) (Session, error) {
 		return Session{}, ErrBadCredentials
 	}
 	delete(s.failures, username)
+	s.pairs.Succeed(username, remote)
 	s.pruneSessions(now)
 	s.sessions[sha256.Sum256([]byte(id))] = sess
 	s.metrics.logins.WithLabelValues(loginSuccess).Inc()
@@ -507,9 +528,11 @@ func (s *Store) Login(username, password, remote string) (Session, error) {
 	return out, nil
 }
 
-// fail counts a failed sign-in of username and locks it at
-// Config.MaxFailures in a row.
-func (s *Store) fail(username string, now time.Time) (time.Time, bool) {
+// fail counts a failed sign-in of username from remote. It locks the
+// pair at Config.MaxFailures in a row from remote, and the user name at
+// Config.MaxAccountFailures in a row from any address.
+func (s *Store) fail(username, remote string, now time.Time) (time.Time, bool) {
+	pairUntil, pairLocked := s.pairs.Fail(username, remote, now)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failures) >= maxTracked {
@@ -526,11 +549,11 @@ func (s *Store) fail(username string, now time.Time) (time.Time, bool) {
 	}
 	f.count++
 	f.last = now
-	if f.count >= s.cfg.MaxFailures {
+	if f.count >= s.cfg.MaxAccountFailures {
 		f.count, f.lockedUntil = 0, now.Add(s.cfg.LockoutDuration)
 		return f.lockedUntil, true
 	}
-	return time.Time{}, false
+	return pairUntil, pairLocked
 }
 
 // allowAddress takes a sign-in attempt from remote's budget and returns

@@ -2,6 +2,7 @@ package localauth_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -200,5 +201,56 @@ func TestStore_IdleLockoutAndThrottle(t *testing.T) {
 	}
 	if !strings.Contains((&localauth.LockedError{Until: c.now}).Error(), "locked until") {
 		t.Error("lockout message does not say until when")
+	}
+}
+
+// Failures from one address lock the user name only for that address:
+// the right password from another address still signs in. Failures
+// spread over many addresses lock the user name everywhere at
+// MaxAccountFailures, and an unknown user name locks the same way.
+func TestStore_LockoutPerAddress(t *testing.T) {
+	c := &clock{now: time.Date(2026, 12, 5, 1, 0, 0, 0, time.UTC)}
+	s := localauth.New(localauth.Config{Path: filepath.Join(t.TempDir(), localauth.File), AgentID: agentID, Now: c.Now,
+		LoginBurst: 1000, MaxAccountFailures: 12})
+	if err := s.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Update(encode(t, protocol.OperatorCredential{Username: "ana", Role: "supervisor", Hash: hash(t, "right")})); err != nil {
+		t.Fatal(err)
+	}
+	var locked *localauth.LockedError
+	for _, name := range []string{"ana", "ghost"} {
+		for range localauth.DefaultMaxFailures - 1 {
+			if _, err := s.Login(name, "wrong", "192.0.2.66"); !errors.Is(err, localauth.ErrBadCredentials) {
+				t.Fatalf("%s: wrong password = %v", name, err)
+			}
+		}
+		if _, err := s.Login(name, "wrong", "192.0.2.66"); !errors.As(err, &locked) {
+			t.Fatalf("%s: fifth failure from one address = %v, want locked", name, err)
+		}
+		if _, err := s.Login(name, "right", "192.0.2.66"); !errors.As(err, &locked) {
+			t.Errorf("%s: right password from the locked address = %v, want locked", name, err)
+		}
+	}
+	if _, err := s.Login("ana", "right", "192.0.2.1"); err != nil {
+		t.Fatalf("right password from another address = %v, want a session", err)
+	}
+	// 12 failures in a row from three addresses lock the name everywhere.
+	for i := range 12 {
+		_, err := s.Login("ana", "wrong", fmt.Sprintf("192.0.2.%d", 100+i/4))
+		if i < 11 && !errors.Is(err, localauth.ErrBadCredentials) {
+			t.Fatalf("failure %d = %v, want bad credentials", i+1, err)
+		}
+		if i == 11 && !errors.As(err, &locked) {
+			t.Fatalf("failure 12 across addresses = %v, want locked", err)
+		}
+	}
+	if _, err := s.Login("ana", "right", "192.0.2.1"); !errors.As(err, &locked) {
+		t.Errorf("right password from a fresh address after the account lock = %v, want locked", err)
+	}
+	c.now = c.now.Add(localauth.DefaultLockoutDuration + time.Second)
+	if _, err := s.Login("ana", "right", "192.0.2.66"); err != nil {
+		t.Errorf("right password after the lockout = %v, want a session", err)
 	}
 }

@@ -24,6 +24,16 @@
 // subscription to protocol.SOSAckTopic refuses it, and the SOS link keeps
 // reconnecting. Upgrade the hub before its agents.
 //
+// # Subscriptions
+//
+// Each link subscribes to all its filters in one SUBSCRIBE right after
+// the CONNACK, and checks the code of every filter. A refused filter
+// ends the connection: the link reconnects with backoff, the refusal is
+// logged at error and counted, and SubscriptionsRefused reports it (the
+// agent's /readyz shows "hub_subscriptions": "refused"). An agent that
+// kept running without the vehicle credential subscription would keep
+// accepting vehicles the hub revoked.
+//
 // # Delivery
 //
 // Records leave the spool only when the hub's application-level

@@ -29,6 +29,9 @@ type hubLink struct {
 	states bool
 	// up is set while the link is connected.
 	up atomic.Bool
+	// subsRefused is set while the hub refused one of the link's
+	// subscriptions at the last attempt (see Uplink.subscribeAll).
+	subsRefused atomic.Bool
 	// ackTimeout mirrors ackWait.current for readers on other goroutines.
 	ackTimeout atomic.Int64
 	// notify receives a value after the spool appended records (see

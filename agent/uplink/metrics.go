@@ -13,6 +13,7 @@ type metrics struct {
 	connectFailures prometheus.Counter
 	authRefused     prometheus.Counter
 	credsRefused    prometheus.Gauge
+	subsRefused     *prometheus.CounterVec
 	ackedSeq        *prometheus.GaugeVec
 	batchesSent     *prometheus.CounterVec
 	recordsSent     *prometheus.CounterVec
@@ -55,6 +56,10 @@ func newMetrics() *metrics {
 			Name: "xpress_agent_uplink_credentials_refused",
 			Help: "1 while the hub's answer to the last connection attempt refused the agent's credentials, else 0.",
 		}),
+		subsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xpress_agent_uplink_subscriptions_refused_total",
+			Help: "Topic filters the hub refused in a SUBACK, by link; each refusal reconnects the link.",
+		}, []string{"link"}),
 		ackedSeq: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "xpress_agent_uplink_acked_seq",
 			Help: "Highest spool sequence number the hub acknowledged since the agent started, by lane.",
@@ -131,6 +136,9 @@ func newMetrics() *metrics {
 			Help: "Most GPS bytes the uplink lets be in flight: what the link drains in a round trip, plus a floor.",
 		}),
 	}
+	for _, link := range []string{linkMain, linkSOS} {
+		m.subsRefused.WithLabelValues(link)
+	}
 	for _, cause := range []string{causeAckTimeout, causeKeepAlive, causeTCPError} {
 		m.linkDead.WithLabelValues(cause)
 	}
@@ -149,7 +157,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.authRefused, m.credsRefused, m.ackedSeq, m.batchesSent,
+	return []prometheus.Collector{m.connected, m.connectAttempts, m.connectFailures, m.authRefused, m.credsRefused, m.subsRefused, m.ackedSeq, m.batchesSent,
 		m.recordsSent, m.roundTrip, m.ackTimeouts, m.acksIgnored, m.batchErrors, m.rejectedRecords, m.inflight,
 		m.batchRecords, m.batchBytes, m.batchTarget, m.reconnects, m.linkDead, m.hubSkipped,
 		m.ackTimeout, m.gpsInflight, m.gpsLimit}

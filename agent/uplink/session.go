@@ -3,6 +3,7 @@ package uplink
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -116,9 +117,9 @@ func (u *Uplink) session(l *hubLink) (progressed bool, err error) {
 // l's Ack topic. On the main link only, it also subscribes to the SOS
 // state topics, the vehicle credentials and the operator list, each when
 // its callback (Config.OnSOSState, Config.OnVehicleCredential,
-// Config.OnOperators) is set. Their handlers run on the connection's paho
-// goroutine, ahead of the Acks that arrive behind them, and the SOS
-// link's Acks must not wait for them.
+// Config.OnOperators) is set; see subscribeAll. Their handlers run on the
+// connection's paho goroutine, ahead of the Acks that arrive behind them,
+// and the SOS link's Acks must not wait for them.
 func (u *Uplink) connect(l *hubLink) (*conn, error) {
 	select {
 	case <-u.stop:
@@ -170,82 +171,113 @@ func (u *Uplink) connect(l *hubLink) (*conn, error) {
 	u.metrics.credsRefused.Set(0)
 	c.up = u.cfg.Now()
 
-	ackTopic := l.ackTopic
-	code, err := u.subscribe(c, ackTopic, func(_ paho.Client, m paho.Message) {
-		u.receiveAck(c, m.Payload())
-	})
-	if err == nil && code >= 0x80 {
-		err = fmt.Errorf("subscribe to %s: hub rejected the subscription with code 0x%02x", ackTopic, code)
-	}
-	if err != nil {
+	if err := u.subscribeAll(c, u.subscriptions(c)); err != nil {
 		c.client.Disconnect(0)
 		return nil, err
-	}
-
-	if l.states && u.cfg.OnSOSState != nil {
-		filter := protocol.SOSStateUpdateFilter(u.cfg.AgentID)
-		code, err := u.subscribe(c, filter, func(_ paho.Client, m paho.Message) {
-			u.cfg.OnSOSState(m.Topic(), m.Payload())
-		})
-		if err != nil {
-			c.client.Disconnect(0)
-			return nil, err
-		}
-		if code >= 0x80 {
-			// Batches matter more than states: keep the link to a hub that
-			// does not send SOS states.
-			u.log.Error("hub rejected the SOS state subscription; vehicles will not hear the hub's SOS states",
-				"filter", filter, "code", fmt.Sprintf("0x%02x", code))
-		}
-	}
-	if l.states && u.cfg.OnVehicleCredential != nil {
-		code, err := u.subscribe(c, protocol.VehicleCredentialFilter, func(_ paho.Client, m paho.Message) {
-			u.cfg.OnVehicleCredential(m.Topic(), m.Payload())
-		})
-		if err != nil {
-			c.client.Disconnect(0)
-			return nil, err
-		}
-		if code >= 0x80 {
-			// The agent keeps authenticating vehicles with the credentials
-			// it holds; batches still flow.
-			u.log.Error("hub rejected the vehicle credential subscription; new, rotated and revoked vehicle credentials will not reach this agent",
-				"filter", protocol.VehicleCredentialFilter, "code", fmt.Sprintf("0x%02x", code))
-		}
-	}
-	if l.states && u.cfg.OnOperators != nil {
-		topic := protocol.AgentOperatorsTopic(u.cfg.AgentID)
-		code, err := u.subscribe(c, topic, func(_ paho.Client, m paho.Message) {
-			u.cfg.OnOperators(m.Topic(), m.Payload())
-		})
-		if err != nil {
-			c.client.Disconnect(0)
-			return nil, err
-		}
-		if code >= 0x80 {
-			// Staff keep signing in on the page with the list the agent holds.
-			u.log.Error("hub rejected the operator list subscription; operator account changes will not reach this agent's page",
-				"topic", topic, "code", fmt.Sprintf("0x%02x", code))
-		}
 	}
 	return c, nil
 }
 
-// subscribe subscribes c to filter with QoS 1 and returns the code the
-// hub granted, 0x80 or more for a rejection. It fails when no SUBACK
-// arrives within ConnectTimeout.
-func (u *Uplink) subscribe(c *conn, filter string, handler paho.MessageHandler) (byte, error) {
-	sub := c.client.Subscribe(filter, 1, handler)
-	if !sub.WaitTimeout(u.cfg.ConnectTimeout) {
-		return 0, fmt.Errorf("subscribe to %s: no SUBACK within %s", filter, u.cfg.ConnectTimeout)
+// subscription is one topic filter a link subscribes to, with the
+// handler of its messages.
+type subscription struct {
+	filter  string
+	handler paho.MessageHandler
+	// lost names what the agent misses while the subscription is refused.
+	lost string
+}
+
+// subscriptions returns the filters c's link subscribes to: its Ack
+// topic, and on the main link the SOS states, the vehicle credentials
+// and the operator list, each when its callback is set.
+func (u *Uplink) subscriptions(c *conn) []subscription {
+	l := c.link
+	subs := []subscription{{
+		filter:  l.ackTopic,
+		handler: func(_ paho.Client, m paho.Message) { u.receiveAck(c, m.Payload()) },
+		lost:    "the hub's Acks; no batch of the link can be settled",
+	}}
+	if !l.states {
+		return subs
 	}
-	if err := sub.Error(); err != nil {
-		return 0, fmt.Errorf("subscribe to %s: %w", filter, err)
+	if u.cfg.OnSOSState != nil {
+		subs = append(subs, subscription{
+			filter:  protocol.SOSStateUpdateFilter(u.cfg.AgentID),
+			handler: func(_ paho.Client, m paho.Message) { u.cfg.OnSOSState(m.Topic(), m.Payload()) },
+			lost:    "the hub's SOS states; vehicles would not hear them",
+		})
 	}
-	if st, ok := sub.(*paho.SubscribeToken); ok {
-		return st.Result()[filter], nil
+	if u.cfg.OnVehicleCredential != nil {
+		subs = append(subs, subscription{
+			filter:  protocol.VehicleCredentialFilter,
+			handler: func(_ paho.Client, m paho.Message) { u.cfg.OnVehicleCredential(m.Topic(), m.Payload()) },
+			lost:    "new, rotated and revoked vehicle credentials; a revoked vehicle would stay accepted",
+		})
 	}
-	return 0, nil
+	if u.cfg.OnOperators != nil {
+		subs = append(subs, subscription{
+			filter:  protocol.AgentOperatorsTopic(u.cfg.AgentID),
+			handler: func(_ paho.Client, m paho.Message) { u.cfg.OnOperators(m.Topic(), m.Payload()) },
+			lost:    "operator account changes for this agent's page",
+		})
+	}
+	return subs
+}
+
+// subscribeAll subscribes c to every filter of subs with QoS 1 in one
+// SUBSCRIBE, sent right after the CONNACK of a clean session, so the hub
+// has nothing in flight to the agent yet. Separate SUBSCRIBEs would let
+// the retained messages the first ones deliver collide with a later one:
+// mochi-mqtt v2.7.9 (processSubscribe) answers a SUBSCRIBE whose packet
+// id matches one of its own deliveries still in flight with 0x91
+// "packet identifier in use" for every filter, and paho numbers its
+// packets independently of the broker.
+//
+// The handlers' routes are added before the SUBSCRIBE, so nothing that
+// arrives right after the SUBACK is missed. Every filter's code is
+// checked: a refused filter (0x80 or more, or none returned) is counted,
+// logged at error and reported by SubscriptionsRefused, and the error
+// ends the connection, so the link reconnects with backoff and tries
+// again instead of running without the hub's credential updates.
+func (u *Uplink) subscribeAll(c *conn, subs []subscription) error {
+	l := c.link
+	filters := make(map[string]byte, len(subs))
+	for _, sub := range subs {
+		c.client.AddRoute(sub.filter, sub.handler)
+		filters[sub.filter] = 1
+	}
+	tok := c.client.SubscribeMultiple(filters, nil)
+	if !tok.WaitTimeout(u.cfg.ConnectTimeout) {
+		return fmt.Errorf("subscribe to %d filters: no SUBACK within %s", len(filters), u.cfg.ConnectTimeout)
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe to %d filters: %w", len(filters), err)
+	}
+	var granted map[string]byte
+	if st, ok := tok.(*paho.SubscribeToken); ok {
+		granted = st.Result()
+	}
+	var refused []string
+	for _, sub := range subs {
+		code, ok := granted[sub.filter]
+		if ok && code < 0x80 {
+			continue
+		}
+		refused = append(refused, sub.filter)
+		u.metrics.subsRefused.WithLabelValues(l.name).Inc()
+		codeText := "none"
+		if ok {
+			codeText = fmt.Sprintf("0x%02x", code)
+		}
+		u.log.Error("hub refused a subscription; reconnecting the link to subscribe again. Until then the agent misses "+sub.lost,
+			"link", l.name, "client", l.clientID, "filter", sub.filter, "code", codeText, "hub", u.cfg.HubURL)
+	}
+	if len(refused) > 0 {
+		l.subsRefused.Store(true)
+		return fmt.Errorf("%w: %s", ErrSubscriptionRefused, strings.Join(refused, ", "))
+	}
+	l.subsRefused.Store(false)
+	return nil
 }
 
 // receiveAck runs on paho's goroutine. It decodes an Ack and queues it

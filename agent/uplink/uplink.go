@@ -70,6 +70,9 @@ var (
 	// ErrCredentialsRefused means the hub refused the agent id or its
 	// token at CONNECT.
 	ErrCredentialsRefused = errors.New("hub refused the agent's credentials")
+	// ErrSubscriptionRefused means the hub answered a SUBSCRIBE with a
+	// failure code for at least one filter.
+	ErrSubscriptionRefused = errors.New("hub refused the subscription")
 )
 
 // Spool is the part of the agent's spool the uplink uses; *spool.Spool
@@ -415,6 +418,19 @@ func (u *Uplink) Close() error {
 // CredentialsRefused reports whether the hub refused the agent's
 // credentials at the last connection attempt that got a CONNACK.
 func (u *Uplink) CredentialsRefused() bool { return u.refusals.Load() > 0 }
+
+// SubscriptionsRefused reports whether the hub refused one of a link's
+// subscriptions (Acks, SOS states, vehicle credentials, operator list) at
+// that link's last attempt. The link stays down and retries with backoff
+// meanwhile, so the agent does not run without the hub's updates.
+func (u *Uplink) SubscriptionsRefused() bool {
+	for _, l := range u.links {
+		if l.subsRefused.Load() {
+			return true
+		}
+	}
+	return false
+}
 
 // State returns whether the uplink is connected to the hub: connected
 // while both its links are up (see the package doc, SOS link).

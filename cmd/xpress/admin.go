@@ -25,6 +25,14 @@ const (
 	envAgentToken = "XPRESS_AGENT_TOKEN"
 )
 
+// envAdminCAFile names the PEM CA certificates xpress admin trusts for an
+// https:// hub when --ca-file is not given.
+const envAdminCAFile = "XPRESS_ADMIN_CA_FILE"
+
+// caFileUsage is the help of the admin commands' --ca-file flag.
+const caFileUsage = "PEM CA certificates that sign the hub's certificate, for an https:// --hub with a private CA; empty: " +
+	envAdminCAFile + ", else the system roots"
+
 // adminTimeout bounds one admin API request.
 const adminTimeout = 30 * time.Second
 
@@ -72,19 +80,12 @@ func runAdmin(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("admin agent "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	caFile := fs.String("ca-file", "", caFileUsage)
 	region := fs.String("region", "", "region of the agent (add)")
 	grace := fs.Duration("grace", 24*time.Hour, "how long the replaced token keeps working (rotate), 0 to end it at once")
-	var positional []string
-	rest := args[2:]
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
-		rest = fs.Args()[1:]
+	positional, err := adminParse(fs, args[2:])
+	if err != nil {
+		return err
 	}
 	wantArgs := 1
 	if action == "list" {
@@ -100,17 +101,10 @@ func runAdmin(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stderr, "xpress admin agent %s: want %d agent id, got %d arguments\n%s\n", action, wantArgs, len(positional), usageText)
 		return errUsage
 	}
-	if err := checkHTTPURL(*hubURL); err != nil {
-		return fmt.Errorf("--hub: %w", err)
-	}
-	token, err := secretFromEnv(e, envAdminToken)
+	c, err := newAdminClient(e, *hubURL, *caFile, adminTimeout)
 	if err != nil {
 		return err
 	}
-	if token == "" {
-		return fmt.Errorf("no admin token: set %s or %s_FILE to the hub's admin token", envAdminToken, envAdminToken)
-	}
-	c := adminClient{base: strings.TrimRight(*hubURL, "/"), token: token, http: &http.Client{Timeout: adminTimeout}}
 
 	switch action {
 	case "add":

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/xpress-ops/tower/internal/tlsconfig"
 )
 
 const (
@@ -43,10 +45,28 @@ func adminParse(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // newAdminClient returns a client of the hub at hubURL authenticated with
-// the admin token from the environment or its file.
-func newAdminClient(e env, hubURL string) (adminClient, error) {
+// the admin token from the environment or its file, whose requests each
+// take at most timeout. caFile, or else XPRESS_ADMIN_CA_FILE, names PEM
+// CA certificates to trust for an https:// hub instead of the system's.
+func newAdminClient(e env, hubURL, caFile string, timeout time.Duration) (adminClient, error) {
 	if err := checkHTTPURL(hubURL); err != nil {
 		return adminClient{}, fmt.Errorf("--hub: %w", err)
+	}
+	if caFile == "" {
+		caFile = e.getenv(envAdminCAFile)
+	}
+	transport := http.DefaultTransport
+	if caFile != "" {
+		if !strings.HasPrefix(strings.ToLower(hubURL), "https://") {
+			return adminClient{}, fmt.Errorf("--ca-file (%s) is set but --hub %q is not an https:// URL", envAdminCAFile, hubURL)
+		}
+		tlsCfg, err := tlsconfig.ClientConfig(caFile)
+		if err != nil {
+			return adminClient{}, fmt.Errorf("--ca-file (%s): %w", envAdminCAFile, err)
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = tlsCfg
+		transport = t
 	}
 	token, err := secretFromEnv(e, envAdminToken)
 	if err != nil {
@@ -55,7 +75,7 @@ func newAdminClient(e env, hubURL string) (adminClient, error) {
 	if token == "" {
 		return adminClient{}, fmt.Errorf("no admin token: set %s or %s_FILE to the hub's admin token", envAdminToken, envAdminToken)
 	}
-	return adminClient{base: strings.TrimRight(hubURL, "/"), token: token, http: &http.Client{Timeout: adminTimeout}}, nil
+	return adminClient{base: strings.TrimRight(hubURL, "/"), token: token, http: &http.Client{Timeout: timeout, Transport: transport}}, nil
 }
 
 // readPassword reads a password from file, which must be readable by its
@@ -111,6 +131,7 @@ func runAdminOperator(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("admin operator "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	caFile := fs.String("ca-file", "", caFileUsage)
 	role := fs.String("role", "", "role: operator, supervisor or admin (add, set)")
 	regions := fs.String("regions", "", `comma-separated regions the operator sees, "*" for all (add, set)`)
 	displayName := fs.String("display-name", "", "name shown on the dashboard; the user name when empty (add)")
@@ -135,7 +156,7 @@ func runAdminOperator(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stderr, "xpress admin operator %s: want %d user name, got %d arguments\n%s\n", action, want, len(positional), operatorUsage)
 		return errUsage
 	}
-	c, err := newAdminClient(e, *hubURL)
+	c, err := newAdminClient(e, *hubURL, *caFile, adminTimeout)
 	if err != nil {
 		return err
 	}
@@ -233,6 +254,7 @@ func runAdminToken(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("admin token "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	caFile := fs.String("ca-file", "", caFileUsage)
 	operator := fs.String("operator", "", "operator the token acts as, with its role and regions (add)")
 	name := fs.String("name", "", "what the token is for, e.g. cad bridge (add)")
 	positional, err := adminParse(fs, args[1:])
@@ -252,7 +274,7 @@ func runAdminToken(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stderr, "xpress admin token %s: want %d arguments, got %d\n%s\n", action, want, len(positional), tokenUsage)
 		return errUsage
 	}
-	c, err := newAdminClient(e, *hubURL)
+	c, err := newAdminClient(e, *hubURL, *caFile, adminTimeout)
 	if err != nil {
 		return err
 	}

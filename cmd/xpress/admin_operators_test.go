@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/xpress-ops/tower/hub"
 )
 
 // signInStatus signs in to the hub at hubURL and returns the status code.
@@ -26,19 +23,7 @@ func signInStatus(t *testing.T, hubURL, username, password string) int {
 // of a real hub with the CLI. It replaces adminStdin, so it does not run
 // in parallel.
 func TestAdminCLI_OperatorsAndTokens(t *testing.T) {
-	adminToken := randomSecret(t)
-	h, err := hub.New(hub.Config{
-		HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: adminToken,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Open(context.Background()); err != nil {
-		t.Fatalf("open hub: %v", err)
-	}
-	t.Cleanup(func() { h.Close() })
-	hubURL := "http://" + h.HTTPAddr().String()
-	env := map[string]string{"XPRESS_ADMIN_TOKEN_FILE": writeSecret(t, adminToken, 0o600)}
+	_, hubURL, env := startAdminHub(t)
 	password := randomSecret(t)
 
 	// A password file others can read is refused, and nothing is created.

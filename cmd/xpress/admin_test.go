@@ -50,8 +50,12 @@ func runCLI(t *testing.T, vars map[string]string, args ...string) (int, string, 
 	return code, stdout.String(), stderr.String()
 }
 
-func TestAdminCLI_RoundTrip(t *testing.T) {
-	t.Parallel()
+// startAdminHub opens a hub with its data in a temporary directory and
+// its listeners on free loopback ports, and returns it, its HTTP base URL
+// and the CLI environment that names a file of mode 0600 holding its
+// admin token. The hub closes on cleanup.
+func startAdminHub(t *testing.T) (*hub.Hub, string, map[string]string) {
+	t.Helper()
 	adminToken := randomSecret(t)
 	h, err := hub.New(hub.Config{
 		HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: adminToken,
@@ -65,6 +69,12 @@ func TestAdminCLI_RoundTrip(t *testing.T) {
 	t.Cleanup(func() { h.Close() })
 	hubURL := "http://" + h.HTTPAddr().String()
 	env := map[string]string{"XPRESS_ADMIN_TOKEN_FILE": writeSecret(t, adminToken, 0o600)}
+	return h, hubURL, env
+}
+
+func TestAdminCLI_RoundTrip(t *testing.T) {
+	t.Parallel()
+	h, hubURL, env := startAdminHub(t)
 	ctx := context.Background()
 
 	code, out, errOut := runCLI(t, env, "admin", "agent", "add", "ncr-1", "--region", "NCR-Manila", "--hub", hubURL)

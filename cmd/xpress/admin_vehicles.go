@@ -44,19 +44,12 @@ func runAdminVehicle(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("admin vehicle "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	caFile := fs.String("ca-file", "", caFileUsage)
 	out := fs.String("out", "", `file to create with mode 0600 for the "vehicle_id,token" lines (add, rotate); empty writes them to stdout`)
 	grace := fs.Duration("grace", 24*time.Hour, "how long the replaced token keeps working (rotate), 0 to end it at once")
-	var ids []string
-	rest := args[1:]
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		ids = append(ids, fs.Arg(0))
-		rest = fs.Args()[1:]
+	ids, err := adminParse(fs, args[1:])
+	if err != nil {
+		return err
 	}
 	switch {
 	case action == "add" && len(ids) == 0,
@@ -68,17 +61,10 @@ func runAdminVehicle(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stderr, "xpress admin vehicle: unknown action %q\n%s\n", action, vehicleUsage)
 		return errUsage
 	}
-	if err := checkHTTPURL(*hubURL); err != nil {
-		return fmt.Errorf("--hub: %w", err)
-	}
-	token, err := secretFromEnv(e, envAdminToken)
+	c, err := newAdminClient(e, *hubURL, *caFile, 3*adminTimeout)
 	if err != nil {
 		return err
 	}
-	if token == "" {
-		return fmt.Errorf("no admin token: set %s or %s_FILE to the hub's admin token", envAdminToken, envAdminToken)
-	}
-	c := adminClient{base: strings.TrimRight(*hubURL, "/"), token: token, http: &http.Client{Timeout: 3 * adminTimeout}}
 
 	switch action {
 	case "add":

@@ -44,17 +44,7 @@ func parseTokenLines(t *testing.T, text string) map[string]string {
 
 func TestAdminCLI_VehicleRoundTrip(t *testing.T) {
 	t.Parallel()
-	adminToken := randomSecret(t)
-	h, err := hub.New(hub.Config{HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: adminToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Open(context.Background()); err != nil {
-		t.Fatalf("open hub: %v", err)
-	}
-	t.Cleanup(func() { h.Close() })
-	hubURL := "http://" + h.HTTPAddr().String()
-	env := map[string]string{"XPRESS_ADMIN_TOKEN_FILE": writeSecret(t, adminToken, 0o600)}
+	h, hubURL, env := startAdminHub(t)
 
 	// Several ids to stdout.
 	code, out, errOut := runCLI(t, env, "admin", "vehicle", "add", "veh-1", "veh-2", "--hub", hubURL)

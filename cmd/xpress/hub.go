@@ -23,6 +23,7 @@ type hubFlags struct {
 	dataDir        string
 	redisURL       string
 	allowedOrigins string
+	allowedHosts   string
 	agentAuth      bool
 	allowRegions   string
 }
@@ -35,6 +36,8 @@ func (f *hubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL for fan-out between hub replicas; empty fans out in-process")
 	fs.BoolVar(&f.agentAuth, "agent-auth", true, "require each agent's token (xpress admin agent add); false is allowed only with a loopback --agent-mqtt-addr, for local experiments")
 	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated extra Origin hosts allowed to open the operator WebSocket")
+	fs.StringVar(&f.allowedHosts, "http-allowed-hosts", "", "comma-separated host names the HTTP server serves besides IP addresses, localhost and the host of --public-url, "+
+		"e.g. ops.example.ph; requests naming another host get 421, which keeps DNS rebinding pages away from the API")
 	fs.StringVar(&f.allowRegions, "allow-region", "", "comma-separated region names contacts may serve besides "+strings.Join(protocol.KnownRegions, ", ")+
 		"; give the agents of a new office the same --allow-region")
 }
@@ -50,7 +53,8 @@ func (f *hubFlags) checkRegions() error {
 	return errors.Join(errs...)
 }
 
-// checkOrigins checks the --allowed-origins patterns before the hub does,
+// checkOrigins checks the --allowed-origins patterns and the
+// --http-allowed-hosts names before the hub does,
 // so the error names the flag. The hub matches them with path.Match.
 func (f *hubFlags) checkOrigins() error {
 	var errs []error
@@ -58,6 +62,12 @@ func (f *hubFlags) checkOrigins() error {
 		if _, err := path.Match(pattern, ""); err != nil {
 			errs = append(errs, fmt.Errorf("%s contains the invalid pattern %q: %v; use host names with * and ? wildcards, e.g. *.example.com",
 				flagLabel("allowed-origins"), pattern, err))
+		}
+	}
+	for _, h := range splitList(f.allowedHosts) {
+		if strings.ContainsAny(h, "/:@ ") {
+			errs = append(errs, fmt.Errorf("%s contains %q: give host names without scheme or port, such as ops.example.ph",
+				flagLabel("http-allowed-hosts"), h))
 		}
 	}
 	return errors.Join(errs...)
@@ -72,6 +82,7 @@ func (f *hubFlags) config() hub.Config {
 		DataDir:          f.dataDir,
 		RedisURL:         f.redisURL,
 		AllowedOrigins:   origins,
+		HTTPAllowedHosts: splitList(f.allowedHosts),
 		DisableAgentAuth: !f.agentAuth,
 		ExtraRegions:     splitList(f.allowRegions),
 	}

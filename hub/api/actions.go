@@ -88,9 +88,16 @@ func (s *Server) handleAction(route actionRoute) http.HandlerFunc {
 		defer cancel()
 		// An incident's region never changes, so checking it first is
 		// enough.
-		if _, _, err := s.visibleIncident(ctx, r, id); err != nil {
+		inc, _, err := s.visibleIncident(ctx, r, id)
+		if err != nil {
 			s.writeError(w, r, err)
 			return
+		}
+		if route.action == store.ActionAssign {
+			if err := s.checkAssignee(ctx, text, inc.Region); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
 		}
 		change, err := s.act(ctx, route.action, id, actor, text)
 		if err != nil {
@@ -102,6 +109,30 @@ func (s *Server) handleAction(route actionRoute) http.HandlerFunc {
 		}
 		s.writeJSON(w, r, http.StatusOK, actionResponse{Incident: change.Incident, Event: change.Event})
 	}
+}
+
+// checkAssignee checks, on a hub with operator accounts, that assignee
+// is the user name of an enabled operator who can see region, so every
+// assignment names an account that can act on the incident. Without
+// accounts any name is accepted.
+func (s *Server) checkAssignee(ctx context.Context, assignee, region string) error {
+	if s.cfg.Accounts == nil {
+		return nil
+	}
+	o, err := s.cfg.Accounts.Operator(ctx, assignee)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return badRequest("assignee %q is not an operator's user name: assign the incident to an operator account", assignee)
+	case err != nil:
+		return err
+	case o.Disabled:
+		return badRequest("assignee %q is a disabled account: assign the incident to an enabled operator", assignee)
+	}
+	p := Principal{Operator: o.Username, Role: Role(o.Role), Regions: o.Regions}
+	if !p.CanSee(region) {
+		return badRequest("assignee %q cannot see region %s: assign the incident to an operator of that region", assignee, region)
+	}
+	return nil
 }
 
 // act calls the store's lifecycle method of action a.

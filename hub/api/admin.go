@@ -92,13 +92,10 @@ func (s *Server) handleRotateCredential(w http.ResponseWriter, r *http.Request) 
 		s.writeError(w, r, err)
 		return
 	}
-	grace := DefaultRotationGrace
-	if body.Grace != "" {
-		var err error
-		if grace, err = time.ParseDuration(body.Grace); err != nil {
-			s.writeError(w, r, badRequest("invalid grace %q: use a duration such as 24h or 0s", truncate(body.Grace, 40)))
-			return
-		}
+	grace, err := parseGrace(body.Grace)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	id := r.PathValue("id")
 	ctx, cancel := s.adminContext(r)
@@ -146,6 +143,12 @@ func decodeAdminBody(w http.ResponseWriter, r *http.Request, v any, optional boo
 	if err != nil {
 		return err
 	}
+	return decodeObject(raw, v, optional)
+}
+
+// decodeObject decodes raw, one JSON object, into v, refusing unknown
+// fields. An empty raw is allowed only when optional is set.
+func decodeObject(raw []byte, v any, optional bool) error {
 	if optional && len(bytes.TrimSpace(raw)) == 0 {
 		return nil
 	}
@@ -161,6 +164,19 @@ func decodeAdminBody(w http.ResponseWriter, r *http.Request, v any, optional boo
 		return badRequest("invalid request body: send exactly one JSON object")
 	}
 	return nil
+}
+
+// parseGrace returns the rotation grace a request names, or
+// DefaultRotationGrace when it names none.
+func parseGrace(text string) (time.Duration, error) {
+	if text == "" {
+		return DefaultRotationGrace, nil
+	}
+	grace, err := time.ParseDuration(text)
+	if err != nil {
+		return 0, badRequest("invalid grace %q: use a duration such as 24h or 0s", truncate(text, 40))
+	}
+	return grace, nil
 }
 
 // adminContext bounds the store call of one admin request.

@@ -184,6 +184,10 @@ func (s *Server) handleUpdateOperator(w http.ResponseWriter, r *http.Request) {
 	if endSessions {
 		s.endOperatorSessions(ctx, username)
 	}
+	if body.Unlock {
+		// The locks of single addresses live in memory.
+		s.auth.pairs.Clear(username)
+	}
 	action := "operator.update"
 	if body.Unlock && len(changed) == 1 {
 		action = "operator.unlock"

@@ -1,11 +1,8 @@
 package api
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"time"
 
@@ -140,13 +137,10 @@ func (s *Server) handleRotateVehicleCredential(w http.ResponseWriter, r *http.Re
 		s.writeError(w, r, err)
 		return
 	}
-	grace := DefaultRotationGrace
-	if body.Grace != "" {
-		var err error
-		if grace, err = time.ParseDuration(body.Grace); err != nil {
-			s.writeError(w, r, badRequest("invalid grace %q: use a duration such as 24h or 0s", truncate(body.Grace, 40)))
-			return
-		}
+	grace, err := parseGrace(body.Grace)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	id := r.PathValue("id")
 	ctx, cancel := s.adminContext(r)
@@ -202,27 +196,9 @@ func (s *Server) writeVehicleError(w http.ResponseWriter, r *http.Request, err e
 // bytes into v, refusing unknown fields. An empty body is allowed only
 // when optional is set.
 func decodeVehicleBody(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxVehicleAdminBody))
+	raw, err := readBody(w, r, maxVehicleAdminBody)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return tooLarge
-		}
-		return badRequest("reading the request body failed: %v", err)
+		return err
 	}
-	if optional && len(bytes.TrimSpace(raw)) == 0 {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return badRequest("empty request body: send a JSON object")
-		}
-		return badRequest("invalid request body: %s", truncate(err.Error(), 160))
-	}
-	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
-		return badRequest("invalid request body: send exactly one JSON object")
-	}
-	return nil
+	return decodeObject(raw, v, optional)
 }

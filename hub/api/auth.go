@@ -40,11 +40,18 @@ const (
 	// one remote address may make: a burst of 10, then one every 6 s.
 	DefaultLoginBurst    = 10
 	DefaultLoginInterval = 6 * time.Second
-	// MaxLoginFailures failed sign-ins in a row lock an account for
-	// LockoutDuration. The count and the lock are stored, so a restart
-	// keeps them.
+	// MaxLoginFailures failed sign-ins in a row from one remote address
+	// lock the user name for that address for LockoutDuration, so one
+	// address that guesses cannot lock the account out everywhere. These
+	// counts and locks live in memory.
 	MaxLoginFailures = 5
 	LockoutDuration  = 15 * time.Minute
+	// MaxAccountFailures failed sign-ins in a row from any addresses lock
+	// the account for every address for LockoutDuration, which stops
+	// guessing spread over many addresses. The count and the lock are
+	// stored, so a restart keeps them. Unknown user names are counted the
+	// same way in memory, so a lock does not tell them apart.
+	MaxAccountFailures = 50
 	// MinPasswordLength and MaxPasswordBytes bound a new password: at
 	// least 12 characters, at most 256 bytes of valid UTF-8.
 	MinPasswordLength = 12
@@ -53,8 +60,13 @@ const (
 	// get before a request writes it again.
 	sessionTouchInterval = time.Minute
 	// maxLoginLimiters caps the remote addresses whose sign-in rate is
-	// tracked; past it the table starts over.
+	// tracked; past it the table starts over. It also caps the pairs of
+	// user name and address, and the unknown user names, whose failures
+	// are counted.
 	maxLoginLimiters = 10000
+	// throttleAuditInterval is how often the refused sign-ins of one
+	// remote address over the rate limit get an audit entry.
+	throttleAuditInterval = time.Minute
 )
 
 // Messages of refused requests. They are part of the API the dashboard
@@ -82,19 +94,33 @@ const (
 )
 
 // authState is the server's sign-in state that lives in memory: the
-// per-address rate limiters and the dummy hash.
+// per-address rate limiters, the failures per user name and address,
+// the failures of unknown user names and the dummy hash.
 type authState struct {
 	adminHash [sha256.Size]byte
+	// pairs locks a user name for one remote address.
+	pairs *httpsec.LoginLocks
+	// unknown counts the failures of unknown user names from any
+	// address, as the store counts those of accounts.
+	unknown *httpsec.LoginLocks
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
+	// throttleAudited is when each remote address last got an audit
+	// entry for a sign-in over the rate limit.
+	throttleAudited map[string]time.Time
 
 	dummyOnce sync.Once
 	dummyHash string
 }
 
 func newAuthState(adminToken string) *authState {
-	a := &authState{limiters: make(map[string]*rate.Limiter)}
+	a := &authState{
+		limiters:        make(map[string]*rate.Limiter),
+		throttleAudited: make(map[string]time.Time),
+		pairs:           httpsec.NewLoginLocks(MaxLoginFailures, LockoutDuration, maxLoginLimiters),
+		unknown:         httpsec.NewLoginLocks(MaxAccountFailures, LockoutDuration, maxLoginLimiters),
+	}
 	if adminToken != "" {
 		a.adminHash = sha256.Sum256([]byte(adminToken))
 	}
@@ -123,6 +149,30 @@ func (s *Server) allowLogin(ip string) time.Duration {
 		return delay
 	}
 	return 0
+}
+
+// auditThrottle reports whether a sign-in of remote address ip refused
+// by the rate limit should get an audit entry: at most one per address
+// per throttleAuditInterval, so a flood cannot fill the audit log.
+func (s *Server) auditThrottle(ip string, now time.Time) bool {
+	a := s.auth
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if last, ok := a.throttleAudited[ip]; ok && now.Sub(last) < throttleAuditInterval {
+		return false
+	}
+	if len(a.throttleAudited) >= maxLoginLimiters {
+		for addr, last := range a.throttleAudited {
+			if now.Sub(last) >= throttleAuditInterval {
+				delete(a.throttleAudited, addr)
+			}
+		}
+		if len(a.throttleAudited) >= maxLoginLimiters {
+			return false
+		}
+	}
+	a.throttleAudited[ip] = now
+	return true
 }
 
 // routeRole is the least role a route needs, by the pattern the mux
@@ -228,8 +278,9 @@ func (s *Server) identify(r *http.Request) (Principal, authMethod, *store.Sessio
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
 	if auth := r.Header.Get("Authorization"); auth != "" {
-		token, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok {
+		// The scheme is case-insensitive (RFC 9110, section 11.1).
+		scheme, token, ok := strings.Cut(auth, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			return Principal{}, authNone, nil, store.ErrBadToken
 		}
 		p, err := s.bearerPrincipal(ctx, strings.TrimSpace(token))
@@ -353,8 +404,10 @@ func csrfMatches(sent, want string) bool {
 }
 
 // originAllowed reports whether r has no Origin header, or one whose
-// host is the hub's own (the Host header) or matches
-// Config.AllowedOrigins as the stream matches them.
+// host is the hub's own (the Host header, which must be one of the
+// hosts Config.AllowedHosts allows) or matches Config.AllowedOrigins as
+// the stream matches them. A request without Origin still needs the
+// session's CSRF token to change anything.
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -364,7 +417,7 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
+	if httpsec.SameOrigin(r, origin, s.hosts) {
 		return true
 	}
 	for _, p := range s.cfg.AllowedOrigins {

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -108,12 +109,17 @@ func TestLogin_LockoutAfterFiveFailuresAndUnlock(t *testing.T) {
 	if ra := res.Header.Get("Retry-After"); ra != "900" {
 		t.Errorf("Retry-After = %q, want 900", ra)
 	}
+	// The lock holds for this address only; the account counts the
+	// failures but stays open below api.MaxAccountFailures.
 	o, err := as.accounts.Operator(context.Background(), "maria")
-	if err != nil || !o.LockedUntil.Equal(testNow.Add(api.LockoutDuration)) {
-		t.Fatalf("stored lock = %v, %v; want until %s", o.LockedUntil, err, testNow.Add(api.LockoutDuration))
+	if err != nil || !o.LockedUntil.IsZero() || o.FailedLogins != api.MaxLoginFailures {
+		t.Fatalf("stored account = locked until %v, %d failures, %v; want not locked, %d failures", o.LockedUntil, o.FailedLogins, err, api.MaxLoginFailures)
 	}
 	if n := len(as.auditEntries(t, store.AuditFilter{Action: "lockout", Actor: "login:maria"})); n != 1 {
 		t.Errorf("%d lockout audit entries, want 1", n)
+	}
+	if code := loginFrom(t, as, "127.0.0.2", "maria", password); code != http.StatusOK {
+		t.Fatalf("right password from another address while 127.0.0.1 is locked = %d, want 200", code)
 	}
 
 	// An admin unlocks the account.
@@ -591,5 +597,160 @@ func TestSession_LogoutClosesItsStreams(t *testing.T) {
 			t.Fatalf("stream after logout ended with %v (status %d), want status 1008", err, status)
 		}
 		return
+	}
+}
+
+// loginFrom signs in from the loopback address ip and returns the status.
+func loginFrom(t *testing.T, as *authServer, ip, username, password string) int {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"username": username, "password": password})
+	req := as.request(t, http.MethodPost, "/api/v1/session", string(body))
+	res, err := clientFrom(ip).Do(req)
+	if err != nil {
+		t.Fatalf("sign in from %s: %v", ip, err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// Failures spread over many addresses lock the account for every
+// address at api.MaxAccountFailures, and the lock is stored. An admin
+// unlock ends it and the locks of single addresses.
+func TestLogin_AccountLockAcrossAddresses(t *testing.T) {
+	as := newAuthServer(t, false, func(c *api.Config) { c.LoginBurst = 1000 })
+	password := as.addOperator(t, "maria", store.OperatorRoleSupervisor, "NCR")
+	for i := range api.MaxAccountFailures {
+		ip := fmt.Sprintf("127.0.1.%d", 1+i/api.MaxLoginFailures)
+		code := loginFrom(t, as, ip, "maria", "guess "+strconv.Itoa(i))
+		last := i == api.MaxAccountFailures-1 || i%api.MaxLoginFailures == api.MaxLoginFailures-1
+		if want := map[bool]int{true: http.StatusLocked, false: http.StatusUnauthorized}[last]; code != want {
+			t.Fatalf("failure %d from %s = %d, want %d", i+1, ip, code, want)
+		}
+	}
+	if code := loginFrom(t, as, "127.0.2.1", "maria", password); code != http.StatusLocked {
+		t.Fatalf("right password from a new address after %d failures = %d, want 423", api.MaxAccountFailures, code)
+	}
+	o, err := as.accounts.Operator(context.Background(), "maria")
+	if err != nil || !o.LockedUntil.Equal(testNow.Add(api.LockoutDuration)) {
+		t.Fatalf("stored lock = %v, %v; want until %s", o.LockedUntil, err, testNow.Add(api.LockoutDuration))
+	}
+	res, v := as.bearer(t, testAdminToken, http.MethodPatch, "/api/v1/admin/operators/maria", `{"unlock":true}`)
+	wantStatus(t, "unlock", res, v, http.StatusOK)
+	for _, ip := range []string{"127.0.2.1", "127.0.1.1"} {
+		if code := loginFrom(t, as, ip, "maria", password); code != http.StatusOK {
+			t.Errorf("right password from %s after the unlock = %d, want 200", ip, code)
+		}
+	}
+}
+
+// An unknown user name locks after api.MaxLoginFailures like a real one,
+// with the same message, so a lock does not reveal which names exist.
+func TestLogin_UnknownUserLocksLikeARealOne(t *testing.T) {
+	as := newAuthServer(t, false, func(c *api.Config) { c.LoginBurst = 1000 })
+	as.addOperator(t, "maria", store.OperatorRoleOperator, "NCR")
+	msgs := map[string]any{}
+	for _, name := range []string{"maria", "ghostuser"} {
+		for i := 1; i < api.MaxLoginFailures; i++ {
+			res, v := as.login(t, name, "guess "+strconv.Itoa(i))
+			wantStatus(t, fmt.Sprintf("%s failure %d", name, i), res, v, http.StatusUnauthorized)
+		}
+		res, v := as.login(t, name, "guess 5")
+		wantStatus(t, name+" fifth failure", res, v, http.StatusLocked)
+		res, v = as.login(t, name, "guess 6")
+		wantStatus(t, name+" while locked", res, v, http.StatusLocked)
+		if ra := res.Header.Get("Retry-After"); ra != "900" {
+			t.Errorf("%s: Retry-After = %q, want 900", name, ra)
+		}
+		msgs[name] = v["error"]
+	}
+	if msgs["maria"] != msgs["ghostuser"] {
+		t.Errorf("lock messages differ: %q and %q", msgs["maria"], msgs["ghostuser"])
+	}
+	if n := len(as.auditEntries(t, store.AuditFilter{Action: "lockout", Actor: "login:ghostuser"})); n != 1 {
+		t.Errorf("%d lockout audit entries of the unknown name, want 1", n)
+	}
+}
+
+// Sign-ins refused by the rate limit get one audit entry per address per
+// minute, however many there are.
+func TestLogin_RateLimitAudited(t *testing.T) {
+	as := newAuthServer(t, false, func(c *api.Config) { c.LoginBurst, c.LoginInterval = 1, time.Hour })
+	res, v := as.login(t, "nobody", "guess")
+	wantStatus(t, "attempt within the burst", res, v, http.StatusUnauthorized)
+	for range 5 {
+		res, v = as.login(t, "nobody", "guess")
+		wantStatus(t, "attempt past the burst", res, v, http.StatusTooManyRequests)
+	}
+	denied := func() int {
+		n := 0
+		for _, e := range as.auditEntries(t, store.AuditFilter{Action: "login"}) {
+			if e.Outcome == "denied" && strings.Contains(e.Detail, "rate limit") && e.Remote == "127.0.0.1" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := denied(); n != 1 {
+		t.Fatalf("%d audit entries for 5 refusals within a minute, want 1", n)
+	}
+	as.clock.Set(testNow.Add(time.Minute + time.Second))
+	res, v = as.login(t, "nobody", "guess")
+	wantStatus(t, "attempt a minute later", res, v, http.StatusTooManyRequests)
+	if n := denied(); n != 2 {
+		t.Errorf("%d audit entries after a refusal a minute later, want 2", n)
+	}
+}
+
+// The Authorization scheme is case-insensitive, on the API and the admin
+// routes.
+func TestBearer_SchemeAnyCase(t *testing.T) {
+	as := newAuthServer(t, false, nil)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer", "bEaReR"} {
+		req := as.request(t, http.MethodGet, "/api/v1/admin/operators", "")
+		req.Header.Set("Authorization", scheme+" "+testAdminToken)
+		res, v := as.send(t, req)
+		wantStatus(t, "admin route with scheme "+scheme, res, v, http.StatusOK)
+		req = as.request(t, http.MethodGet, "/api/v1/incidents", "")
+		req.Header.Set("Authorization", scheme+" "+testAdminToken)
+		res, v = as.send(t, req)
+		wantStatus(t, "API with scheme "+scheme, res, v, http.StatusOK)
+	}
+	req := as.request(t, http.MethodGet, "/api/v1/incidents", "")
+	req.Header.Set("Authorization", "Basic "+testAdminToken)
+	res, v := as.send(t, req)
+	wantStatus(t, "another scheme", res, v, http.StatusUnauthorized)
+}
+
+// On a hub with accounts, an incident can only be assigned to an
+// enabled operator who can see its region.
+func TestAssign_AssigneeMustBeAnOperatorOfTheRegion(t *testing.T) {
+	as := newAuthServer(t, false, nil)
+	sup := as.sessionAs(t, store.OperatorRoleSupervisor, "NCR")
+	as.addOperator(t, "ncr-op", store.OperatorRoleOperator, "NCR")
+	as.addOperator(t, "cebu-op", store.OperatorRoleOperator, "Cebu")
+	as.addOperator(t, "every-op", store.OperatorRoleOperator, store.AllRegions)
+	as.addOperator(t, "gone-op", store.OperatorRoleOperator, "NCR")
+	if _, err := as.accounts.UpdateOperator(context.Background(), "gone-op", func(o *store.StoredOperator) error {
+		o.Disabled = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for assignee, want := range map[string]string{
+		"nobody":   "not an operator's user name",
+		"cebu-op":  "cannot see region NCR",
+		"gone-op":  "disabled account",
+		"ncr-op":   "",
+		"every-op": "",
+	} {
+		res, v := sup.do(t, http.MethodPost, "/api/v1/incidents/1/assign", `{"assignee":"`+assignee+`"}`)
+		if want == "" {
+			wantStatus(t, "assign to "+assignee, res, v, http.StatusOK)
+			continue
+		}
+		wantStatus(t, "assign to "+assignee, res, v, http.StatusBadRequest)
+		if msg, _ := v["error"].(string); !strings.Contains(msg, want) {
+			t.Errorf("assign to %s: message %q, want it to contain %q", assignee, msg, want)
+		}
 	}
 }

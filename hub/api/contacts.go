@@ -288,16 +288,26 @@ func decodeContactBody(w http.ResponseWriter, r *http.Request) (contactBody, err
 // replace each invalid byte with U+FFFD, so a contact's name or an
 // operator's note would be stored altered.
 func readTextBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxActionBody))
+	raw, err := readBody(w, r, MaxActionBody)
+	if err != nil {
+		return nil, err
+	}
+	if !utf8.Valid(raw) {
+		return nil, badRequest("invalid request body: it is not valid UTF-8; send text fields as UTF-8")
+	}
+	return raw, nil
+}
+
+// readBody reads a request body of at most limit bytes. A larger body
+// returns the *http.MaxBytesError, for which writeError sends 413.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			return nil, tooLarge
 		}
 		return nil, badRequest("reading the request body failed: %v", err)
-	}
-	if !utf8.Valid(raw) {
-		return nil, badRequest("invalid request body: it is not valid UTF-8; send text fields as UTF-8")
 	}
 	return raw, nil
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -111,6 +112,12 @@ type Config struct {
 	// "scheme://host" pattern. Empty means same origin only. Requests
 	// without an Origin header (non-browser clients) are always accepted.
 	AllowedOrigins []string
+	// AllowedHosts are the host names, besides IP addresses and
+	// localhost, the hub serves in the Host header. A request naming
+	// another host gets 421, so a page that rebinds its DNS name to the
+	// hub's address cannot reach the API. Names are given without scheme
+	// or port.
+	AllowedHosts []string
 	// Dashboard serves "/" and the page's assets. Nil means dashboard.Handler().
 	Dashboard http.Handler
 	// Now is the clock for default query times. Nil means time.Now.
@@ -180,6 +187,11 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("api: invalid origin pattern %q: %w", p, err))
 		}
 	}
+	for _, h := range c.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/:@ ") {
+			errs = append(errs, fmt.Errorf("api: allowed host %q: give host names without scheme or port, such as ops.example.ph", h))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -202,6 +214,8 @@ type Server struct {
 	live streamRegistry
 	// auth holds the sign-in rate limiters and the dummy password hash.
 	auth *authState
+	// hosts decides which Host headers the hub serves.
+	hosts *httpsec.HostCheck
 }
 
 // New returns a server configured by cfg, with defaults filled in. It
@@ -261,6 +275,7 @@ func New(cfg Config) *Server {
 		log:     cfg.Logger.With("component", "api"),
 		metrics: newMetrics(cfg.Registerer),
 		auth:    newAuthState(cfg.AdminToken),
+		hosts:   httpsec.NewHostCheck(cfg.AllowedHosts),
 		done:    make(chan struct{}),
 	}
 	s.handler = s.routes()
@@ -293,7 +308,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/", s.handleUnknownAPI)
 
 	mux.Handle("GET /", s.cfg.Dashboard)
-	return s.instrument(httpsec.Headers(s.authenticate(mux)))
+	return s.instrument(httpsec.Headers(s.checkHost(s.authenticate(mux))))
 }
 
 // Close disconnects every WebSocket client with status 1001 (going away),

@@ -66,15 +66,24 @@ func (s *Server) dummyHash() string {
 }
 
 // handleLogin signs an operator in: POST /api/v1/session with
-// {"username","password"}. It responds 429 past the per-address rate,
-// 423 for a locked account, 401 with one message for an unknown user, a
-// wrong password and a disabled account, and 200 with the session and
-// its cookie. Every outcome is audited, never with the password.
+// {"username","password"}. It responds 429 past the per-address rate.
+// It responds 423 for a user name locked for the remote address or for
+// every address. An unknown user, a wrong password and a disabled
+// account get 401 with one message. Success gets 200 with the session
+// and its cookie.
+// Unknown user names lock like real ones, so a 423 does not reveal that
+// an account exists. Every outcome is audited, never with the password;
+// the refusals of the rate limit at most once per address per minute.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	ip := remoteIP(r)
 	if wait := s.allowLogin(ip); wait > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		s.log.Warn("sign-in rejected: rate limit exceeded", "remote", ip)
+		if s.auditThrottle(ip, s.cfg.Now()) {
+			// The user name is not read yet: the body of a refused request is not.
+			s.audit(r, store.AuditEntry{Actor: "login:", Action: "login", Outcome: "denied",
+				Detail: "rate limit: too many sign-in attempts from the address; more refusals within a minute are not audited"})
+		}
 		s.writeJSON(w, r, http.StatusTooManyRequests, map[string]string{"error": msgLoginTooFast})
 		return
 	}
@@ -101,30 +110,48 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
 	tried := truncate(body.Username, store.MaxUsernameLength)
-	fail := func(reason string) {
+	now := store.Time(s.cfg.Now())
+	fail := func(reason string, accountUntil time.Time) {
 		s.audit(r, store.AuditEntry{Actor: "login:" + tried, Action: "login", Target: "operator:" + tried, Outcome: "failure", Detail: reason})
+		until, locked := s.auth.pairs.Fail(tried, ip, now)
+		if accountUntil.After(until) {
+			until, locked = accountUntil, true
+		}
+		if locked {
+			s.lockedOut(w, r, tried, until, now)
+			return
+		}
 		s.log.Info("sign-in failed", "username", tried, "reason", reason, "remote", ip)
 		s.writeJSON(w, r, http.StatusUnauthorized, map[string]string{"error": msgWrongLogin})
 	}
+	if until, locked := s.auth.pairs.Locked(tried, ip, now); locked {
+		_ = passhash.Verify(s.dummyHash(), body.Password)
+		s.refuseLocked(w, r, until, now)
+		return
+	}
 	if len(body.Password) > MaxPasswordBytes {
-		fail("password too long")
+		fail("password too long", time.Time{})
 		return
 	}
 
 	o, err := s.cfg.Accounts.Operator(ctx, body.Username)
 	if errors.Is(err, store.ErrNotFound) {
 		_ = passhash.Verify(s.dummyHash(), body.Password)
-		fail("unknown user name")
+		if until, locked := s.auth.unknown.Locked(tried, "", now); locked {
+			s.refuseLocked(w, r, until, now)
+			return
+		}
+		until, _ := s.auth.unknown.Fail(tried, "", now)
+		fail("unknown user name", until)
 		return
 	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	now := store.Time(s.cfg.Now())
 	if now.Before(o.LockedUntil) {
 		_ = passhash.Verify(s.dummyHash(), body.Password)
-		s.refuseLocked(w, r, o.Username, o.LockedUntil, now)
+		s.refuseLocked(w, r, o.LockedUntil, now)
 		return
 	}
 	verr := passhash.Verify(o.PasswordHash, body.Password)
@@ -132,13 +159,14 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("stored password hash unreadable", "operator", o.Username, "error", verr)
 	}
 	if verr == nil && o.Disabled {
-		fail("account disabled")
+		fail("account disabled", time.Time{})
 		return
 	}
 	if verr != nil {
 		s.loginFailed(w, r, o.Username, now)
 		return
 	}
+	s.auth.pairs.Succeed(tried, ip)
 
 	if o.FailedLogins != 0 || !o.LockedUntil.IsZero() {
 		if _, err := s.cfg.Accounts.UpdateOperator(ctx, o.Username, func(o *store.StoredOperator) error {
@@ -161,14 +189,16 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// loginFailed counts a wrong password and locks the account at the
-// MaxLoginFailures-th in a row.
+// loginFailed counts a wrong password: in the store for the account,
+// which it locks for every address at the MaxAccountFailures-th in a
+// row, and in memory for the user name and remote address, which lock at
+// the MaxLoginFailures-th.
 func (s *Server) loginFailed(w http.ResponseWriter, r *http.Request, username string, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.QueryTimeout)
 	defer cancel()
 	o, err := s.cfg.Accounts.UpdateOperator(ctx, username, func(o *store.StoredOperator) error {
 		o.FailedLogins++
-		if o.FailedLogins >= MaxLoginFailures {
+		if o.FailedLogins >= MaxAccountFailures {
 			o.FailedLogins, o.LockedUntil = 0, now.Add(LockoutDuration)
 		}
 		return nil
@@ -178,24 +208,36 @@ func (s *Server) loginFailed(w http.ResponseWriter, r *http.Request, username st
 		return
 	}
 	s.audit(r, store.AuditEntry{Actor: "login:" + username, Action: "login", Target: "operator:" + username, Outcome: "failure", Detail: "wrong password"})
+	until, locked := s.auth.pairs.Fail(username, remoteIP(r), now)
 	if o.LockedUntil.After(now) {
-		s.audit(r, store.AuditEntry{Actor: "login:" + username, Action: "lockout", Target: "operator:" + username, Outcome: "success",
-			Detail: fmt.Sprintf("%d failed sign-ins in a row; locked until %s", MaxLoginFailures, o.LockedUntil.Format(time.RFC3339))})
-		s.log.Warn("operator account locked", "operator", username, "until", o.LockedUntil, "remote", remoteIP(r))
-		s.refuseLocked(w, r, username, o.LockedUntil, now)
+		until, locked = o.LockedUntil, true
+	}
+	if locked {
+		s.lockedOut(w, r, username, until, now)
 		return
 	}
 	s.log.Info("sign-in failed", "username", username, "reason", "wrong password", "failures", o.FailedLogins, "remote", remoteIP(r))
 	s.writeJSON(w, r, http.StatusUnauthorized, map[string]string{"error": msgWrongLogin})
 }
 
-// refuseLocked responds 423 for a locked account, with Retry-After.
-func (s *Server) refuseLocked(w http.ResponseWriter, r *http.Request, username string, until, now time.Time) {
+// lockedOut audits and logs the lock of username that the failure just
+// made, for the remote address or for every address, and responds 423.
+func (s *Server) lockedOut(w http.ResponseWriter, r *http.Request, username string, until, now time.Time) {
+	s.audit(r, store.AuditEntry{Actor: "login:" + username, Action: "lockout", Target: "operator:" + username, Outcome: "success",
+		Detail: fmt.Sprintf("too many failed sign-ins in a row; locked until %s", until.Format(time.RFC3339))})
+	s.log.Warn("sign-in locked", "username", username, "until", until, "remote", remoteIP(r))
+	s.refuseLocked(w, r, until, now)
+}
+
+// refuseLocked responds 423 for a locked user name, with Retry-After.
+// The message is the same for a lock of one address and of every
+// address, and for unknown user names.
+func (s *Server) refuseLocked(w http.ResponseWriter, r *http.Request, until, now time.Time) {
 	wait := until.Sub(now)
 	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 	s.writeJSON(w, r, http.StatusLocked, map[string]string{"error": fmt.Sprintf(
-		"account locked after %d failed sign-ins; try again in %d minutes or ask an admin to unlock it",
-		MaxLoginFailures, int(math.Ceil(wait.Minutes())))})
+		"account locked after too many failed sign-ins; try again in %d minutes or ask an admin to unlock it",
+		int(math.Ceil(wait.Minutes())))})
 }
 
 // startSession stores a new session of operator and sets its cookie.

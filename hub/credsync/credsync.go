@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/syncloop"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -44,6 +45,9 @@ const (
 	// DefaultQueryTimeout bounds each store read.
 	DefaultQueryTimeout = 10 * time.Second
 )
+
+// defaultTiming holds the defaults of Config's durations.
+var defaultTiming = syncloop.Timing{Interval: DefaultInterval, RetryInterval: DefaultRetryInterval, QueryTimeout: DefaultQueryTimeout}
 
 // Source reads the credentials that changed after a version;
 // store.Store implements it.
@@ -83,20 +87,13 @@ type Syncer struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	loop    *syncloop.Loop
 
-	notify chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
+	closeOnce sync.Once
 
-	startOnce, closeOnce sync.Once
-	started              bool
-
-	// published is the highest version published. Only the run goroutine
-	// uses it.
+	// published is the highest version published. Only the loop's
+	// goroutine uses it.
 	published uint64
-	// synced is closed after the first complete sync.
-	synced chan struct{}
 }
 
 // New checks cfg, fills defaults and registers the metrics. It starts nothing.
@@ -108,23 +105,14 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.Publisher == nil {
 		errs = append(errs, errors.New("Publisher is nil"))
 	}
-	for name, d := range map[string]time.Duration{"Interval": cfg.Interval, "RetryInterval": cfg.RetryInterval, "QueryTimeout": cfg.QueryTimeout} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s %s is negative", name, d))
-		}
-	}
+
+	timing, err := syncloop.Timing{Interval: cfg.Interval, RetryInterval: cfg.RetryInterval, QueryTimeout: cfg.QueryTimeout}.Resolve(defaultTiming)
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("invalid credential sync config: %w", err)
 	}
-	if cfg.Interval == 0 {
-		cfg.Interval = DefaultInterval
-	}
-	if cfg.RetryInterval == 0 {
-		cfg.RetryInterval = DefaultRetryInterval
-	}
-	if cfg.QueryTimeout == 0 {
-		cfg.QueryTimeout = DefaultQueryTimeout
-	}
+	cfg.Interval, cfg.RetryInterval, cfg.QueryTimeout = timing.Interval, timing.RetryInterval, timing.QueryTimeout
+
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -135,95 +123,55 @@ func New(cfg Config) (*Syncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register credential sync metrics: %w", err)
 	}
+
 	s := &Syncer{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "credsync"),
 		metrics: m,
-		notify:  make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		synced:  make(chan struct{}),
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.loop = syncloop.New(syncloop.Config{
+		Interval:      cfg.Interval,
+		RetryInterval: cfg.RetryInterval,
+		Sync:          s.sync,
+		OnError: func(err error) {
+			s.metrics.failures.Inc()
+			s.log.Error("vehicle credentials not sent to the agents; retrying", "after_version", s.published,
+				"retry_in", s.cfg.RetryInterval, "error", err)
+		},
+		OnFirstSync: func() {
+			s.log.Info("vehicle credentials sent to the agents", "version", s.published)
+		},
+	})
 	return s, nil
 }
 
 // Start starts the goroutine that publishes every credential and then
 // follows the changes. It returns at once.
-func (s *Syncer) Start() {
-	s.startOnce.Do(func() {
-		s.started = true
-		go s.run()
-	})
-}
+func (s *Syncer) Start() { s.loop.Start() }
 
-// Notify asks for a sync now, after a change to the credentials. It
+// Notify requests a sync now, after a change to the credentials. It
 // never blocks.
-func (s *Syncer) Notify() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
+func (s *Syncer) Notify() { s.loop.Notify() }
 
 // Synced returns a channel closed once every stored credential has been
 // published after Start.
-func (s *Syncer) Synced() <-chan struct{} { return s.synced }
+func (s *Syncer) Synced() <-chan struct{} { return s.loop.Synced() }
 
 // Close stops the syncer and waits for its goroutine. Retained messages
 // stay on the broker. It is safe to call more than once.
 func (s *Syncer) Close() error {
 	s.closeOnce.Do(func() {
-		s.startOnce.Do(func() {}) // a later Start does nothing
-		s.cancel()
-		if s.started {
-			<-s.done
-		}
-		s.cfg.Registerer.Unregister(s.metrics.published)
-		s.cfg.Registerer.Unregister(s.metrics.failures)
-		s.cfg.Registerer.Unregister(s.metrics.version)
+		s.loop.Close()
+		s.metrics.unregister(s.cfg.Registerer)
 	})
 	return nil
-}
-
-func (s *Syncer) run() {
-	defer close(s.done)
-	tick := time.NewTicker(s.cfg.Interval)
-	defer tick.Stop()
-	first := true
-	for {
-		wait := tick.C
-		if err := s.sync(); err != nil {
-			s.metrics.failures.Inc()
-			s.log.Error("vehicle credentials not sent to the agents; retrying", "after_version", s.published,
-				"retry_in", s.cfg.RetryInterval, "error", err)
-			retry := time.NewTimer(s.cfg.RetryInterval)
-			select {
-			case <-s.ctx.Done():
-				retry.Stop()
-				return
-			case <-retry.C:
-				continue
-			}
-		}
-		if first {
-			first = false
-			close(s.synced)
-			s.log.Info("vehicle credentials sent to the agents", "version", s.published)
-		}
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.notify:
-		case <-wait:
-		}
-	}
 }
 
 // sync publishes every credential changed after the highest version
 // published, in version order, and advances that version past each one
 // published.
-func (s *Syncer) sync() error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.QueryTimeout)
+func (s *Syncer) sync(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	changed, err := s.cfg.Store.VehicleCredentialsSince(ctx, s.published)
 	cancel()
 	if err != nil {

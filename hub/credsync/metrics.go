@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.published.WithLabelValues("live")
 	m.published.WithLabelValues("revoked")
 	var done []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.published, m.failures, m.version} {
+	for _, c := range m.collectors() {
 		if err := reg.Register(c); err != nil {
 			for _, d := range done {
 				reg.Unregister(d)
@@ -40,4 +40,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		done = append(done, c)
 	}
 	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.published, m.failures, m.version}
+}
+
+// unregister removes the collectors from reg.
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
 }

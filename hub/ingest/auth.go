@@ -38,6 +38,9 @@ const (
 	// reasonClientCertificate: mutual TLS is on and the connection has no
 	// verified client certificate naming the agent.
 	reasonClientCertificate = "client_certificate"
+	// reasonWillMessage: the CONNECT carried a will message, which agents
+	// may not set.
+	reasonWillMessage = "will_message"
 )
 
 // authFailureReason returns the metric label for an Authenticate error.

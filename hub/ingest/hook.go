@@ -26,6 +26,8 @@ const (
 	reasonStoreUnavailable = "store_unavailable"
 	reasonStoreError       = "store_error"
 	reasonPrevMissing      = "prev_missing"
+	// reasonRetained: the publish had the retain flag set.
+	reasonRetained = "retained"
 )
 
 // maxAckErrorLength bounds the error text sent back in an Ack.
@@ -52,7 +54,8 @@ func (h *hook) Provides(b byte) bool {
 }
 
 // OnConnectAuthenticate accepts a connection whose username is a valid
-// agent id and whose password the Authenticator accepts.
+// agent id, whose password the Authenticator accepts and which sets no
+// will message.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	s := h.server
 	agentID := string(cl.Properties.Username)
@@ -81,6 +84,19 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		}
 		s.log.Log(context.Background(), level, "agent connection rejected: authentication failed",
 			"agent", agentID, "remote", cl.Net.Remote, "client", cl.ID, "reason", reason, "error", err)
+		return false
+	}
+	// Mochi publishes a will message without an ACL check or OnPublish,
+	// and retains it if asked. A will could therefore write to the topics
+	// only the hub may write to (vehicle credentials, operator lists, SOS
+	// states, Acks), and every agent would apply it. The uplink never sets
+	// a will, and an agent's batches are never forwarded, so every will is
+	// refused.
+	if pk.Connect.WillFlag {
+		s.metrics.connectionsRejected.WithLabelValues(reasonWillMessage).Inc()
+		s.log.Warn("agent connection rejected: agents may not set a will message",
+			"agent", agentID, "remote", cl.Net.Remote, "client", cl.ID, "topic", pk.Connect.WillTopic,
+			"retain", pk.Connect.WillRetain, "reason", reasonWillMessage)
 		return false
 	}
 	return true
@@ -170,6 +186,16 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	ackTopic := ackTopicOf(cl, agentID)
 	s.metrics.batchesReceived.Inc()
 	s.metrics.batchBytes.Observe(float64(len(pk.Payload)))
+
+	// The uplink never retains a batch. A retained publish is refused
+	// without an Ack before anything else, so that no path can leave an
+	// agent's message retained on the hub.
+	if pk.FixedHeader.Retain {
+		s.metrics.batchesRejected.WithLabelValues(reasonRetained).Inc()
+		s.log.Warn("retained publish from agent refused: agents may not retain messages",
+			"agent", agentID, "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "reason", reasonRetained)
+		return pk, refusal(cl, packets.ErrNotAuthorized)
+	}
 
 	b, err := protocol.DecodeBatch(pk.Payload)
 	if err != nil {

@@ -96,7 +96,9 @@ type Config struct {
 	// next batch, so it must return quickly.
 	OnCommit func(b *protocol.Batch, res store.CommitResult)
 	// OnAgentStatus, if set, is called when an agent's first connection is
-	// established (true) and when its last connection ends (false). Calls
+	// established (true) and two seconds after its last connection ended
+	// when no new one came in that time (false); Close reports the
+	// pending ones at once. Calls
 	// are made in order under an internal lock: it must return quickly and
 	// must not call the Server.
 	OnAgentStatus func(agentID string, connected bool)
@@ -133,6 +135,9 @@ type Server struct {
 
 	agentsMu sync.Mutex
 	agents   map[string]int // live connections per agent id
+	// offline holds the pending offline report of each agent whose last
+	// connection ended less than offlineGrace ago.
+	offline map[string]*time.Timer
 
 	// catchUp records which agents are still sending an SOS backlog.
 	catchUp catchUp
@@ -160,6 +165,7 @@ func New(cfg Config) *Server {
 		log:     cfg.Logger.With("component", "ingest"),
 		metrics: newMetrics(cfg.Registerer),
 		agents:  make(map[string]int),
+		offline: make(map[string]*time.Timer),
 	}
 }
 
@@ -316,6 +322,7 @@ func (s *Server) Close() error {
 	}
 	err := broker.Close()
 	cancel()
+	s.flushOffline()
 	s.log.Info("ingest stopped")
 	if err != nil {
 		return fmt.Errorf("close ingest: %w", err)
@@ -323,24 +330,37 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// offlineGrace is how long an agent without connections still counts as
+// online. mochi v2.7.9 may end the old connection of a session takeover
+// (or a reconnect after a network blip) before the new one is
+// established, and the grace keeps that from showing the agent offline
+// and online again.
+const offlineGrace = 2 * time.Second
+
 // agentConnected counts a new connection of an agent and reports the
-// agent online when it is its first.
+// agent online when it is its first and the agent was reported offline.
 func (s *Server) agentConnected(agentID string) {
 	s.agentsMu.Lock()
 	defer s.agentsMu.Unlock()
 	s.agents[agentID]++
-	if s.agents[agentID] == 1 {
-		s.metrics.agentsConnected.Inc()
-		if s.cfg.OnAgentStatus != nil {
-			s.cfg.OnAgentStatus(agentID, true)
-		}
+	if s.agents[agentID] > 1 {
+		return
+	}
+	if t, pending := s.offline[agentID]; pending {
+		// The last connection ended within the grace: still online.
+		t.Stop()
+		delete(s.offline, agentID)
+		return
+	}
+	s.metrics.agentsConnected.Inc()
+	if s.cfg.OnAgentStatus != nil {
+		s.cfg.OnAgentStatus(agentID, true)
 	}
 }
 
-// agentDisconnected counts an ended connection and reports the agent
-// offline when it was its last. A new connection that takes over a
-// session starts before the old one ends, so counting keeps the agent
-// online through a takeover.
+// agentDisconnected counts an ended connection. When it was the agent's
+// last, the agent is reported offline after offlineGrace unless a new
+// connection comes first.
 func (s *Server) agentDisconnected(agentID string) {
 	s.agentsMu.Lock()
 	defer s.agentsMu.Unlock()
@@ -353,8 +373,33 @@ func (s *Server) agentDisconnected(agentID string) {
 		return
 	}
 	delete(s.agents, agentID)
+	var t *time.Timer
+	t = time.AfterFunc(offlineGrace, func() {
+		s.agentsMu.Lock()
+		defer s.agentsMu.Unlock()
+		if s.offline[agentID] == t {
+			s.reportOffline(agentID)
+		}
+	})
+	s.offline[agentID] = t
+}
+
+// reportOffline reports an agent offline whose offline report was
+// pending. The caller holds agentsMu.
+func (s *Server) reportOffline(agentID string) {
+	delete(s.offline, agentID)
 	s.metrics.agentsConnected.Dec()
 	if s.cfg.OnAgentStatus != nil {
 		s.cfg.OnAgentStatus(agentID, false)
+	}
+}
+
+// flushOffline reports every pending offline report at once, for Close.
+func (s *Server) flushOffline() {
+	s.agentsMu.Lock()
+	defer s.agentsMu.Unlock()
+	for agentID, t := range s.offline {
+		t.Stop()
+		s.reportOffline(agentID)
 	}
 }

@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		batchesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_batches_rejected_total",
-			Help: "Batches not committed, by reason: a protocol validation reason, agent_mismatch, store_unavailable or store_error.",
+			Help: "Batches not committed, by reason: a protocol validation reason, agent_mismatch, retained, prev_missing, store_unavailable or store_error.",
 		}, []string{"reason"}),
 		batchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "xpress_ingest_batch_bytes",
@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		connectionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_connections_rejected_total",
-			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id, no_token, unknown_agent, bad_token, bad_credentials, client_certificate or store_unavailable.",
+			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id, no_token, unknown_agent, bad_token, bad_credentials, client_certificate, will_message or store_unavailable.",
 		}, []string{"reason"}),
 		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_acl_denied_total",

@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/syncloop"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -46,6 +47,9 @@ const (
 	// DefaultQueryTimeout bounds the store reads of one sync.
 	DefaultQueryTimeout = 10 * time.Second
 )
+
+// defaultTiming holds the defaults of Config's durations.
+var defaultTiming = syncloop.Timing{Interval: DefaultInterval, RetryInterval: DefaultRetryInterval, QueryTimeout: DefaultQueryTimeout}
 
 // Source reads the agents and the operator accounts; store.Store
 // implements it.
@@ -90,21 +94,14 @@ type Syncer struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	loop    *syncloop.Loop
 
-	notify chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
-
-	startOnce, closeOnce sync.Once
-	started              bool
+	closeOnce sync.Once
 
 	// published maps each agent to the operators of the last list
-	// published to it, encoded without IssuedAt; it belongs to the run
+	// published to it, encoded without IssuedAt; it belongs to the loop's
 	// goroutine.
 	published map[string][]byte
-	// synced is closed after the first complete sync.
-	synced chan struct{}
 }
 
 // New checks cfg, fills defaults and registers the metrics. It starts nothing.
@@ -116,23 +113,14 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.Publisher == nil {
 		errs = append(errs, errors.New("Publisher is nil"))
 	}
-	for name, d := range map[string]time.Duration{"Interval": cfg.Interval, "RetryInterval": cfg.RetryInterval, "QueryTimeout": cfg.QueryTimeout} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s %s is negative", name, d))
-		}
-	}
+
+	timing, err := syncloop.Timing{Interval: cfg.Interval, RetryInterval: cfg.RetryInterval, QueryTimeout: cfg.QueryTimeout}.Resolve(defaultTiming)
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("invalid operator sync config: %w", err)
 	}
-	if cfg.Interval == 0 {
-		cfg.Interval = DefaultInterval
-	}
-	if cfg.RetryInterval == 0 {
-		cfg.RetryInterval = DefaultRetryInterval
-	}
-	if cfg.QueryTimeout == 0 {
-		cfg.QueryTimeout = DefaultQueryTimeout
-	}
+	cfg.Interval, cfg.RetryInterval, cfg.QueryTimeout = timing.Interval, timing.RetryInterval, timing.QueryTimeout
+
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -146,92 +134,55 @@ func New(cfg Config) (*Syncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register operator sync metrics: %w", err)
 	}
+
 	s := &Syncer{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "opsync"),
 		metrics:   m,
-		notify:    make(chan struct{}, 1),
-		done:      make(chan struct{}),
 		published: make(map[string][]byte),
-		synced:    make(chan struct{}),
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.loop = syncloop.New(syncloop.Config{
+		Interval:      cfg.Interval,
+		RetryInterval: cfg.RetryInterval,
+		Sync:          s.sync,
+		OnError: func(err error) {
+			s.metrics.failures.Inc()
+			s.log.Error("operator accounts not sent to the agents; retrying", "retry_in", s.cfg.RetryInterval, "error", err)
+		},
+		OnFirstSync: func() {
+			s.log.Info("operator accounts sent to the agents", "agents", len(s.published))
+		},
+	})
 	return s, nil
 }
 
 // Start starts the goroutine that publishes every agent's list and then
 // follows the changes. It returns at once.
-func (s *Syncer) Start() {
-	s.startOnce.Do(func() {
-		s.started = true
-		go s.run()
-	})
-}
+func (s *Syncer) Start() { s.loop.Start() }
 
 // Notify requests a sync now, after a change to the operator accounts or
 // the agents. It never blocks.
-func (s *Syncer) Notify() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
+func (s *Syncer) Notify() { s.loop.Notify() }
 
 // Synced returns a channel closed once every agent's list has been
 // published after Start.
-func (s *Syncer) Synced() <-chan struct{} { return s.synced }
+func (s *Syncer) Synced() <-chan struct{} { return s.loop.Synced() }
 
 // Close stops the syncer and waits for its goroutine. Retained messages
 // stay on the broker. It is safe to call more than once.
 func (s *Syncer) Close() error {
 	s.closeOnce.Do(func() {
-		s.startOnce.Do(func() {}) // a later Start does nothing
-		s.cancel()
-		if s.started {
-			<-s.done
-		}
+		s.loop.Close()
 		s.metrics.unregister(s.cfg.Registerer)
 	})
 	return nil
 }
 
-func (s *Syncer) run() {
-	defer close(s.done)
-	tick := time.NewTicker(s.cfg.Interval)
-	defer tick.Stop()
-	first := true
-	for {
-		if err := s.sync(); err != nil {
-			s.metrics.failures.Inc()
-			s.log.Error("operator accounts not sent to the agents; retrying", "retry_in", s.cfg.RetryInterval, "error", err)
-			retry := time.NewTimer(s.cfg.RetryInterval)
-			select {
-			case <-s.ctx.Done():
-				retry.Stop()
-				return
-			case <-retry.C:
-				continue
-			}
-		}
-		if first {
-			first = false
-			close(s.synced)
-			s.log.Info("operator accounts sent to the agents", "agents", len(s.published))
-		}
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.notify:
-		case <-tick.C:
-		}
-	}
-}
-
 // sync builds every agent's list and publishes those that changed. A
 // failed publish leaves that agent's entry as it was, so the next sync
 // tries again.
-func (s *Syncer) sync() error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.QueryTimeout)
+func (s *Syncer) sync(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
 	agents, err := s.cfg.Store.AgentCredentials(ctx)
 	if err != nil {

@@ -292,6 +292,48 @@ func ValidateOperator(o Operator) error {
 	return nil
 }
 
+// NewOperator returns the operator a store creates from o: its regions
+// normalized and its creation, update and password change times set to
+// now(), which is called only when o and passwordHash are valid. Errors
+// wrap ErrInvalid.
+func NewOperator(o Operator, passwordHash string, now func() time.Time) (Operator, error) {
+	o.Regions = NormalizeRegions(o.Regions)
+	if err := ValidateOperator(o); err != nil {
+		return o, err
+	}
+	if passwordHash == "" {
+		return o, fmt.Errorf("%w: password hash is empty", ErrInvalid)
+	}
+	t := now()
+	o.CreatedAt, o.UpdatedAt, o.PasswordChangedAt = t, t, t
+	o.LockedUntil = Time(o.LockedUntil)
+	return o, nil
+}
+
+// ChangeOperator returns the operator a store keeps after change edits
+// a copy of old: the user name and creation time stay old's, the regions
+// are normalized, the times cut to the stores' precision and UpdatedAt
+// set to now(). It returns change's error as it is, and an error wrapping
+// ErrInvalid when the result is not a valid operator.
+func ChangeOperator(old StoredOperator, change func(o *StoredOperator) error, now func() time.Time) (StoredOperator, error) {
+	o := old
+	o.Regions = append([]string(nil), old.Regions...)
+	if err := change(&o); err != nil {
+		return o, err
+	}
+	o.Username, o.CreatedAt = old.Username, old.CreatedAt
+	o.Regions = NormalizeRegions(o.Regions)
+	o.LockedUntil, o.PasswordChangedAt = Time(o.LockedUntil), Time(o.PasswordChangedAt)
+	o.UpdatedAt = now()
+	if err := ValidateOperator(o.Operator); err != nil {
+		return o, err
+	}
+	if o.PasswordHash == "" {
+		return o, fmt.Errorf("%w: password hash is empty", ErrInvalid)
+	}
+	return o, nil
+}
+
 // NormalizeRegions returns regions sorted without duplicates, as stores
 // keep them.
 func NormalizeRegions(regions []string) []string {

@@ -38,6 +38,8 @@ type Hub struct {
 	committed map[protocol.Lane][]protocol.Record
 	cursor    map[protocol.Lane]uint64
 	respond   func(h *Hub, b *protocol.Batch) []protocol.Ack
+	// refuse decides which subscriptions the hub refuses; nil refuses none.
+	refuse func(filter string) bool
 
 	closeOnce sync.Once
 }
@@ -95,6 +97,15 @@ func (h *Hub) SetRespond(f func(h *Hub, b *protocol.Batch) []protocol.Ack) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.respond = f
+}
+
+// SetRefuseSubscriptions makes the hub refuse every subscription to a
+// filter for which refuse returns true: the SUBACK carries 0x80 for it.
+// nil accepts every subscription again.
+func (h *Hub) SetRefuseSubscriptions(refuse func(filter string) bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.refuse = refuse
 }
 
 // Commit stores the batch's records past the lane cursor, as the real
@@ -195,7 +206,18 @@ func (k *hubHook) Provides(b byte) bool {
 
 func (k *hubHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 
-func (k *hubHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+// OnACLCheck accepts everything but the subscriptions SetRefuseSubscriptions
+// names. mochi also calls it with write false before delivering a message,
+// with the topic in place of the filter.
+func (k *hubHook) OnACLCheck(_ *mqtt.Client, topic string, write bool) bool {
+	if write {
+		return true
+	}
+	k.hub.mu.Lock()
+	refuse := k.hub.refuse
+	k.hub.mu.Unlock()
+	return refuse == nil || !refuse(topic)
+}
 
 func (k *hubHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if _, err := protocol.ParseBatchTopic(pk.TopicName); err == nil && !cl.Net.Inline {

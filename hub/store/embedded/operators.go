@@ -15,15 +15,8 @@ import (
 
 // CreateOperator adds an operator (see store.OperatorStore).
 func (s *Store) CreateOperator(ctx context.Context, o store.Operator, passwordHash string) (store.Operator, error) {
-	o.Regions = store.NormalizeRegions(o.Regions)
-	err := store.ValidateOperator(o)
-	if err == nil && passwordHash == "" {
-		err = fmt.Errorf("%w: password hash is empty", store.ErrInvalid)
-	}
+	o, err := store.NewOperator(o, passwordHash, s.now)
 	if err == nil {
-		now := s.now()
-		o.CreatedAt, o.UpdatedAt, o.PasswordChangedAt = now, now, now
-		o.LockedUntil = store.Time(o.LockedUntil)
 		err = s.update(ctx, func(tx *bolt.Tx) error {
 			bk := tx.Bucket(bucketOperators)
 			if bk.Get([]byte(o.Username)) != nil {
@@ -82,20 +75,8 @@ func (s *Store) UpdateOperator(ctx context.Context, username string, change func
 		if err != nil {
 			return err
 		}
-		o = old
-		o.Regions = append([]string(nil), old.Regions...)
-		if err := change(&o); err != nil {
+		if o, err = store.ChangeOperator(old, change, s.now); err != nil {
 			return err
-		}
-		o.Username, o.CreatedAt = old.Username, old.CreatedAt
-		o.Regions = store.NormalizeRegions(o.Regions)
-		o.LockedUntil, o.PasswordChangedAt = store.Time(o.LockedUntil), store.Time(o.PasswordChangedAt)
-		o.UpdatedAt = s.now()
-		if err := store.ValidateOperator(o.Operator); err != nil {
-			return err
-		}
-		if o.PasswordHash == "" {
-			return fmt.Errorf("%w: password hash is empty", store.ErrInvalid)
 		}
 		return putJSON(tx.Bucket(bucketOperators), []byte(username), o)
 	})

@@ -37,15 +37,8 @@ func pgCode(err error) string {
 
 // CreateOperator adds an operator (see store.OperatorStore).
 func (s *Store) CreateOperator(ctx context.Context, o store.Operator, passwordHash string) (store.Operator, error) {
-	o.Regions = store.NormalizeRegions(o.Regions)
-	err := store.ValidateOperator(o)
-	if err == nil && passwordHash == "" {
-		err = fmt.Errorf("%w: password hash is empty", store.ErrInvalid)
-	}
+	o, err := store.NewOperator(o, passwordHash, s.now)
 	if err == nil {
-		now := s.now()
-		o.CreatedAt, o.UpdatedAt, o.PasswordChangedAt = now, now, now
-		o.LockedUntil = store.Time(o.LockedUntil)
 		err = s.inTx(ctx, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO operators (`+operatorColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 				o.Username, o.DisplayName, o.Role, o.Regions, passwordHash, o.Disabled, o.FailedLogins,
@@ -106,20 +99,8 @@ func (s *Store) UpdateOperator(ctx context.Context, username string, change func
 		if err != nil {
 			return notFound(err, "no operator "+username)
 		}
-		o = old
-		o.Regions = append([]string(nil), old.Regions...)
-		if err := change(&o); err != nil {
+		if o, err = store.ChangeOperator(old, change, s.now); err != nil {
 			return err
-		}
-		o.Username, o.CreatedAt = old.Username, old.CreatedAt
-		o.Regions = store.NormalizeRegions(o.Regions)
-		o.LockedUntil, o.PasswordChangedAt = store.Time(o.LockedUntil), store.Time(o.PasswordChangedAt)
-		o.UpdatedAt = s.now()
-		if err := store.ValidateOperator(o.Operator); err != nil {
-			return err
-		}
-		if o.PasswordHash == "" {
-			return fmt.Errorf("%w: password hash is empty", store.ErrInvalid)
 		}
 		_, err = tx.Exec(ctx, `
 			UPDATE operators SET display_name = $2, role = $3, regions = $4, password_hash = $5, disabled = $6,
