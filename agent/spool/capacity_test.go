@@ -353,7 +353,8 @@ func TestSpool_EvictsStatusOnlyAfterGPS(t *testing.T) {
 func TestSpool_AppendThatDoesNotFitFailsAlone(t *testing.T) {
 	const maxBytes, reserve = 64 << 10, 16 << 10
 	reg := prometheus.NewRegistry()
-	// A long commit interval makes the concurrent appends below share a group.
+	// A long commit interval makes the concurrent appends below share a
+	// group. They are GPS fixes: a group with an SOS record does not wait.
 	s := openSpool(t, spool.Config{Path: tempPath(t), Registerer: reg, MaxBytes: maxBytes, SOSReserveBytes: reserve,
 		CommitInterval: 500 * time.Millisecond})
 	huge := gpsFix(1)
@@ -365,7 +366,7 @@ func TestSpool_AppendThatDoesNotFitFailsAlone(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rec := sosAlert(i)
+			rec := gpsFix(i)
 			if i == 0 {
 				rec = huge
 			}
@@ -379,11 +380,11 @@ func TestSpool_AppendThatDoesNotFitFailsAlone(t *testing.T) {
 	}
 	for i, err := range errs[1:] {
 		if err != nil {
-			t.Errorf("SOS append %d next to a refused append: %v", i+1, err)
+			t.Errorf("GPS append %d next to a refused append: %v", i+1, err)
 		}
 	}
-	if got := s.Stats()[protocol.LaneSOS].Records; got != 5 {
-		t.Errorf("sos lane holds %d records, want 5", got)
+	if got := s.Stats()[protocol.LaneGPS].Records; got != 5 {
+		t.Errorf("gps lane holds %d records, want 5", got)
 	}
 	if commits := counterValue(t, reg, "xpress_agent_spool_commits_total"); commits != 1 {
 		t.Errorf("%v commits, want 1 group commit for the six appends", commits)

@@ -31,8 +31,10 @@ type request struct {
 	records []encodedRecord
 	// bytes is the encoded size of records. sosOnly is set when every
 	// record goes to the SOS lane, so the append may use the SOS reserve.
+	// sos is set when any record does, which makes the append urgent.
 	bytes   int64
 	sosOnly bool
+	sos     bool
 	// lane and through name the records a delete or reject removes.
 	lane    protocol.Lane
 	through uint64
@@ -67,6 +69,11 @@ func (r *request) lanes() string {
 	}
 	return strings.Join(names, "+")
 }
+
+// urgent reports whether the request appends an SOS-lane record. The
+// writer commits a group holding an urgent request without waiting for
+// more requests, and keeps deletes out of it (see deleteHold).
+func (r *request) urgent() bool { return r.op == opAppend && r.sos }
 
 // size is the number of records a request adds to a group.
 func (r *request) size() int {
@@ -112,6 +119,7 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 		encoded[i] = encodedRecord{lane: rec.Kind.Lane(), receivedAt: rec.ReceivedAt, value: value}
 		req.bytes += int64(len(value))
 		req.sosOnly = req.sosOnly && encoded[i].lane == protocol.LaneSOS
+		req.sos = req.sos || encoded[i].lane == protocol.LaneSOS
 	}
 
 	res, err := s.submit(ctx, req)
@@ -127,6 +135,12 @@ func (s *Spool) Append(ctx context.Context, recs []protocol.Record) error {
 // DeleteThrough deletes every record of lane with a sequence number up to
 // and including seq, durably. Deleting records that are already gone is
 // not an error.
+//
+// The writer may hold the delete back, so that deletes do not keep it
+// busy when an SOS arrives (see "Writes" in the package comment). It
+// commits a held delete at most 100 ms after the previous commit of
+// deletes alone, or sooner with a group that appends GPS or status
+// records, rejects records or flushes.
 func (s *Spool) DeleteThrough(lane protocol.Lane, seq uint64) error {
 	if err := checkLane(lane); err != nil {
 		return err
@@ -184,29 +198,84 @@ func (s *Spool) submit(ctx context.Context, req *request) (result, error) {
 
 // run is the writer goroutine: it forms groups of requests and commits
 // each group in one transaction. It stops when quit is closed, after the
-// group in progress.
+// group in progress and the deletes it holds.
 func (s *Spool) run() {
 	defer close(s.stopped)
 	for {
-		var first *request
-		select {
-		case first = <-s.requests:
-		case <-s.quit:
+		first, ok := s.next()
+		if !ok {
+			s.commitHeldDeletes()
 			return
 		}
-		s.commit(s.collect(first))
+		if first == nil {
+			s.commitHeldDeletes()
+			continue
+		}
+		group, deletesOnly := s.deletes.arrange(s.collect(first), time.Now())
+		switch {
+		case len(group) == 0:
+		case deletesOnly:
+			s.commitDeletes(group)
+		default:
+			s.commit(group)
+		}
 	}
+}
+
+// next returns the next request, nil when the held deletes are due, or
+// false when the spool closes.
+func (s *Spool) next() (*request, bool) {
+	if s.deletes.empty() {
+		select {
+		case req := <-s.requests:
+			return req, true
+		case <-s.quit:
+			return nil, false
+		}
+	}
+	wait := time.Until(s.deletes.due())
+	if wait <= 0 {
+		return nil, true
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case req := <-s.requests:
+		return req, true
+	case <-timer.C:
+		return nil, true
+	case <-s.quit:
+		return nil, false
+	}
+}
+
+// commitHeldDeletes commits the deletes the writer holds, if any.
+func (s *Spool) commitHeldDeletes() {
+	if group := s.deletes.take(); len(group) > 0 {
+		s.commitDeletes(group)
+	}
+}
+
+// commitDeletes commits a group of deletes alone and times it, which
+// spaces out the next delete-only commit.
+func (s *Spool) commitDeletes(group []*request) {
+	start := time.Now()
+	s.commit(group)
+	s.deletes.committed(start, time.Now())
 }
 
 // collect returns first plus the requests that join its group: those
 // already waiting, then those arriving within CommitInterval, or, when
 // it is zero, those the pacer waits for (see groupPacer), up to MaxBatch
-// records.
+// records. A group holding an urgent request (an SOS-lane append) does
+// not wait: it stops waiting when one arrives.
 func (s *Spool) collect(first *request) []*request {
 	start := time.Now()
-	g := &gathering{group: []*request{first}, records: first.size(), maxRecords: s.cfg.MaxBatch}
+	g := &gathering{maxRecords: s.cfg.MaxBatch}
+	g.add(first)
 	g.takeWaiting(s.requests)
 	switch {
+	case g.urgent:
 	case s.cfg.CommitInterval > 0:
 		g.wait(s, s.cfg.CommitInterval-time.Since(start))
 	case !s.noPacing:
@@ -218,16 +287,19 @@ func (s *Spool) collect(first *request) []*request {
 	return g.group
 }
 
-// gathering is a group of requests being collected.
+// gathering is a group of requests being collected. urgent is set once
+// it holds an urgent request.
 type gathering struct {
 	group      []*request
 	records    int
 	maxRecords int
+	urgent     bool
 }
 
 func (g *gathering) add(req *request) {
 	g.group = append(g.group, req)
 	g.records += req.size()
+	g.urgent = g.urgent || req.urgent()
 }
 
 // takeWaiting adds the requests already waiting.
@@ -243,14 +315,14 @@ func (g *gathering) takeWaiting(requests <-chan *request) {
 }
 
 // wait adds arriving requests for up to d, until the group holds
-// maxRecords records or the spool closes.
+// maxRecords records or an urgent request, or the spool closes.
 func (g *gathering) wait(s *Spool, d time.Duration) {
 	if d <= 0 {
 		return
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	for g.records < g.maxRecords {
+	for g.records < g.maxRecords && !g.urgent {
 		select {
 		case req := <-s.requests:
 			g.add(req)
@@ -263,14 +335,14 @@ func (g *gathering) wait(s *Spool, d time.Duration) {
 }
 
 // waitPaced adds arriving requests for up to d, until the group holds
-// target requests or maxRecords records, no request arrived for gap, or
-// the spool closes.
+// target requests, maxRecords records or an urgent request, no request
+// arrived for gap, or the spool closes.
 func (g *gathering) waitPaced(s *Spool, d, gap time.Duration, target int) {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	idle := time.NewTimer(gap)
 	defer idle.Stop()
-	for g.records < g.maxRecords && len(g.group) < target {
+	for g.records < g.maxRecords && len(g.group) < target && !g.urgent {
 		select {
 		case req := <-s.requests:
 			g.add(req)
