@@ -183,6 +183,11 @@ func lostAckSetup(t *testing.T, a *agent.Agent, wan *faultproxy.Proxy, pool *pgx
 	waitFor(t, 30*time.Second, "the first fix in PostgreSQL", func() bool {
 		return countWhere(t, pool, "fixes", "vehicle_id = $1", vehicleID) == 1
 	})
+	// Its Ack must be through too, or the drop below may swallow it and
+	// leave the first fix in the spool with the 20 that follow.
+	waitFor(t, 30*time.Second, "the agent to delete the acknowledged first fix", func() bool {
+		return agentGauge(t, a, "xpress_agent_spool_records", "lane", "gps") == 0
+	})
 
 	wan.Drop(faultproxy.ToAgent)
 	publish(t, vehicle, protocol.VehicleTopicFor(vehicleID, protocol.TopicFix), fixArray(time.Now().Add(-time.Minute), 20))
