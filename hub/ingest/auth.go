@@ -38,6 +38,9 @@ const (
 	// reasonClientCertificate: mutual TLS is on and the connection has no
 	// verified client certificate naming the agent.
 	reasonClientCertificate = "client_certificate"
+	// reasonClientID: the client id is neither the agent id nor its SOS
+	// link's id.
+	reasonClientID = "client_id"
 	// reasonWillMessage: the CONNECT carried a will message, which agents
 	// may not set.
 	reasonWillMessage = "will_message"

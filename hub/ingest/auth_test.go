@@ -50,7 +50,7 @@ func rawConnect(t *testing.T, addr net.Addr, version byte, user, password string
 		ProtocolVersion: version,
 		Connect: mochipackets.ConnectParams{
 			ProtocolName:     []byte("MQTT"),
-			ClientIdentifier: "raw-" + user,
+			ClientIdentifier: user,
 			Clean:            true,
 			Keepalive:        30,
 			Username:         []byte(user),
@@ -262,5 +262,30 @@ func TestServer_SameClientIDTakesOverSession(t *testing.T) {
 	case st := <-h.statuses:
 		t.Errorf("status callback during a takeover: %+v", st)
 	default:
+	}
+}
+
+// One agent's token must not let it take over another agent's session by
+// its client id, which would knock the other agent's uplink off.
+func TestServer_AgentCannotUseAnotherAgentsClientID(t *testing.T) {
+	t.Parallel()
+	h, tokens := newAuthHarness(t, "agent-a", "agent-b")
+	victim := connectAs(t, h, "agent-b", tokens["agent-b"])
+
+	for _, clientID := range []string{"agent-b", protocol.SOSLinkClientID("agent-b"), "anything-else"} {
+		if _, err := dialAgentAs(t, h.server.Addr(), "agent-a", clientID, tokens["agent-a"]); err == nil {
+			t.Errorf("agent-a connected with client id %q, want refused", clientID)
+		}
+	}
+	if got := testutil.ToFloat64(h.server.metrics.connectionsRejected.WithLabelValues(reasonClientID)); got != 3 {
+		t.Errorf("connections rejected for their client id = %v, want 3", got)
+	}
+	if !victim.client.IsConnectionOpen() {
+		t.Error("agent-b's connection was closed by another agent's attempts")
+	}
+	for _, clientID := range []string{"agent-a", protocol.SOSLinkClientID("agent-a")} {
+		if _, err := dialAgentAs(t, h.server.Addr(), "agent-a", clientID, tokens["agent-a"]); err != nil {
+			t.Errorf("agent-a with its own client id %q: %v", clientID, err)
+		}
 	}
 }

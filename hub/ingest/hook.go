@@ -92,6 +92,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	// states, Acks), and every agent would apply it. The uplink never sets
 	// a will, and an agent's batches are never forwarded, so every will is
 	// refused.
+	// The uplink's client ids are the agent id and its SOS link's id.
+	// Any other would let one agent take over another agent's session and
+	// knock its connections off.
+	if cl.ID != agentID && cl.ID != protocol.SOSLinkClientID(agentID) {
+		s.metrics.connectionsRejected.WithLabelValues(reasonClientID).Inc()
+		s.log.Warn("agent connection rejected: client id must be the agent id or its SOS link's id",
+			"agent", agentID, "remote", cl.Net.Remote, "client", cl.ID, "reason", reasonClientID)
+		return false
+	}
 	if pk.Connect.WillFlag {
 		s.metrics.connectionsRejected.WithLabelValues(reasonWillMessage).Inc()
 		s.log.Warn("agent connection rejected: agents may not set a will message",
@@ -194,17 +203,17 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		s.metrics.batchesRejected.WithLabelValues(reasonRetained).Inc()
 		s.log.Warn("retained publish from agent refused: agents may not retain messages",
 			"agent", agentID, "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "reason", reasonRetained)
-		return pk, refusal(cl, packets.ErrNotAuthorized)
+		return pk, refusal(cl, pk, packets.ErrNotAuthorized)
 	}
 
 	b, err := protocol.DecodeBatch(pk.Payload)
 	if err != nil {
 		s.rejectInvalid(agentID, ackTopic, pk.Payload, err)
-		return pk, refusal(cl, packets.ErrPayloadFormatInvalid)
+		return pk, refusal(cl, pk, packets.ErrPayloadFormatInvalid)
 	}
 	if b.AgentID != agentID {
 		s.rejectImpostor(agentID, ackTopic, b)
-		return pk, refusal(cl, packets.ErrNotAuthorized)
+		return pk, refusal(cl, pk, packets.ErrNotAuthorized)
 	}
 
 	start := time.Now()
@@ -214,7 +223,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.commitFailed(agentID, ackTopic, b, err)
-		return pk, refusal(cl, packets.ErrUnspecifiedError)
+		return pk, refusal(cl, pk, packets.ErrUnspecifiedError)
 	}
 
 	s.metrics.batchesCommitted.Inc()
@@ -240,10 +249,13 @@ func ackTopicOf(cl *mqtt.Client, agentID string) string {
 	return protocol.AckTopic(agentID)
 }
 
-// refusal returns the hook error for a rejected batch: code for an MQTT 5
-// client, and CodeSuccessIgnore (a plain PUBACK) for older ones.
-func refusal(cl *mqtt.Client, code packets.Code) error {
-	if cl.Properties.ProtocolVersion == 5 {
+// refusal returns the hook error for a rejected publish pk: code for an
+// MQTT 5 client's QoS 1 or 2 publish, and CodeSuccessIgnore otherwise (a
+// plain PUBACK, or nothing at QoS 0). mochi v2.7.9 honours a reason code
+// only for QoS 1 and 2: at QoS 0 it would go on to retain and forward the
+// publish, while CodeSuccessIgnore drops it.
+func refusal(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 		return code
 	}
 	return packets.CodeSuccessIgnore

@@ -107,7 +107,7 @@ type agent struct {
 
 func dialAgent(t *testing.T, addr net.Addr, agentID, password string) (*agent, error) {
 	t.Helper()
-	return dialAgentAs(t, addr, agentID, "test-"+agentID, password)
+	return dialAgentAs(t, addr, agentID, agentID, password)
 }
 
 // dialAgentAs connects as agentID with the MQTT client id clientID.

@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		connectionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_connections_rejected_total",
-			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id, no_token, unknown_agent, bad_token, bad_credentials, client_certificate, will_message or store_unavailable.",
+			Help: "Agent connections refused at CONNECT, by reason: invalid_agent_id, no_token, unknown_agent, bad_token, bad_credentials, client_certificate, client_id, will_message or store_unavailable.",
 		}, []string{"reason"}),
 		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_acl_denied_total",

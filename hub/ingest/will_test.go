@@ -61,7 +61,7 @@ func dialMQTT5(t *testing.T, addr net.Addr, agentID, willTopic string) (*rawMQTT
 		ProtocolVersion: 5,
 		Connect: mochipackets.ConnectParams{
 			ProtocolName:     []byte("MQTT"),
-			ClientIdentifier: "raw-will-" + agentID,
+			ClientIdentifier: agentID,
 			Clean:            true,
 			Keepalive:        30,
 			Username:         []byte(agentID),
@@ -124,6 +124,22 @@ func (rc *rawMQTT5) read() (byte, []byte) {
 
 // publishRetained sends a retained QoS 1 PUBLISH with packet id 1 and
 // returns the PUBACK's reason code.
+// publishRetainedQoS0 sends a retained QoS 0 PUBLISH, which gets no answer.
+func (rc *rawMQTT5) publishRetainedQoS0(topic string, payload []byte) {
+	rc.t.Helper()
+	pk := mochipackets.Packet{
+		FixedHeader:     mochipackets.FixedHeader{Type: mochipackets.Publish, Retain: true},
+		ProtocolVersion: 5,
+		TopicName:       topic,
+		Payload:         payload,
+	}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		rc.t.Fatalf("encode PUBLISH: %v", err)
+	}
+	rc.write(buf.Bytes())
+}
+
 func (rc *rawMQTT5) publishRetained(topic string, payload []byte) byte {
 	rc.t.Helper()
 	pk := mochipackets.Packet{
@@ -182,6 +198,15 @@ func TestServer_RefusesRetainedPublishFromAgent(t *testing.T) {
 	if code != mochipackets.CodeSuccess.Code {
 		t.Fatalf("CONNECT: CONNACK 0x%02x, want success", code)
 	}
+	// mochi honours a refusal's reason code only at QoS 1 and 2; at QoS 0
+	// the hook must drop the publish itself. The QoS 1 publishes below
+	// come after it on the same connection, so their PUBACKs mean it was
+	// handled.
+	batch, err := protocol.EncodeBatch(storetest.FixBatch(1, 5, "veh-1"))
+	if err != nil {
+		t.Fatalf("encode batch: %v", err)
+	}
+	rc.publishRetainedQoS0(protocol.BatchTopic(storetest.Agent), batch)
 	for name, topic := range hubOnlyTopics(storetest.Agent) {
 		payload := []byte(`{"forged":true}`)
 		if topic == protocol.BatchTopic(storetest.Agent) {
@@ -199,8 +224,8 @@ func TestServer_RefusesRetainedPublishFromAgent(t *testing.T) {
 	if len(h.commits) != 0 {
 		t.Errorf("a retained batch was committed")
 	}
-	if got := testutil.ToFloat64(h.server.metrics.batchesRejected.WithLabelValues(reasonRetained)); got != 1 {
-		t.Errorf("batches rejected as retained: %v, want 1", got)
+	if got := testutil.ToFloat64(h.server.metrics.batchesRejected.WithLabelValues(reasonRetained)); got != 2 {
+		t.Errorf("batches rejected as retained: %v, want 2 (QoS 0 and QoS 1)", got)
 	}
 	if msgs := h.server.broker.Topics.Messages("#"); len(msgs) != 0 {
 		t.Errorf("the broker retains %d messages from an agent, want none: first on %s", len(msgs), msgs[0].TopicName)
