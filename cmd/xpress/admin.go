@@ -25,6 +25,14 @@ const (
 	envAgentToken = "XPRESS_AGENT_TOKEN"
 )
 
+// defaultAdminHub is the admin commands' default --hub; envAdminHub
+// replaces it when set.
+const (
+	defaultAdminHub = "http://127.0.0.1:8080"
+	envAdminHub     = "XPRESS_ADMIN_HUB"
+	hubUsage        = "base URL of the hub's HTTP API, e.g. https://ops.example.ph:8443; default " + envAdminHub + ", else " + defaultAdminHub
+)
+
 // envAdminCAFile names the PEM CA certificates xpress admin trusts for an
 // https:// hub when --ca-file is not given.
 const envAdminCAFile = "XPRESS_ADMIN_CA_FILE"
@@ -79,7 +87,7 @@ func runAdmin(ctx context.Context, args []string, e env) error {
 	action := args[1]
 	fs := flag.NewFlagSet("admin agent "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	hubURL := fs.String("hub", defaultAdminHub, hubUsage)
 	caFile := fs.String("ca-file", "", caFileUsage)
 	region := fs.String("region", "", "region of the agent (add)")
 	grace := fs.Duration("grace", 24*time.Hour, "how long the replaced token keeps working (rotate), 0 to end it at once")

@@ -52,6 +52,10 @@ func TestAdminCLI_CAFile(t *testing.T) {
 	if code, _, errOut := runCLI(t, withEnv, "admin", "agent", "list", "--hub", hubURL); code != 0 {
 		t.Errorf("with %s: exit %d, stderr %q", envAdminCAFile, code, errOut)
 	}
+	withEnv[envAdminHub] = hubURL
+	if code, _, errOut := runCLI(t, withEnv, "admin", "vehicle", "list"); code != 0 {
+		t.Errorf("with %s and %s, no flags: exit %d, stderr %q", envAdminHub, envAdminCAFile, code, errOut)
+	}
 	if code, _, errOut := runCLI(t, env, "admin", "agent", "list", "--hub", "http://"+h.HTTPAddr().String(), "--ca-file", caFile); code == 0 ||
 		!strings.Contains(errOut, "not an https:// URL") {
 		t.Errorf("--ca-file with an http:// hub: exit %d, stderr %q; want an error", code, errOut)

@@ -49,6 +49,9 @@ func adminParse(fs *flag.FlagSet, args []string) ([]string, error) {
 // take at most timeout. caFile, or else XPRESS_ADMIN_CA_FILE, names PEM
 // CA certificates to trust for an https:// hub instead of the system's.
 func newAdminClient(e env, hubURL, caFile string, timeout time.Duration) (adminClient, error) {
+	if hubURL == defaultAdminHub && e.getenv(envAdminHub) != "" {
+		hubURL = e.getenv(envAdminHub)
+	}
 	if err := checkHTTPURL(hubURL); err != nil {
 		return adminClient{}, fmt.Errorf("--hub: %w", err)
 	}
@@ -130,7 +133,7 @@ func runAdminOperator(ctx context.Context, args []string, e env) error {
 	action := args[0]
 	fs := flag.NewFlagSet("admin operator "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	hubURL := fs.String("hub", defaultAdminHub, hubUsage)
 	caFile := fs.String("ca-file", "", caFileUsage)
 	role := fs.String("role", "", "role: operator, supervisor or admin (add, set)")
 	regions := fs.String("regions", "", `comma-separated regions the operator sees, "*" for all (add, set)`)
@@ -253,7 +256,7 @@ func runAdminToken(ctx context.Context, args []string, e env) error {
 	action := args[0]
 	fs := flag.NewFlagSet("admin token "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	hubURL := fs.String("hub", defaultAdminHub, hubUsage)
 	caFile := fs.String("ca-file", "", caFileUsage)
 	operator := fs.String("operator", "", "operator the token acts as, with its role and regions (add)")
 	name := fs.String("name", "", "what the token is for, e.g. cad bridge (add)")

@@ -43,7 +43,7 @@ func runAdminVehicle(ctx context.Context, args []string, e env) error {
 	action := args[0]
 	fs := flag.NewFlagSet("admin vehicle "+action, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	hubURL := fs.String("hub", "http://127.0.0.1:8080", "base URL of the hub's HTTP API")
+	hubURL := fs.String("hub", defaultAdminHub, hubUsage)
 	caFile := fs.String("ca-file", "", caFileUsage)
 	out := fs.String("out", "", `file to create with mode 0600 for the "vehicle_id,token" lines (add, rotate); empty writes them to stdout`)
 	grace := fs.Duration("grace", 24*time.Hour, "how long the replaced token keeps working (rotate), 0 to end it at once")
