@@ -81,6 +81,10 @@ func (s *Server) handleCreateCredential(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	s.log.Info("agent credential created through the admin API", "agent", c.AgentID, "region", c.Region, "remote", r.RemoteAddr)
+	// The new agent needs its region's operator list before it connects.
+	if s.cfg.OnCredentialChange != nil {
+		s.cfg.OnCredentialChange(c.AgentID)
+	}
 	s.writeJSON(w, r, http.StatusCreated, credentialResponse{c, token})
 }
 

@@ -117,6 +117,10 @@ func TestAdmin_CredentialLifecycle(t *testing.T) {
 	if _, err := st.VerifyAgentToken(ctx, "ncr-1", created.Token); err != nil {
 		t.Errorf("created token does not verify: %v", err)
 	}
+	// A new agent is reported too, so its operator list goes out at once.
+	if id := <-changed; id != "ncr-1" {
+		t.Errorf("change reported after create for %q, want ncr-1", id)
+	}
 	if code, body := adminDo(t, ts, http.MethodPost, "/api/v1/admin/agents", admin, `{"id":"ncr-1","region":"NCR-Manila"}`); code != http.StatusConflict {
 		t.Errorf("second create: %d %s, want 409", code, body)
 	}

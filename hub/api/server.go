@@ -146,8 +146,9 @@ type Config struct {
 	// secret: it comes from the environment or a file, never a flag.
 	AdminToken string
 	// OnCredentialChange is called with an agent id after the admin API
-	// rotated or revoked its credential, so the agent listener can drop
-	// what it remembers of the old token. Nil means no call.
+	// created, rotated or revoked its credential, so the agent listener
+	// can drop what it remembers of the old token and the agent gets its
+	// operator list at once. Nil means no call.
 	OnCredentialChange func(agentID string)
 	// VehicleCredentials serves the admin API's vehicle credential routes
 	// (see vehicleAdminRoutes). Nil, or an empty AdminToken, makes them

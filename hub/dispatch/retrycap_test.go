@@ -19,7 +19,10 @@ func TestPersonRetryWaitCapped(t *testing.T) {
 		h := newHarness(t, kind, options{logTo: &logs})
 		h.addContact(store.Contact{Name: "Ben Cruz", Role: store.RoleResponder, Region: testRegion, Phone: phoneBen})
 		replies := []dispatchtest.Reply{{Status: 429, Code: 20429, RetryAfter: "600"}}
-		for range 8 {
+		// Backoff draws each wait from [0, ceiling], so a wait reaches the
+		// cap only by chance until the ceiling passes it; 19 failures make
+		// missing it every time vanishingly unlikely (below 1e-9).
+		for range 19 {
 			replies = append(replies, dispatchtest.Reply{Status: 503, Code: 20503})
 		}
 		h.twilio.Script(phoneBen, replies...)
@@ -36,7 +39,7 @@ func TestPersonRetryWaitCapped(t *testing.T) {
 		}
 
 		capped := 0
-		for attempt := 2; attempt <= 9; attempt++ {
+		for attempt := 2; attempt <= 20; attempt++ {
 			h.clock.Set(sms.NextAttemptAt)
 			h.sendDue()
 			sms = h.notification(inc.ID, store.ChannelSMS, phoneBen)
