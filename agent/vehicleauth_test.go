@@ -109,7 +109,7 @@ func waitVersion(t *testing.T, a *agent.Agent, vehicle string, version uint64) {
 
 // TestAgent_VehicleCredentialsFromHub provisions vehicles through the
 // hub's admin API, lets the hub sync them to a real agent, and checks the
-// agent's answers, also after the hub is gone and the agent restarted.
+// agent's CONNACK codes, also after the hub is gone and the agent restarted.
 func TestAgent_VehicleCredentialsFromHub(t *testing.T) {
 	adminToken := "admin-" + randomHex(t)
 	h, err := hub.New(hub.Config{HTTPAddr: "127.0.0.1:0", AgentMQTTAddr: "127.0.0.1:0", DataDir: t.TempDir(), AdminToken: adminToken})
@@ -192,7 +192,7 @@ func TestAgent_VehicleCredentialsFromHub(t *testing.T) {
 	}
 
 	// WAN outage: the hub goes away and the agent restarts. The agent
-	// still answers from its own copy.
+	// still checks vehicles against its own copy.
 	hubOpen = false
 	if err := h.Close(); err != nil {
 		t.Fatalf("close hub: %v", err)

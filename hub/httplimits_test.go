@@ -119,7 +119,7 @@ func TestHub_ReadTimeoutClosesSlowBodyButNotStream(t *testing.T) {
 }
 
 // The hub serves the names of HTTPAllowedHosts and the host of its public
-// URL, which Twilio's callbacks use, and answers 421 to other names.
+// URL, which Twilio's callbacks use, and responds 421 to other names.
 func TestHub_AllowedHostsIncludePublicURL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -228,7 +228,7 @@ func (u *Uplink) subscriptions(c *conn) []subscription {
 // SUBSCRIBE, sent right after the CONNACK of a clean session, so the hub
 // has nothing in flight to the agent yet. Separate SUBSCRIBEs would let
 // the retained messages the first ones deliver collide with a later one:
-// mochi-mqtt v2.7.9 (processSubscribe) answers a SUBSCRIBE whose packet
+// mochi-mqtt v2.7.9 (processSubscribe) rejects a SUBSCRIBE whose packet
 // id matches one of its own deliveries still in flight with 0x91
 // "packet identifier in use" for every filter, and paho numbers its
 // packets independently of the broker.

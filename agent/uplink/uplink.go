@@ -70,7 +70,7 @@ var (
 	// ErrCredentialsRefused means the hub refused the agent id or its
 	// token at CONNECT.
 	ErrCredentialsRefused = errors.New("hub refused the agent's credentials")
-	// ErrSubscriptionRefused means the hub answered a SUBSCRIBE with a
+	// ErrSubscriptionRefused means the hub responded to a SUBSCRIBE with a
 	// failure code for at least one filter.
 	ErrSubscriptionRefused = errors.New("hub refused the subscription")
 )

@@ -200,9 +200,9 @@ func TestRegionScope_IncidentOfAnotherRegion(t *testing.T) {
 		t.Errorf("Cebu operator's list filtered on NCR-Manila = %d %s, want no incidents", code, body)
 	}
 
-	// One incident, its notifications and a retry: the same 404 as an
-	// incident that does not exist, and the same answers for the
-	// Manila operator as 200s, so the 404s are not blanket refusals.
+	// One incident, its notifications and a retry get the 404 of an
+	// incident that does not exist. The same requests by the Manila
+	// operator get 200s, so the 404s are not blanket refusals.
 	notifications := func(who string, id int64) []store.Notification {
 		code, body := requestAs(t, client, ds.URL, who, http.MethodGet, "/api/v1/incidents/"+strconv.FormatInt(id, 10)+"/notifications", "")
 		var out struct{ Notifications []store.Notification }
@@ -430,7 +430,7 @@ func TestRegionScope_Contacts(t *testing.T) {
 	}
 }
 
-// TestStream_RefusesWithoutPrincipal checks that the stream answers 401
+// TestStream_RefusesWithoutPrincipal checks that the stream responds 401
 // to a request that carries no principal.
 func TestStream_RefusesWithoutPrincipal(t *testing.T) {
 	ts := newTestServer(t, events.Config{}, nil)

@@ -124,7 +124,7 @@ func (rc *rawMQTT5) read() (byte, []byte) {
 
 // publishRetained sends a retained QoS 1 PUBLISH with packet id 1 and
 // returns the PUBACK's reason code.
-// publishRetainedQoS0 sends a retained QoS 0 PUBLISH, which gets no answer.
+// publishRetainedQoS0 sends a retained QoS 0 PUBLISH, which gets no PUBACK.
 func (rc *rawMQTT5) publishRetainedQoS0(topic string, payload []byte) {
 	rc.t.Helper()
 	pk := mochipackets.Packet{

@@ -155,7 +155,7 @@ func (h *Hub) Committed(lane protocol.Lane) []protocol.Record {
 	return append([]protocol.Record(nil), h.committed[lane]...)
 }
 
-// handleBatch commits or answers a batch that the client clientID sent.
+// handleBatch commits or rejects a batch that the client clientID sent.
 // As the hub's ingest, it acknowledges batches of an agent's SOS link on
 // protocol.SOSAckTopic and others on protocol.AckTopic.
 func (h *Hub) handleBatch(clientID string, payload []byte) {
