@@ -81,7 +81,7 @@ func (c *EdgeConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SpoolCommitInterval, "spool-commit-interval", c.SpoolCommitInterval,
 		"how long the agent's spool waits to gather appends into one group commit (0: the agent's default)")
 	fs.BoolVar(&c.AgentSubprocess, "agent-subprocess", c.AgentSubprocess,
-		"run the agent as an xpress agent subprocess (see --exe) instead of in this process; --cpuprofile then does not cover it")
+		"run the agent as an xpress agent subprocess (see --exe) instead of in this process; with --cpuprofile it writes its own profile (the file name plus .agent)")
 }
 
 func (c EdgeConfig) validate() error {

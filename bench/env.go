@@ -50,6 +50,11 @@ type Options struct {
 	// ComponentLogger receives the logs of the hub and agents the scenario
 	// starts. Nil discards them.
 	ComponentLogger *slog.Logger
+
+	// cpuProfile is the CPU profile file of the run (Profiles.CPU); each
+	// subprocess writes its own profile next to it, named after it with
+	// the subprocess's name appended.
+	cpuProfile string
 }
 
 // RegisterFlags registers the options shared by every scenario.

@@ -57,6 +57,9 @@ func xpressExe(exe string) (string, error) {
 func (e *runEnv) startSubprocess(ctx context.Context, name, exe string, args, env []string, startedMsg string) (*subprocess, error) {
 	cmd := exec.Command(exe, append(args, "--log-format", "json", "--log-level", "info")...)
 	cmd.Env = append(os.Environ(), env...)
+	if e.opts.cpuProfile != "" {
+		cmd.Env = append(cmd.Env, "XPRESS_CPUPROFILE="+e.opts.cpuProfile+"."+name)
+	}
 	cmd.Stdout = io.Discard
 	setParentDeathSignal(cmd)
 	stderr, err := cmd.StderrPipe()

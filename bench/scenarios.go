@@ -98,7 +98,7 @@ type Profiles struct {
 
 // RegisterFlags registers the profile flags on fs.
 func (p *Profiles) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&p.CPU, "cpuprofile", "", "write a CPU profile of this process, with the in-process hub and agents, to this file")
+	fs.StringVar(&p.CPU, "cpuprofile", "", "write a CPU profile of this process, with the in-process hub and agents, to this file; a hub or agent subprocess writes its own to this file name plus .hub or .agent")
 	fs.StringVar(&p.Heap, "memprofile", "", "write a heap profile of this process to this file when the scenario ends")
 }
 
@@ -118,6 +118,7 @@ func Run(ctx context.Context, s Scenario, run RunFunc, opts Options, prof Profil
 		defer pprof.StopCPUProfile()
 	}
 
+	opts.cpuProfile = prof.CPU
 	res, err := run(ctx, opts)
 	rep.ElapsedSeconds = time.Since(rep.Started).Seconds()
 	if res != nil {

@@ -518,8 +518,10 @@ func (h *Hub) publishCommit(b *protocol.Batch, res store.CommitResult) {
 	for _, s := range res.Statuses {
 		h.publish(b.Region, events.TypeVehicleStatus, s)
 	}
-	for _, f := range res.Fixes {
-		h.publish(f.Region, events.TypeFix, f)
+	// A pointer spares boxing each fix; the bus encodes it and keeps only
+	// the bytes.
+	for i := range res.Fixes {
+		h.publish(res.Fixes[i].Region, events.TypeFix, &res.Fixes[i])
 	}
 }
 

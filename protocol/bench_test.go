@@ -31,6 +31,34 @@ func BenchmarkDecodeFixes_Array100(b *testing.B) {
 	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "fixes/s")
 }
 
+// The SlowPath benchmarks run the encoding/json path that DecodeFixes
+// takes for payloads its fast path declines, and took for every payload
+// before the fast path existed, on the payloads of the benchmarks above.
+
+func BenchmarkDecodeFixes_SlowPath_One(b *testing.B) {
+	payload := []byte(`{"ts":"2026-12-04T10:00:00.123+08:00","lat":14.5995,"lon":120.9842,"speed_kmh":32.5,"heading_deg":181,"accuracy_m":5,"alt_m":12,"battery_pct":80}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if _, err := decodeFixesJSON(payload, testLimits()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeFixes_SlowPath_Array100(b *testing.B) {
+	one := `{"ts":"2026-12-04T10:00:00.123+08:00","lat":14.5995,"lon":120.9842,"speed_kmh":32.5,"heading_deg":181,"accuracy_m":5,"battery_pct":80}`
+	payload := []byte("[" + strings.Repeat(one+",", 99) + one + "]")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if _, err := decodeFixesJSON(payload, testLimits()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "fixes/s")
+}
+
 func BenchmarkEncodeBatch_1000Fixes(b *testing.B) {
 	at := time.Date(2026, 12, 4, 2, 0, 0, 0, time.UTC)
 	speed := 30.0

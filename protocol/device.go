@@ -161,17 +161,23 @@ func DecodeFixes(payload []byte, limits Limits) ([]Fix, error) {
 	if err := checkPayload(payload); err != nil {
 		return nil, err
 	}
+	if fixes, ok, err := decodeFixesFast(payload, limits); ok {
+		return fixes, err
+	}
+	return decodeFixesJSON(payload, limits)
+}
+
+// decodeFixesJSON is DecodeFixes with encoding/json, for every payload the
+// fast path of devicefast.go declines. It defines what DecodeFixes accepts.
+func decodeFixesJSON(payload []byte, limits Limits) ([]Fix, error) {
 	trimmed := bytes.TrimLeft(payload, " \t\r\n")
 	var raws []rawFix
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		if err := json.Unmarshal(payload, &raws); err != nil {
 			return nil, fmt.Errorf("%w: fix array: %v", ErrMalformed, err)
 		}
-		if len(raws) == 0 {
-			return nil, fmt.Errorf("%w: fix array is empty", ErrMissingField)
-		}
-		if len(raws) > MaxFixesPerMessage {
-			return nil, fmt.Errorf("%w: %d fixes in one message, limit %d", ErrTooLarge, len(raws), MaxFixesPerMessage)
+		if err := checkFixCount(len(raws)); err != nil {
+			return nil, err
 		}
 	} else {
 		var one rawFix
@@ -186,55 +192,92 @@ func DecodeFixes(payload []byte, limits Limits) ([]Fix, error) {
 	for i := range raws {
 		f, err := raws[i].validate(limits, now)
 		if err != nil {
-			if len(raws) > 1 {
-				return nil, fmt.Errorf("fix %d: %w", i, err)
-			}
-			return nil, err
+			return nil, fixError(i, len(raws), err)
 		}
 		fixes[i] = f
 	}
 	return fixes, nil
 }
 
+// checkFixCount applies the length rules of a fix array.
+func checkFixCount(n int) error {
+	if n == 0 {
+		return fmt.Errorf("%w: fix array is empty", ErrMissingField)
+	}
+	if n > MaxFixesPerMessage {
+		return fmt.Errorf("%w: %d fixes in one message, limit %d", ErrTooLarge, n, MaxFixesPerMessage)
+	}
+	return nil
+}
+
+// fixError names the fix that err is about when the message holds more
+// than one.
+func fixError(i, n int, err error) error {
+	if n > 1 {
+		return fmt.Errorf("fix %d: %w", i, err)
+	}
+	return err
+}
+
 func (r *rawFix) validate(limits Limits, now time.Time) (Fix, error) {
-	if len(r.TS) == 0 || string(r.TS) == "null" {
-		return Fix{}, fmt.Errorf("%w: ts", ErrMissingField)
+	f := Fix{
+		SpeedKmh: r.SpeedKmh, HeadingDeg: r.HeadingDeg, AccuracyM: r.AccuracyM,
+		AltM: r.AltM, BatteryPct: r.BatteryPct,
 	}
-	ts, err := parseTimestamp(r.TS)
-	if err != nil {
+	hasTime := len(r.TS) > 0 && string(r.TS) != "null"
+	if hasTime {
+		ts, err := parseTimestamp(r.TS)
+		if err != nil {
+			return Fix{}, err
+		}
+		f.Time = ts
+	}
+	hasPosition := r.Lat != nil && r.Lon != nil
+	if hasPosition {
+		f.Lat, f.Lon = *r.Lat, *r.Lon
+	}
+	if err := checkFix(&f, hasTime, hasPosition, limits, now); err != nil {
 		return Fix{}, err
 	}
-	if err := limits.checkTime(ts, now); err != nil {
-		return Fix{}, err
+	return f, nil
+}
+
+// checkFix applies the rules of one decoded fix, in this order: a
+// timestamp is present (a timestamp that does not parse fails before
+// this), within limits, lat and lon are present and valid, and each
+// optional field present is in its range. Both decoding paths use it, so
+// they reject the same fixes with the same errors.
+func checkFix(f *Fix, hasTime, hasPosition bool, limits Limits, now time.Time) error {
+	if !hasTime {
+		return fmt.Errorf("%w: ts", ErrMissingField)
 	}
-	if r.Lat == nil || r.Lon == nil {
-		return Fix{}, fmt.Errorf("%w: lat and lon are required", ErrMissingField)
+	if err := limits.checkTime(f.Time, now); err != nil {
+		return err
 	}
-	if err := checkPosition(*r.Lat, *r.Lon); err != nil {
-		return Fix{}, err
+	if !hasPosition {
+		return fmt.Errorf("%w: lat and lon are required", ErrMissingField)
 	}
-	for _, opt := range []struct {
+	if err := checkPosition(f.Lat, f.Lon); err != nil {
+		return err
+	}
+	for _, opt := range [...]struct {
 		name     string
 		value    *float64
 		min, max float64
 	}{
-		{"speed_kmh", r.SpeedKmh, 0, 1000},
-		{"heading_deg", r.HeadingDeg, 0, 360},
-		{"accuracy_m", r.AccuracyM, 0, 1e6},
-		{"alt_m", r.AltM, -1000, 20000},
-		{"battery_pct", r.BatteryPct, 0, 100},
+		{"speed_kmh", f.SpeedKmh, 0, 1000},
+		{"heading_deg", f.HeadingDeg, 0, 360},
+		{"accuracy_m", f.AccuracyM, 0, 1e6},
+		{"alt_m", f.AltM, -1000, 20000},
+		{"battery_pct", f.BatteryPct, 0, 100},
 	} {
 		if opt.value != nil {
 			if err := checkRange(opt.name, *opt.value, opt.min, opt.max); err != nil {
-				return Fix{}, err
+				return err
 			}
 		}
 	}
-	return Fix{
-		Time: ts, Lat: *r.Lat, Lon: *r.Lon,
-		SpeedKmh: r.SpeedKmh, HeadingDeg: r.HeadingDeg, AccuracyM: r.AccuracyM,
-		AltM: r.AltM, BatteryPct: r.BatteryPct,
-	}, nil
+	return nil
 }
 
 // checkPosition applies the position rules: finite, in range, not (0, 0).

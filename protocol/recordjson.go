@@ -71,38 +71,11 @@ func appendFixRecord(dst []byte, r *Record) ([]byte, bool) {
 	if r.Historical {
 		out = append(out, `,"historical":true`...)
 	}
-	out = append(out, `,"fix":{"ts":`...)
-	f := r.Fix
-	if out, ok = appendJSONTime(out, f.Time); !ok {
+	out = append(out, `,"fix":`...)
+	if out, ok = r.Fix.AppendJSON(out); !ok {
 		return dst, false
 	}
-	out = append(out, `,"lat":`...)
-	if out, ok = appendJSONFloat(out, f.Lat); !ok {
-		return dst, false
-	}
-	out = append(out, `,"lon":`...)
-	if out, ok = appendJSONFloat(out, f.Lon); !ok {
-		return dst, false
-	}
-	for _, opt := range [...]struct {
-		key string
-		v   *float64
-	}{
-		{`,"speed_kmh":`, f.SpeedKmh},
-		{`,"heading_deg":`, f.HeadingDeg},
-		{`,"accuracy_m":`, f.AccuracyM},
-		{`,"alt_m":`, f.AltM},
-		{`,"battery_pct":`, f.BatteryPct},
-	} {
-		if opt.v == nil {
-			continue
-		}
-		out = append(out, opt.key...)
-		if out, ok = appendJSONFloat(out, *opt.v); !ok {
-			return dst, false
-		}
-	}
-	return append(out, "}}"...), true
+	return append(out, '}'), true
 }
 
 // appendJSONString appends s quoted when it needs no escaping under

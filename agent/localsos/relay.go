@@ -267,6 +267,59 @@ func (r *Relay) SOSStored(rec protocol.Record) {
 		"vehicle", rec.VehicleID, "sos", rec.SOS.ID, "seq", rec.Seq, "queue_size", cap(r.queue))
 }
 
+// maxRecordGroup bounds the queued SOS records that recordQueued
+// records in one transaction.
+const maxRecordGroup = 1000
+
+// recordQueued records first and the SOS records queued behind it in one
+// transaction of the store, then publishes "received" for each new SOS.
+// One transaction per SOS (about 0.4 ms of fsync each on an idle disk)
+// keeps the disk busy for seconds in a burst and slows the spool commits
+// that the vehicles' PUBACKs wait for. A record with an invalid id, or a
+// group whose transaction fails, goes through record one at a time, which
+// logs the failure and still publishes "received".
+func (r *Relay) recordQueued(first protocol.Record) {
+	recs := []protocol.Record{first}
+	for more := true; more && len(recs) < maxRecordGroup; {
+		select {
+		case rec := <-r.queue:
+			recs = append(recs, rec)
+		default:
+			more = false
+		}
+	}
+	group := recs[:0:0]
+	for _, rec := range recs {
+		if rec.SOS == nil || protocol.ValidateVehicleID(rec.VehicleID) != nil || protocol.ValidateSOSID(rec.SOS.ID) != nil {
+			r.record(rec)
+			continue
+		}
+		group = append(group, rec)
+	}
+	if len(group) == 0 {
+		return
+	}
+	if len(group) == 1 {
+		r.record(group[0])
+		return
+	}
+	r.mu.Lock()
+	entries, err := r.cfg.Store.Backfill(group, r.cfg.Spool.SpoolID())
+	if err == nil {
+		for _, e := range entries {
+			r.deliver(e)
+		}
+	}
+	r.mu.Unlock()
+	if err != nil {
+		r.log.Warn("SOS alerts not recorded together in the local SOS store; recording them one by one",
+			"sos_alerts", len(group), "error", err)
+		for _, rec := range group {
+			r.record(rec)
+		}
+	}
+}
+
 // record records a queued SOS and publishes "received" to the vehicle. A
 // store failure is logged and counted, and the vehicle still gets
 // "received", because the spool contains the SOS.
@@ -504,7 +557,7 @@ func (r *Relay) run() {
 	for {
 		select {
 		case rec := <-r.queue:
-			r.record(rec)
+			r.recordQueued(rec)
 		case <-r.wake:
 			if r.missed.Swap(false) {
 				r.drainQueue()

@@ -2,10 +2,12 @@ package localsos
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/xpress-ops/tower/protocol"
 )
@@ -210,4 +212,56 @@ func TestRelay_StartReportsPendingLocalAcks(t *testing.T) {
 	if perSOS["sos-unsent"] != 1 || perSOS["sos-unmarked"] != 1 {
 		t.Errorf("acknowledgement records per SOS = %v, want one each", perSOS)
 	}
+}
+
+// SOS records queued while the relay is busy are recorded together in one
+// transaction of the store, and each vehicle still hears "received".
+func TestRelay_QueuedSOSRecordedTogether(t *testing.T) {
+	a := startAgentSide(t, t.TempDir())
+	v := connectVehicle(t, a, "taxi-1-main", false)
+	v.subscribe(protocol.VehiclePrefix + testVehicle + "/sos/+/state")
+
+	// Holding the relay's lock stalls its goroutine, so the records queue.
+	a.relay.mu.Lock()
+	var ids []string
+	for i := range 40 {
+		id := fmt.Sprintf("sos-%02d", i)
+		ids = append(ids, id)
+		a.relay.SOSStored(appendSOS(t, a, id))
+	}
+	before := writeTxID(t, a.store)
+	a.relay.mu.Unlock()
+
+	heard := map[string]bool{}
+	for len(heard) < len(ids) {
+		heard[v.next().topic] = true
+	}
+	for _, id := range ids {
+		if !heard[protocol.SOSStateTopic(testVehicle, id)] {
+			t.Errorf("vehicle heard no state of %s", id)
+		}
+		e := waitEntry(t, a.store, id, "recording", func(Entry) bool { return true })
+		if e.State != protocol.SOSStateReceived || e.SpoolSeq == 0 {
+			t.Errorf("entry of %s = %+v, want received with its place in the spool", id, e)
+		}
+	}
+	// The goroutine took the first record before the lock stalled it, so
+	// at most two groups: that record, and the other 39 together.
+	if txs := writeTxID(t, a.store) - before; txs > 2 {
+		t.Errorf("recording 40 queued SOS took %d write transactions, want at most 2", txs)
+	}
+}
+
+// writeTxID returns the id of the store's last write transaction; bbolt
+// numbers them one after the other.
+func writeTxID(t *testing.T, s *Store) int {
+	t.Helper()
+	var id int
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		id = tx.ID()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -169,19 +169,26 @@ func (f *agentFlags) config() agent.Config {
 	}
 }
 
-func runAgent(ctx context.Context, args []string, e env) error {
+func runAgent(ctx context.Context, args []string, e env) (err error) {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	var af agentFlags
 	var lf logFlags
 	var of outageFlags
 	var tf agentTLSFlags
+	var pf profileFlags
 	af.register(fs)
 	tf.register(fs)
 	lf.register(fs)
 	of.register(fs)
+	pf.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
+	stopProfile, err := pf.start()
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, stopProfile()) }()
 	log, err := lf.logger(e)
 	if err != nil {
 		return err

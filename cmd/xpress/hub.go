@@ -95,19 +95,26 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func runHub(ctx context.Context, args []string, e env) error {
+func runHub(ctx context.Context, args []string, e env) (err error) {
 	fs := flag.NewFlagSet("hub", flag.ContinueOnError)
 	var hf hubFlags
 	var lf logFlags
 	var df dispatchFlags
 	var tf hubTLSFlags
+	var pf profileFlags
 	hf.register(fs)
 	tf.register(fs)
 	lf.register(fs)
 	df.register(fs)
+	pf.register(fs)
 	if err := parseFlags(fs, args, e); err != nil {
 		return err
 	}
+	stopProfile, err := pf.start()
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, stopProfile()) }()
 	log, err := lf.logger(e)
 	if err != nil {
 		return err

@@ -6,8 +6,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/xpress-ops/tower/hub/events"
+	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/protocol"
 )
 
 // benchSubscribers are the subscriber counts of the publish benchmarks.
@@ -168,5 +171,56 @@ func BenchmarkSubscribe(b *testing.B) {
 	closeAll()
 	if err := bus.Close(); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// jsonOnlyFix is a stored fix without its AppendJSON method, so that the
+// bus encodes it with encoding/json. Its JSON is the same.
+type jsonOnlyFix store.StoredFix
+
+// benchFix is a fix event's payload as the hub publishes it.
+func benchFix() store.StoredFix {
+	at := time.Date(2026, 12, 4, 2, 0, 0, 234567000, time.UTC)
+	speed, heading, accuracy := 42.5, 270.0, 4.5
+	return store.StoredFix{
+		VehicleID: "MNL-0001", AgentID: "ncr-1", Region: "NCR-Manila",
+		Fix: protocol.Fix{Time: at.Add(-111 * time.Millisecond), Lat: 14.5995, Lon: 120.9842,
+			SpeedKmh: &speed, HeadingDeg: &heading, AccuracyM: &accuracy},
+		ReceivedAt: at,
+	}
+}
+
+// BenchmarkPublishIn_Fix measures PublishIn of a fix as the hub passes
+// it, a store.StoredFix value boxed anew for each event, with no
+// subscribers: fast uses its AppendJSON method, json hides the method and
+// uses encoding/json.
+func BenchmarkPublishIn_Fix(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		publish func(*events.Bus, store.StoredFix) error
+	}{
+		{"fast", func(bus *events.Bus, f store.StoredFix) error {
+			_, err := bus.PublishIn(f.Region, events.TypeFix, f)
+			return err
+		}},
+		{"json", func(bus *events.Bus, f store.StoredFix) error {
+			_, err := bus.PublishIn(f.Region, events.TypeFix, jsonOnlyFix(f))
+			return err
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			fix := benchFix()
+			bus := events.NewBus(events.Config{})
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := tc.publish(bus, fix); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if err := bus.Close(); err != nil {
+				b.Fatal(err)
+			}
+		})
 	}
 }

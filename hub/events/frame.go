@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strconv"
 	"sync"
 	"time"
@@ -37,10 +38,22 @@ func newEvent(typ string, seq uint64, t time.Time, data []byte) *Event {
 	return &Event{Type: typ, Seq: seq, Time: t, Data: frame[start:end:end], frame: frame}
 }
 
-// encoder encodes event data into a reused buffer.
+// encoder encodes event data into reused buffers.
 type encoder struct {
 	buf bytes.Buffer
 	enc *json.Encoder
+	// appended is the buffer of the data that encodes itself (jsonAppender).
+	appended []byte
+}
+
+// jsonAppender is event data that appends its own JSON encoding, the
+// bytes json.Marshal returns for it, without encoding/json's reflection.
+// AppendJSON reports false, leaving dst as it was, for a value it cannot
+// encode that way. encoding/json then encodes it, or returns the error.
+// The hub publishes every fix, a store.StoredFix, so this is the common
+// case.
+type jsonAppender interface {
+	AppendJSON(dst []byte) ([]byte, bool)
 }
 
 var encoders = sync.Pool{New: func() any {
@@ -52,7 +65,7 @@ var encoders = sync.Pool{New: func() any {
 func getEncoder() *encoder { return encoders.Get().(*encoder) }
 
 func putEncoder(e *encoder) {
-	if e.buf.Cap() <= maxPooledEncoderSize {
+	if e.buf.Cap() <= maxPooledEncoderSize && cap(e.appended) <= maxPooledEncoderSize {
 		encoders.Put(e)
 	}
 }
@@ -60,10 +73,24 @@ func putEncoder(e *encoder) {
 // encode returns the JSON encoding of data, the bytes json.Marshal returns.
 // They are valid until the encoder's next use.
 func (e *encoder) encode(data any) ([]byte, error) {
+	if a, ok := data.(jsonAppender); ok && !isNilPointer(data) {
+		if out, ok := a.AppendJSON(e.appended[:0]); ok {
+			e.appended = out
+			return out, nil
+		}
+	}
 	e.buf.Reset()
 	if err := e.enc.Encode(data); err != nil {
 		return nil, err
 	}
 	// Encode ends every value with a newline, which Marshal does not write.
 	return bytes.TrimSuffix(e.buf.Bytes(), []byte("\n")), nil
+}
+
+// isNilPointer reports whether data is a nil pointer. A method with a
+// value receiver panics when called through one, while json.Marshal
+// encodes it as null.
+func isNilPointer(data any) bool {
+	v := reflect.ValueOf(data)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
