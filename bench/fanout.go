@@ -151,7 +151,9 @@ func RunFanout(ctx context.Context, cfg FanoutConfig, opts Options) (*FanoutResu
 	if err != nil {
 		return nil, err
 	}
-	hp, err := env.startHubProcess(ctx, opts.Exe, dbURL)
+	// The hub's default cap on HTTP connections is below large runs. The
+	// margin covers the metrics scrapes and the admin requests.
+	hp, err := env.startHubProcess(ctx, opts.Exe, dbURL, cfg.Clients+100)
 	if err != nil {
 		return nil, err
 	}

@@ -168,9 +168,10 @@ type hubProcess struct {
 }
 
 // startHubProcess runs `xpress hub` on loopback ports chosen by the
-// kernel, with its store in the database at databaseURL. The database URL
-// and the admin token go in the environment, never on the command line.
-func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string) (*hubProcess, error) {
+// kernel, with its store in the database at databaseURL, accepting up to
+// maxConns HTTP connections. The database URL and the admin token go in
+// the environment, never on the command line.
+func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string, maxConns int) (*hubProcess, error) {
 	exe, err := xpressExe(exe)
 	if err != nil {
 		return nil, err
@@ -179,6 +180,7 @@ func (e *runEnv) startHubProcess(ctx context.Context, exe, databaseURL string) (
 		"--http-addr", "127.0.0.1:0",
 		"--agent-mqtt-addr", "127.0.0.1:0",
 		"--data-dir", filepath.Join(e.dir, "hub-process"),
+		"--http-max-conns", strconv.Itoa(maxConns),
 	}
 	sp, err := e.startSubprocess(ctx, "hub", exe, args,
 		[]string{"XPRESS_DATABASE_URL=" + databaseURL, "XPRESS_ADMIN_TOKEN=" + e.adminToken}, "hub started")

@@ -65,11 +65,20 @@ func sourceClient(ip net.IP) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
 }
 
+// operatorHandshakeTimeout bounds an operator's WebSocket handshake and
+// hello frame.
+const operatorHandshakeTimeout = 30 * time.Second
+
 // dialOperator opens the event stream of the hub whose HTTP server is at
 // httpAddr, authenticated with bearer token, and waits for its hello
 // frame.
 func dialOperator(ctx context.Context, httpAddr, token string, client *http.Client) (*operator, error) {
 	url := "ws://" + loopbackHostPort(httpAddr) + "/api/v1/stream"
+	// A hub at its connection cap leaves new TCP connections in the
+	// kernel's accept queue without reading them, so the handshake needs
+	// a deadline of its own.
+	ctx, cancelDial := context.WithTimeout(ctx, operatorHandshakeTimeout)
+	defer cancelDial()
 	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient: client,
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},

@@ -26,7 +26,12 @@ type hubFlags struct {
 	allowedHosts   string
 	agentAuth      bool
 	allowRegions   string
+	httpMaxConns   int
 }
+
+// maxHTTPConnsLimit is the highest --http-max-conns accepted, Linux's
+// usual ceiling on open files per process (fs.nr_open).
+const maxHTTPConnsLimit = 1 << 20
 
 func (f *hubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "address of the API, dashboard and /metrics")
@@ -38,8 +43,20 @@ func (f *hubFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated extra Origin hosts allowed to open the operator WebSocket")
 	fs.StringVar(&f.allowedHosts, "http-allowed-hosts", "", "comma-separated host names the HTTP server serves besides IP addresses, localhost and the host of --public-url, "+
 		"e.g. ops.example.ph; requests naming another host get 421, which keeps DNS rebinding pages away from the API")
+	fs.IntVar(&f.httpMaxConns, "http-max-conns", 0, fmt.Sprintf(
+		"most open HTTP connections, operator WebSockets included, 1 to %d (0: %d); each needs a file descriptor, so keep it below the process's open-file limit (ulimit -n)",
+		maxHTTPConnsLimit, hub.DefaultHTTPMaxConns))
 	fs.StringVar(&f.allowRegions, "allow-region", "", "comma-separated region names contacts may serve besides "+strings.Join(protocol.KnownRegions, ", ")+
 		"; give the agents of a new office the same --allow-region")
+}
+
+// checkLimits checks the range of --http-max-conns.
+func (f *hubFlags) checkLimits() error {
+	if f.httpMaxConns < 0 || f.httpMaxConns > maxHTTPConnsLimit {
+		return fmt.Errorf("invalid %s: must be from 1 to %d, or 0 for %d; got %d",
+			flagLabel("http-max-conns"), maxHTTPConnsLimit, hub.DefaultHTTPMaxConns, f.httpMaxConns)
+	}
+	return nil
 }
 
 // checkRegions checks the --allow-region names as the agents check theirs.
@@ -85,6 +102,7 @@ func (f *hubFlags) config() hub.Config {
 		HTTPAllowedHosts: splitList(f.allowedHosts),
 		DisableAgentAuth: !f.agentAuth,
 		ExtraRegions:     splitList(f.allowRegions),
+		HTTPMaxConns:     f.httpMaxConns,
 	}
 }
 
@@ -124,6 +142,9 @@ func runHub(ctx context.Context, args []string, e env) (err error) {
 		return err
 	}
 	if err := hf.checkRegions(); err != nil {
+		return err
+	}
+	if err := hf.checkLimits(); err != nil {
 		return err
 	}
 	cfg := hf.config()

@@ -25,3 +25,20 @@ func TestHubCLI_HTTPAllowedHosts(t *testing.T) {
 		t.Errorf("hub -h: exit %d, help does not list -http-allowed-hosts:\n%s", code, errOut)
 	}
 }
+
+// xpress hub takes --http-max-conns, or XPRESS_HTTP_MAX_CONNS, within its
+// range, and names the flag in its error.
+func TestHubCLI_HTTPMaxConnsRange(t *testing.T) {
+	for _, c := range []struct {
+		vars map[string]string
+		args []string
+	}{
+		{nil, []string{"hub", "--http-max-conns", "-1"}},
+		{map[string]string{"XPRESS_HTTP_MAX_CONNS": "2000000"}, []string{"hub"}},
+	} {
+		code, _, errOut := runCLI(t, c.vars, c.args...)
+		if code == 0 || !strings.Contains(errOut, "invalid --http-max-conns (XPRESS_HTTP_MAX_CONNS)") {
+			t.Errorf("%v %v: exit %d, stderr %q; want an error naming the flag", c.vars, c.args, code, errOut)
+		}
+	}
+}
