@@ -10,7 +10,7 @@
 // and vehicle credentials. The SOS link (client id:
 // protocol.SOSLinkClientID) carries only the SOS lane and receives only its
 // Acks, on protocol.SOSAckTopic. The hub commits each connection's batches
-// on that connection's goroutine, one after the other, so on one shared
+// one after the other, in the order they arrived, so on one shared
 // connection an SOS waited behind every GPS batch already on the wire
 // during an outage drain. And paho runs a connection's message handlers
 // one at a time, so the Ack of an SOS batch waited behind the SOS states
@@ -64,34 +64,35 @@
 //  2. TCP delivers them in that order on the one connection.
 //  3. mochi reads a client's packets one at a time in Client.Read and
 //     runs the OnPublish hook synchronously for each before it reads the
-//     next packet (server.go processPublish), and the hub's hook commits
-//     the batch inside OnPublish. So one connection's batches commit
-//     strictly in send order. Each lane travels on one link only.
+//     next packet (server.go processPublish). The hub's hook commits an
+//     SOS link batch inside OnPublish, and queues a main link batch for
+//     that connection's one committer, which commits its queue in order
+//     (merging consecutive GPS batches into one transaction). So one
+//     connection's batches commit strictly in send order. Each lane
+//     travels on one link only.
 //  4. Across connections, mochi stops reading from a connection once a
 //     new connection with the same client id takes it over (Client.Read
-//     checks Closed before each packet), so at most one batch of the old
-//     connection can still be committing. The hub's store serialises a
-//     lane's commits on its cursor row lock. The new connection resends
-//     from the oldest record the agent holds no Ack for, which is at or
-//     below the hub's cursor + 1, so whichever commit comes second skips
-//     what the first stored.
+//     checks Closed before each packet), but the old connection's
+//     committer still commits the few batches it had queued. The hub's
+//     store serialises a lane's commits on its cursor row lock. The new
+//     connection resends from the oldest record the agent holds no Ack
+//     for, which is at or below the hub's cursor + 1. So whichever commit
+//     comes second skips what the first stored. The store also rejects a
+//     batch whose Prev it has not committed.
 //
 // The hub acknowledges "committed through N" for a lane, so one Ack may
 // settle several outstanding batches.
 //
-// One case remains in which a window loses records: the hub sends an
-// error Ack for batch k (its store failed) and then commits batch k+1,
-// which was already on the wire, with a gap. The SOS and status
-// lanes therefore never pipeline: each has exactly one batch in flight,
-// and after an error the uplink resends the failed batch before anything
-// later in that lane. Only the GPS lane uses the window, because GPS gaps
-// are tolerated by design (the spool evicts old fixes under disk
-// pressure). The uplink counts GPS records lost this way in
-// xpress_agent_uplink_hub_skipped_records_total and logs them.
-//
-// NOTE: a batch field naming the sequence number the agent sent just
-// before the batch would let the hub refuse a batch whose predecessor it
-// has not committed, and would make the window loss-free in every lane.
+// A batch names in Prev the last record of the batch sent just before it
+// in its lane while that one was still in flight, and the hub refuses a
+// batch whose Prev it has not committed (store.ErrPrevMissing). So after
+// an error Ack for batch k the hub refuses k+1 as well, and the uplink
+// resends from k: the window loses nothing. A hub without that check
+// would commit k+1 over the failed k. The uplink still watches for that:
+// it counts such records in xpress_agent_uplink_hub_skipped_records_total
+// and logs them. The SOS and status lanes keep one batch in flight all
+// the same, and after an error resend the failed batch before anything
+// later in that lane.
 //
 // # Lane order
 //

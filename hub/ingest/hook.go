@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -170,16 +169,19 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	agentID := string(cl.Properties.Username)
 	h.server.log.Info("agent disconnected", "agent", agentID, "client", cl.ID, "remote", cl.Net.Remote, "error", err)
 	h.server.agentDisconnected(agentID)
+	// The connection's committer commits what it has queued and ends.
+	h.server.stopCommitter(cl)
 }
 
 // OnPublish handles a batch from an agent. The ACL check already ensured
 // the topic is the agent's own batch topic. The return value steers
 // mochi's processPublish (mochi-mqtt v2.7.9, server.go):
 //   - packets.CodeSuccessIgnore: the PUBACK is sent and the packet is
-//     neither retained nor forwarded. The hook returns it for committed
-//     batches, and for every rejection from an MQTT 3.1.1 client because
-//     that PUBACK has no reason code. The application Ack carries the
-//     outcome.
+//     neither retained nor forwarded. The hook returns it for batches it
+//     accepts (committed, on the SOS link, or queued for the connection's
+//     committer, on any other), and for every rejection from an MQTT
+//     3.1.1 client because that PUBACK has no reason code. The
+//     application Ack carries the outcome.
 //   - a packets.Code of 0x80 or more: for an MQTT 5 client, a PUBACK with
 //     that reason code, and the packet is dropped.
 //
@@ -216,25 +218,26 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, refusal(cl, pk, packets.ErrNotAuthorized)
 	}
 
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.CommitTimeout)
-	res, err := s.cfg.Store.CommitBatch(ctx, b)
-	cancel()
-	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.commitFailed(agentID, ackTopic, b, err)
-		return pk, refusal(cl, pk, packets.ErrUnspecifiedError)
+	l := link{agentID: agentID, ackTopic: ackTopic}
+	if cl.ID == protocol.SOSLinkClientID(agentID) {
+		// The SOS link commits here, before the PUBACK. Each SOS batch
+		// is alone in its lane's window, so a queue would only add a
+		// hand-over to its path.
+		if err := s.commit(l, []queued{{b: b, bytes: len(pk.Payload)}}); err != nil {
+			return pk, refusal(cl, pk, packets.ErrUnspecifiedError)
+		}
+		return pk, packets.CodeSuccessIgnore
 	}
-
-	s.metrics.batchesCommitted.Inc()
-	s.metrics.recordsCommitted.WithLabelValues(string(b.Lane)).Add(float64(len(b.Records) - res.Duplicates))
-	s.metrics.recordsDuplicate.Add(float64(res.Duplicates))
-	s.log.Debug("batch committed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane, "seq", b.First(), "through", res.Through, "duplicates", res.Duplicates)
-	s.noteCatchUp(b)
-	if s.cfg.OnCommit != nil {
-		s.cfg.OnCommit(b, res)
-	}
-	s.sendAck(ackTopic, &protocol.Ack{AgentID: agentID, SpoolID: b.SpoolID, Lane: b.Lane, Through: res.Through})
+	// The main link's batches go to its committer, and the PUBACK leaves
+	// before the batch is committed. The uplink never takes a PUBACK for
+	// a commit. It deletes records only on the application-level Ack,
+	// which the committer sends after the commit (see the uplink's
+	// package doc, Delivery and handleAck in agent/uplink/ack.go). Its
+	// paho v1.5.1 client speaks MQTT 3.1.1, whose PUBACK has no reason
+	// code. A failed commit gets an error Ack, as on the SOS link. Only
+	// an MQTT 5 client sees a difference: a success PUBACK where the
+	// SOS link's would carry the error's reason code.
+	s.enqueue(cl, l, b, len(pk.Payload))
 	return pk, packets.CodeSuccessIgnore
 }
 
@@ -306,9 +309,16 @@ func (s *Server) rejectImpostor(agentID, ackTopic string, b *protocol.Batch) {
 	})
 }
 
-// commitFailed sends an error Ack for a batch the store did not commit.
-// The Ack is not permanent, so the agent resends the batch later.
-func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, err error) {
+// commitFailed sends error Acks for a batch the store did not commit, b,
+// which merges the agent batches of group. The Acks are not permanent, so
+// the agent resends the batches later.
+//
+// The uplink first settles the batches that the Ack's Through covers,
+// then applies the error to the lane's oldest batch still in flight. So
+// each agent batch of the group past the cursor gets an error Ack of its
+// own, and the group gets at least one. Committed alone, each would have
+// had one too: the first failing, the others rejected for their Prev.
+func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, group []queued, err error) {
 	reason, text := reasonStoreError, "commit failed"
 	level := slog.LevelError
 	switch {
@@ -318,16 +328,25 @@ func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, err e
 	case errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded):
 		reason, text = reasonStoreUnavailable, "store unavailable"
 	}
-	s.metrics.batchesRejected.WithLabelValues(reason).Inc()
+	s.metrics.batchesRejected.WithLabelValues(reason).Add(float64(len(group)))
 	s.log.Log(context.Background(), level, "batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
-		"seq", b.First(), "prev", b.Prev, "records", len(b.Records), "error", err)
-	s.sendAck(ackTopic, &protocol.Ack{
-		AgentID: agentID,
-		SpoolID: b.SpoolID,
-		Lane:    b.Lane,
-		Through: s.cursor(agentID, b.SpoolID, b.Lane),
-		Error:   ackError(text + "; resend later"),
-	})
+		"seq", b.First(), "last", b.Last(), "prev", b.Prev, "records", len(b.Records), "batches", len(group), "error", err)
+	through := s.cursor(agentID, b.SpoolID, b.Lane)
+	acks := 0
+	for _, q := range group {
+		if q.b.Last() > through {
+			acks++
+		}
+	}
+	for range max(acks, 1) {
+		s.sendAck(ackTopic, &protocol.Ack{
+			AgentID: agentID,
+			SpoolID: b.SpoolID,
+			Lane:    b.Lane,
+			Through: through,
+			Error:   ackError(text + "; resend later"),
+		})
+	}
 }
 
 // cursor returns the lane's committed sequence number for an error Ack,

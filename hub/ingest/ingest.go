@@ -1,25 +1,82 @@
 // Package ingest is the hub's MQTT endpoint for agents. An embedded
 // mochi-mqtt broker authenticates agents, commits each batch they publish
 // to the store, and publishes an application-level Ack on the agent's ack
-// topic.
-//
-// Flow of one batch, all on the publishing agent's connection goroutine:
-//
-//	PUBLISH xpress/v1/agents/{id}/batch ─▶ decode ─▶ store.CommitBatch ─▶ OnCommit ─▶ Ack on xpress/v1/agents/{id}/ack ─▶ PUBACK
-//
-// Because mochi runs the hook before it writes the PUBACK and reads a
-// connection's packets one at a time, the batches one connection sends
-// commit in the order it sent them. Batches are never forwarded to other
-// subscribers.
+// topic. Batches are never forwarded to other subscribers.
 //
 // An agent's uplink has two connections. Its main link, whose client id
 // is the agent id, carries the GPS and status lanes and receives the SOS
 // states. Its SOS link (protocol.SOSLinkClientID) carries only the SOS
-// lane. Each connection's batches commit on that connection's goroutine,
-// so an SOS never waits behind the GPS batches the main link has queued,
-// and the SOS link's Acks go to protocol.SOSAckTopic, where they never
-// wait behind the SOS states sent to the main link. An agent counts as
-// connected while either connection is up (see OnAgentStatus).
+// lane. An agent counts as connected while either connection is up (see
+// OnAgentStatus).
+//
+// # Flow of one batch
+//
+// The OnPublish hook runs on the publishing connection's goroutine.
+// Before the PUBACK it rejects a retained publish (without an Ack), and a
+// batch that does not decode or names another agent (with a permanent
+// error Ack where the envelope is readable). Then:
+//
+// On the SOS link, the hook commits the batch itself, before the PUBACK:
+//
+//	PUBLISH ─▶ decode ─▶ store.CommitBatch ─▶ OnCommit ─▶ Ack on protocol.SOSAckTopic ─▶ PUBACK
+//
+// On the main link, the hook hands the decoded batch to the connection's
+// committer and returns, so the PUBACK leaves at once. The committer is a
+// goroutine that starts with the connection's first batch:
+//
+//	PUBLISH ─▶ decode ─▶ queue ─▶ PUBACK
+//	committer: queue ─▶ merge ─▶ store.CommitBatch ─▶ OnCommit ─▶ Ack on protocol.AckTopic
+//
+// The queue holds commitQueueLength batches. When it is full the hook
+// waits, so mochi stops reading the connection: the same back-pressure as
+// a commit inside the hook. The committer takes the next batch and every
+// batch queued right behind it that continues it in the GPS lane (see
+// continues), up to protocol.MaxBatchRecords records and
+// protocol.MaxBatchBytes. It commits them as one batch in one store
+// transaction (group commit), because each transaction has a fixed cost
+// and during an outage drain the agent keeps several GPS batches in
+// flight. It calls OnCommit once with the merged batch and sends one Ack
+// through the lane's new cursor, which settles every batch it covers at
+// the agent. Status and SOS batches are always committed alone. The
+// committer ends once the connection has closed and its queue is empty,
+// and Close waits for it.
+//
+// A failed commit gets non-permanent error Acks (see commitFailed), one
+// for each merged agent batch past the cursor, so the agent resends from
+// its oldest unacknowledged record. A batch queued behind a failed one
+// names it as Prev, and the store rejects it (store.ErrPrevMissing)
+// rather than commit past the failed records.
+//
+// The SOS link keeps its commit in the hook, so an SOS never waits
+// behind the GPS batches the main link has queued. It has its own Ack
+// topic, so its Acks never wait behind the SOS states sent to the main
+// link.
+//
+// # Commit order
+//
+// A lane's batches must reach the store in sequence order: the store
+// skips records at or below its cursor, so a later batch committed first
+// would drop the records of an earlier one. The hub keeps that order:
+//
+//   - A lane travels on one connection. mochi reads a connection's packets
+//     one at a time and runs OnPublish for each before it reads the next,
+//     so the hook queues a connection's batches in the order the agent
+//     sent them.
+//   - Each connection has one committer, which takes batches from its
+//     queue in order and commits one group before it takes the next.
+//     Merging only joins batches that follow each other in the queue.
+//   - On a session takeover mochi stops reading the old connection, but
+//     the old connection's committer still commits what it had queued,
+//     several batches, while the new connection's committer starts on the
+//     batches the agent resends from its oldest unacknowledged record.
+//     The store serialises a lane's commits on its cursor row lock and
+//     skips records at or below the cursor, so whichever commit of the
+//     same records comes second writes nothing twice. A queued batch of
+//     the old connection that would commit past records not yet stored
+//     names an earlier batch as Prev beyond the cursor, and the store
+//     rejects it. A batch without Prev starts right after what the agent
+//     saw acknowledged, which the store has committed (or after records
+//     the agent's spool evicted), so it cannot skip records either.
 package ingest
 
 import (
@@ -92,8 +149,10 @@ type Config struct {
 	// Registerer receives the server's metrics; nil means a private registry.
 	Registerer prometheus.Registerer
 	// OnCommit, if set, is called after a batch commits and before its Ack
-	// is sent, on the agent's connection goroutine: it delays that agent's
-	// next batch, so it must return quickly.
+	// is sent, on the goroutine that commits the connection's batches (see
+	// the package doc): it delays the connection's next commit, so it must
+	// return quickly. b may be several consecutive GPS batches of the
+	// connection merged into one.
 	OnCommit func(b *protocol.Batch, res store.CommitResult)
 	// OnAgentStatus, if set, is called when an agent's first connection is
 	// established (true) and two seconds after its last connection ended
@@ -141,6 +200,13 @@ type Server struct {
 
 	// catchUp records which agents are still sending an SOS backlog.
 	catchUp catchUp
+
+	committersMu sync.Mutex
+	// committers holds the committer of each connection that sent a
+	// batch on an agent's main link, until the connection ends.
+	committers map[*mqtt.Client]*committer
+	// committerWG counts the running committers, for Close.
+	committerWG sync.WaitGroup
 }
 
 // New returns a Server with the defaults of cfg filled in. It does no I/O.
@@ -161,11 +227,12 @@ func New(cfg Config) *Server {
 		cfg.CursorTimeout = DefaultCursorTimeout
 	}
 	return &Server{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "ingest"),
-		metrics: newMetrics(cfg.Registerer),
-		agents:  make(map[string]int),
-		offline: make(map[string]*time.Timer),
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "ingest"),
+		metrics:    newMetrics(cfg.Registerer),
+		agents:     make(map[string]int),
+		offline:    make(map[string]*time.Timer),
+		committers: make(map[*mqtt.Client]*committer),
 	}
 }
 
@@ -304,9 +371,10 @@ func (s *Server) Publish(topic string, payload []byte, retain bool) error {
 	return guard.Publish(broker, topic, payload, retain, 1)
 }
 
-// Close stops accepting connections, disconnects every agent, waits for
-// batches being committed to finish (each at most CommitTimeout) and
-// stops the broker. It is safe to call more than once.
+// Close stops accepting connections, disconnects every agent and stops
+// the broker. It then waits until the committers have committed every
+// queued batch, each commit bounded by CommitTimeout. It is safe to call
+// more than once.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -320,7 +388,11 @@ func (s *Server) Close() error {
 	if broker == nil {
 		return nil
 	}
+	// broker.Close returns once every connection's handler has returned,
+	// so OnDisconnect has closed the queue of every committer, and no
+	// new committer can start.
 	err := broker.Close()
+	s.committerWG.Wait()
 	cancel()
 	s.flushOffline()
 	s.log.Info("ingest stopped")

@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	batchesReceived     prometheus.Counter
 	batchesCommitted    prometheus.Counter
+	batchesMerged       prometheus.Counter
 	batchesRejected     *prometheus.CounterVec
 	batchBytes          prometheus.Histogram
 	recordsCommitted    *prometheus.CounterVec
@@ -31,7 +32,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		batchesCommitted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_ingest_batches_committed_total",
-			Help: "Batches committed to the store and acknowledged.",
+			Help: "Agent batches committed to the store and acknowledged, each counted, also when several were merged into one store transaction.",
+		}),
+		batchesMerged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_ingest_batches_merged_total",
+			Help: "Agent batches committed in the same store transaction as the batch queued before them on the connection (group commit); store transactions are xpress_ingest_batches_committed_total minus this.",
 		}),
 		batchesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xpress_ingest_batches_rejected_total",
@@ -52,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "xpress_ingest_commit_seconds",
-			Help:    "Time the store took to commit one batch, failed commits included.",
+			Help:    "Time the store took for one batch transaction, which may hold several merged agent batches, failed commits included.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
 		agentsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -77,7 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(
-		m.batchesReceived, m.batchesCommitted, m.batchesRejected, m.batchBytes,
+		m.batchesReceived, m.batchesCommitted, m.batchesMerged, m.batchesRejected, m.batchBytes,
 		m.recordsCommitted, m.recordsDuplicate, m.commitSeconds, m.agentsConnected,
 		m.connectionsRejected, m.aclDenied, m.sessionTakeovers, m.acksFailed,
 	)

@@ -98,10 +98,25 @@ func TestServer_SOSLinkCommitsWhileMainLinkStalls(t *testing.T) {
 	}
 
 	sos.publishBatch(t, storetest.NewBatch(storetest.SOSRecord(1, "veh-2", "sos-1", storetest.Epoch)))
+	// The SOS link commits inside the hook, before the PUBACK that
+	// publishBatch waited for, and never through a committer.
+	incidents, err := h.store.Incidents(context.Background(), store.IncidentFilter{})
+	if err != nil {
+		t.Fatalf("read incidents: %v", err)
+	}
+	if len(incidents) != 1 {
+		t.Errorf("incidents at the SOS link's PUBACK = %+v, want the one of sos-1", incidents)
+	}
+	if h.server.committerOf(protocol.SOSLinkClientID(agentID)) != nil {
+		t.Error("the SOS link has a committer; its batches must commit in the hook")
+	}
+	if h.server.committerOf(agentID) == nil {
+		t.Error("the main link's GPS batch is held, but the main link has no committer")
+	}
 	if ack := sos.nextAck(t); ack.Lane != protocol.LaneSOS || ack.Through != 1 || ack.Error != "" {
 		t.Errorf("SOS link Ack = %+v, want sos through 1", ack)
 	}
-	incidents, err := h.store.Incidents(context.Background(), store.IncidentFilter{})
+	incidents, err = h.store.Incidents(context.Background(), store.IncidentFilter{})
 	if err != nil {
 		t.Fatalf("read incidents: %v", err)
 	}
