@@ -172,6 +172,7 @@ func New(cfg Config) *Broker {
 		metrics: b.metrics,
 		limits:  protocol.Limits{Now: cfg.Now, MaxFuture: cfg.MaxFuture, Retention: cfg.Retention},
 		addrs:   newAddrLimits(&cfg),
+		sosLog:  newOffPathLog(b.log.Handler()),
 	}
 	return b
 }
@@ -197,6 +198,7 @@ func (b *Broker) Open() error {
 	// publish would fail the ACL; vehicles must send full topic names.
 	caps.TopicAliasMaximum = 0
 
+	b.hook.sosLog.start()
 	server := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       slog.New(quietHandler{b.cfg.Logger.Handler()}).With("component", "mqtt"),
@@ -289,11 +291,13 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool) error {
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		if b.server == nil {
+			b.hook.sosLog.close()
 			return
 		}
 		if err := b.server.Close(); err != nil {
 			b.closeErr = fmt.Errorf("close mqtt server: %w", err)
 		}
+		b.hook.sosLog.close()
 		b.metrics.unregister(b.cfg.Registerer)
 		b.log.Info("broker stopped")
 	})

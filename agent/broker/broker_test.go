@@ -100,9 +100,11 @@ func TestBroker_StoresSOSWithAndWithoutID(t *testing.T) {
 	if err := protocol.ValidateSOSID(recs[1].SOS.ID); err != nil {
 		t.Errorf("assigned SOS id is invalid: %v", err)
 	}
-	if _, ok := tb.logs.find(map[string]string{"msg": "SOS stored", "vehicle": vehicle, "sos": "sos-device-1"}); !ok {
-		t.Error("no log line for the stored SOS with vehicle and sos id")
-	}
+	// The line is written off the PUBACK's path, so it may follow the PUBACK.
+	eventually(t, "a log line for the stored SOS with vehicle and sos id", func() bool {
+		_, ok := tb.logs.find(map[string]string{"msg": "SOS stored", "vehicle": vehicle, "sos": "sos-device-1"})
+		return ok
+	})
 }
 
 func TestBroker_StoresCancelAndStatus(t *testing.T) {

@@ -47,6 +47,8 @@ type hook struct {
 	server  *mqtt.Server
 	// addrs are the per-address CONNECT limits.
 	addrs *addrLimits
+	// sosLog logs each stored SOS off the PUBACK's path.
+	sosLog *offPathLog
 }
 
 // ID names the hook in mochi's logs.
@@ -130,7 +132,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			level = slog.LevelWarn
 			h.metrics.rejects.WithLabelValues(reasonSOSRepaired).Inc()
 		}
-		h.log.Log(context.Background(), level, "SOS stored", "vehicle", vehicle, "sos", s.ID, "seq", recs[0].Seq,
+		h.sosLog.log(level, "SOS stored", "vehicle", vehicle, "sos", s.ID, "seq", recs[0].Seq,
 			"id_assigned", s.IDAssigned, "has_location", s.HasLocation, "location_error", s.LocationError,
 			"time_error", s.TimeError, "payload_error", s.PayloadError)
 		if h.cfg.OnSOSStored != nil {
