@@ -408,7 +408,9 @@ func New(cfg Config) (*Agent, error) {
 		MaxBackoff:         cfg.MaxBackoff,
 		OnSOSState: func(topic string, payload []byte) {
 			a.contact.noteHubMessage()
-			a.relay.HubState(topic, payload)
+			// Queued: the relay stores the states of a burst together, and
+			// a full queue holds back paho's acknowledgement, which paces the hub.
+			a.relay.QueueHubState(topic, payload)
 		},
 		OnVehicleCredential: a.vehicleCredentialHandler(),
 		OnOperators: func(topic string, payload []byte) {

@@ -28,9 +28,12 @@ type relayMetrics struct {
 	hubRejects *prometheus.CounterVec
 	failures   *prometheus.CounterVec
 	queueFull  prometheus.Counter
-	backfilled prometheus.Counter
-	localAcks  prometheus.Counter
-	cancels    prometheus.Counter
+	// hubQueueWaits counts the hub states that waited for room in the
+	// relay's queue.
+	hubQueueWaits prometheus.Counter
+	backfilled    prometheus.Counter
+	localAcks     prometheus.Counter
+	cancels       prometheus.Counter
 }
 
 func newRelayMetrics() *relayMetrics {
@@ -50,6 +53,10 @@ func newRelayMetrics() *relayMetrics {
 		queueFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_sos_state_queue_full_total",
 			Help: "Stored SOS alerts the local SOS relay's queue had no room for; they are recorded from the spool later.",
+		}),
+		hubQueueWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xpress_agent_sos_hub_state_queue_waits_total",
+			Help: "SOS states from the hub that waited for room in the local SOS relay's queue, holding back the acknowledgement to the hub.",
 		}),
 		backfilled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xpress_agent_sos_backfilled_total",
@@ -75,7 +82,7 @@ func newRelayMetrics() *relayMetrics {
 }
 
 func (m *relayMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures, m.queueFull, m.backfilled, m.localAcks, m.cancels}
+	return []prometheus.Collector{m.delivered, m.hubRejects, m.failures, m.queueFull, m.hubQueueWaits, m.backfilled, m.localAcks, m.cancels}
 }
 
 // register registers every collector, or none.

@@ -21,6 +21,9 @@ const (
 	// DefaultQueueSize is how many stored SOS records may wait for the
 	// relay to record them.
 	DefaultQueueSize = 1024
+	// DefaultHubQueueSize is how many states from the hub may wait for
+	// the relay to apply them.
+	DefaultHubQueueSize = 4096
 	// DefaultAppendTimeout bounds the append of a local acknowledgement
 	// record to the spool.
 	DefaultAppendTimeout = 10 * time.Second
@@ -77,6 +80,9 @@ type RelayConfig struct {
 	// QueueSize bounds the SOS records SOSStored hands over that wait to
 	// be recorded. Zero means DefaultQueueSize (1024).
 	QueueSize int
+	// HubQueueSize bounds the hub's states QueueHubState hands over that
+	// wait to be applied. Zero means DefaultHubQueueSize (4096).
+	HubQueueSize int
 	// AppendTimeout bounds the append of a local acknowledgement record.
 	// Zero means DefaultAppendTimeout (10 s).
 	AppendTimeout time.Duration
@@ -117,6 +123,12 @@ type RelayConfig struct {
 // from the queue (a full queue, or a crash before it was recorded) is
 // recorded from the spool: at start, and once a full queue drains.
 //
+// QueueHubState hands the hub's states to the relay's goroutine too,
+// which applies those queued together in one store transaction. When its
+// queue is full it waits: paho acknowledges the hub's message only once
+// it returns, and the hub paces its states by the agent's unacknowledged
+// messages. HubState applies a state at once instead.
+//
 // The methods are safe for concurrent use. One lock orders each store
 // change with its publish, so a vehicle receives the states of one SOS
 // in the order the store took them.
@@ -132,6 +144,14 @@ type Relay struct {
 
 	// queue holds the records SOSStored handed over.
 	queue chan protocol.Record
+	// hubStates holds the hub's states QueueHubState handed over.
+	hubStates chan protocol.SOSStateUpdate
+	// hubSendMu is held shared by each QueueHubState while it hands over
+	// a state, and exclusively by the goroutine when Close stops it, to
+	// set hubClosed: no state enters hubStates after the goroutine applied
+	// the last ones.
+	hubSendMu sync.RWMutex
+	hubClosed bool
 	// missed is set when SOSStored found the queue full. A send on wake
 	// then makes the goroutine backfill from the spool.
 	missed atomic.Bool
@@ -164,6 +184,9 @@ func NewRelay(cfg RelayConfig) *Relay {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
+	if cfg.HubQueueSize <= 0 {
+		cfg.HubQueueSize = DefaultHubQueueSize
+	}
 	if cfg.AppendTimeout <= 0 {
 		cfg.AppendTimeout = DefaultAppendTimeout
 	}
@@ -177,13 +200,14 @@ func NewRelay(cfg RelayConfig) *Relay {
 		cfg.Now = time.Now
 	}
 	return &Relay{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "localsos"),
-		metrics: newRelayMetrics(),
-		queue:   make(chan protocol.Record, cfg.QueueSize),
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "localsos"),
+		metrics:   newRelayMetrics(),
+		queue:     make(chan protocol.Record, cfg.QueueSize),
+		hubStates: make(chan protocol.SOSStateUpdate, cfg.HubQueueSize),
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 }
 
@@ -192,10 +216,10 @@ func NewRelay(cfg RelayConfig) *Relay {
 // backfills: it records every SOS of the spool's SOS lane that the store
 // lacks, publishing "received" for each, and appends the local
 // acknowledgements not yet in the spool. Then it records the SOS records
-// SOSStored queues, and prunes closed entries every PruneInterval. A
-// store it cannot read is logged and counted, because vehicles still get
-// new states without it. Start fails only on an invalid config or a
-// metrics conflict.
+// SOSStored queues, applies the hub's states QueueHubState queues, and
+// prunes closed entries every PruneInterval. A store it cannot read is
+// logged and counted, because vehicles still get new states without it.
+// Start fails only on an invalid config or a metrics conflict.
 func (r *Relay) Start() error {
 	err := errors.New("local SOS relay already started")
 	r.startOnce.Do(func() { err = r.start() })
@@ -228,9 +252,10 @@ func (r *Relay) start() error {
 	return nil
 }
 
-// Close records the SOS records still queued, stops the goroutine and
-// unregisters the metrics. It does not close the store. It is safe to
-// call more than once.
+// Close records the SOS records and applies the hub's states still
+// queued, stops the goroutine and unregisters the metrics. A
+// QueueHubState waiting for room returns. It does not close the store. It
+// is safe to call more than once.
 func (r *Relay) Close() error {
 	r.closeOnce.Do(func() {
 		r.startOnce.Do(func() {}) // a later Start does nothing
@@ -238,6 +263,14 @@ func (r *Relay) Close() error {
 		if r.started {
 			<-r.done
 			r.metrics.unregister(r.cfg.Registerer)
+			return
+		}
+		r.hubSendMu.Lock()
+		r.hubClosed = true
+		r.hubSendMu.Unlock()
+		if n := len(r.hubStates); n > 0 {
+			r.log.Warn("SOS states from the hub not applied: the relay closed before it started; the hub sends its retained states again on the next connection",
+				"states", n)
 		}
 	})
 	return nil
@@ -345,27 +378,99 @@ func (r *Relay) record(rec protocol.Record) {
 
 // HubState handles one message from the hub on the agent's SOS state
 // topics: it stores the state and publishes it to the vehicle when the
-// state moved forward. An empty payload, the hub clearing an old retained state, is
-// ignored. An invalid message, or one for another agent or with a topic
-// that does not match its payload, is logged and counted. The uplink
-// calls it on paho's goroutine, which acknowledges the message once it
-// returns.
+// state moved forward, before it returns. An empty payload, the hub
+// clearing an old retained state, is ignored. An invalid message, or one
+// for another agent or with a topic that does not match its payload, is
+// logged and counted. QueueHubState does the same on the relay's
+// goroutine, and applies states that arrive together in one transaction.
 func (r *Relay) HubState(topic string, payload []byte) {
+	u, ok := r.checkHubMessage(topic, payload)
+	if !ok {
+		return
+	}
+	r.applyHubState(u)
+}
+
+// QueueHubState handles one message from the hub on the agent's SOS
+// state topics as HubState does, but only checks it before it returns.
+// An invalid message is logged and counted at once. A valid state is
+// queued for the relay's goroutine, which stores the states queued
+// together in one transaction, then publishes to each vehicle, in order,
+// the states that moved forward. One transaction per state (two fsyncs)
+// would keep the disk busy for seconds in a burst of SOS alerts, while
+// the spool commits the same burst.
+//
+// The uplink calls it on paho's goroutine, which acknowledges the message
+// once it returns. When the queue is full it waits for room: the hub
+// paces its states by the agent's unacknowledged messages, so the wait
+// slows the hub down instead of losing a state. After Close it returns
+// without queuing, and logs the state: the hub sends its retained states
+// again when the agent connects next.
+func (r *Relay) QueueHubState(topic string, payload []byte) {
+	u, ok := r.checkHubMessage(topic, payload)
+	if !ok {
+		return
+	}
+	r.hubSendMu.RLock()
+	defer r.hubSendMu.RUnlock()
+	if r.hubClosed {
+		r.notQueued(u)
+		return
+	}
+	select {
+	case r.hubStates <- u:
+		return
+	default:
+	}
+	r.metrics.hubQueueWaits.Inc()
+	r.log.Debug("SOS state from the hub waits for room in the relay's queue", "vehicle", u.VehicleID, "sos", u.SOSID,
+		"incident", u.IncidentID, "state", u.State.State, "queue_size", cap(r.hubStates))
+	select {
+	case r.hubStates <- u:
+	case <-r.stop:
+		r.notQueued(u)
+	}
+}
+
+// notQueued logs a hub state QueueHubState did not queue because the
+// relay is closed.
+func (r *Relay) notQueued(u protocol.SOSStateUpdate) {
+	r.log.Warn("SOS state from the hub not applied: the local SOS relay is closed; the hub sends it again on the next connection",
+		"vehicle", u.VehicleID, "sos", u.SOSID, "incident", u.IncidentID, "state", u.State.State)
+}
+
+// checkHubMessage decodes a hub message on the SOS state topics. It
+// returns false for an empty payload, the hub clearing an old retained
+// state, and for an invalid message, which it logs and counts.
+func (r *Relay) checkHubMessage(topic string, payload []byte) (protocol.SOSStateUpdate, bool) {
 	if len(payload) == 0 {
 		r.log.Debug("hub cleared an SOS state", "topic", topic)
-		return
+		return protocol.SOSStateUpdate{}, false
 	}
 	u, err := r.decodeHubState(topic, payload)
 	if err != nil {
 		reason := protocol.Reason(err)
 		r.metrics.hubRejects.WithLabelValues(reason).Inc()
 		r.log.Warn("SOS state from the hub rejected", "topic", topic, "bytes", len(payload), "reason", reason, "error", err)
-		return
+		return protocol.SOSStateUpdate{}, false
 	}
+	return u, true
+}
 
+// applyHubState stores one state from the hub and publishes it to the
+// vehicle when the state moved forward.
+func (r *Relay) applyHubState(u protocol.SOSStateUpdate) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, changed, err := r.cfg.Store.Apply(u)
+	r.applied(u, e, changed, err)
+}
+
+// applied publishes the entry e of the hub state u to the vehicle when the
+// store reports its state changed. A store failure err is logged and
+// counted, and the vehicle still gets the state: the hub has it, and the
+// vehicle must not wait for the agent's disk. The caller holds r.mu.
+func (r *Relay) applied(u protocol.SOSStateUpdate, e Entry, changed bool, err error) {
 	if err != nil {
 		r.metrics.failures.WithLabelValues(stageApply).Inc()
 		r.log.Error("SOS state from the hub not stored; publishing it to the vehicle anyway",
@@ -380,6 +485,47 @@ func (r *Relay) HubState(topic string, payload []byte) {
 		return
 	}
 	r.deliver(e)
+}
+
+// maxStateGroup bounds the queued hub states that applyQueued applies in
+// one transaction.
+const maxStateGroup = 1000
+
+// applyQueued applies first and the hub states queued behind it in one
+// transaction of the store, then publishes to the vehicles, in order,
+// each state that moved forward. A group whose transaction fails goes
+// through applyHubState one state at a time, which logs the failure and
+// still publishes the state.
+func (r *Relay) applyQueued(first protocol.SOSStateUpdate) {
+	us := []protocol.SOSStateUpdate{first}
+	for more := true; more && len(us) < maxStateGroup; {
+		select {
+		case u := <-r.hubStates:
+			us = append(us, u)
+		default:
+			more = false
+		}
+	}
+	if len(us) == 1 {
+		r.applyHubState(us[0])
+		return
+	}
+	r.mu.Lock()
+	results, err := r.cfg.Store.ApplyBatch(us)
+	if err == nil {
+		for i, u := range us {
+			res := results[i]
+			r.applied(u, res.Entry, res.Changed, res.Err)
+		}
+	}
+	r.mu.Unlock()
+	if err != nil {
+		r.log.Warn("SOS states from the hub not stored together in the local SOS store; storing them one by one",
+			"states", len(us), "error", err)
+		for _, u := range us {
+			r.applyHubState(u)
+		}
+	}
 }
 
 // decodeHubState decodes a hub message and checks it against its topic.
@@ -540,10 +686,10 @@ func (r *Relay) deliver(e Entry) {
 }
 
 // run is the relay's goroutine: it backfills, then records queued SOS
-// records, backfills again after SOSStored found the queue full, retries
-// unreported local acknowledgements, and prunes closed entries now and
-// every PruneInterval, until Close. On Close it records what is still
-// queued.
+// records, applies queued hub states, backfills again after SOSStored
+// found the queue full, retries unreported local acknowledgements, and
+// prunes closed entries now and every PruneInterval, until Close. On
+// Close it records and applies what is still queued.
 func (r *Relay) run() {
 	defer close(r.done)
 	r.backfill("start")
@@ -555,9 +701,19 @@ func (r *Relay) run() {
 	scan := time.NewTicker(r.cfg.ScanInterval)
 	defer scan.Stop()
 	for {
+		// Close comes first: a select picks among ready cases at random,
+		// and queued work would otherwise go on after Close asked to stop.
+		select {
+		case <-r.stop:
+			r.shutdown()
+			return
+		default:
+		}
 		select {
 		case rec := <-r.queue:
 			r.recordQueued(rec)
+		case u := <-r.hubStates:
+			r.applyQueued(u)
 		case <-r.wake:
 			if r.missed.Swap(false) {
 				r.drainQueue()
@@ -572,10 +728,21 @@ func (r *Relay) run() {
 		case <-prune.C:
 			r.prune()
 		case <-r.stop:
-			r.drainQueue()
+			r.shutdown()
 			return
 		}
 	}
+}
+
+// shutdown records and applies what is queued when Close stopped the
+// goroutine. The QueueHubState calls in progress return first, as stop
+// is closed, and the later ones queue nothing.
+func (r *Relay) shutdown() {
+	r.hubSendMu.Lock()
+	r.hubClosed = true
+	r.hubSendMu.Unlock()
+	r.drainQueue()
+	r.drainHubStates()
 }
 
 // drainQueue records every queued SOS record.
@@ -584,6 +751,18 @@ func (r *Relay) drainQueue() {
 		select {
 		case rec := <-r.queue:
 			r.record(rec)
+		default:
+			return
+		}
+	}
+}
+
+// drainHubStates applies every queued hub state, in groups.
+func (r *Relay) drainHubStates() {
+	for {
+		select {
+		case u := <-r.hubStates:
+			r.applyQueued(u)
 		default:
 			return
 		}

@@ -449,35 +449,103 @@ func (s *Store) Apply(u protocol.SOSStateUpdate) (Entry, bool, error) {
 	var out Entry
 	var changed bool
 	err := s.update(u.VehicleID, u.SOSID, func(e *Entry, found bool) (bool, error) {
-		write := false
-		switch {
-		case !found:
-			*e = Entry{VehicleID: u.VehicleID, SOSID: u.SOSID}
-			changed = true
-		case e.IncidentID > u.IncidentID:
-			// A state of an older incident with the same SOS id.
-		case e.IncidentID < u.IncidentID && e.IncidentID != 0:
-			// A newer incident with the same SOS id supersedes the old one.
-			changed = true
-		case e.IncidentID == 0 && protocol.SOSStateFinal(u.State.State) && u.State.TS.Before(e.ReceivedAt):
-			// The final state of an earlier emergency with this SOS id.
-		default:
-			write = e.IncidentID != u.IncidentID
-			changed = protocol.SOSStateAdvances(e.State, u.State.State)
-		}
-		if !changed && !write {
-			out = *e
-			return false, nil
-		}
-		e.IncidentID = u.IncidentID
-		if changed {
-			e.State, e.StateAt, e.Message = u.State.State, u.State.TS.UTC(), u.State.Message
-		}
-		e.UpdatedAt = s.cfg.Now().UTC()
+		var write bool
+		write, changed = s.applyEntry(e, found, &u)
 		out = *e
-		return true, nil
+		return write, nil
 	})
 	return out, changed, err
+}
+
+// Applied is the outcome of one update of ApplyBatch, as Apply returns it.
+type Applied struct {
+	// Entry is the SOS's entry after the update.
+	Entry Entry
+	// Changed reports whether the vehicle's state changed.
+	Changed bool
+	// Err is set for an update that breaks a rule of
+	// protocol.SOSStateUpdate.Validate. It wraps ErrInvalid, and the
+	// update stored nothing.
+	Err error
+}
+
+// ApplyBatch stores the states of us in one transaction, each as Apply
+// does, in order: each update starts from the result of those before it
+// on the same SOS. It returns one Applied per update, in the order of
+// us. An invalid update is reported in its Applied and does not stop the
+// others. An error means the transaction failed and nothing was stored.
+// The relay applies the hub's queued states with it, because one
+// transaction per state keeps the disk busy for seconds in a burst.
+func (s *Store) ApplyBatch(us []protocol.SOSStateUpdate) ([]Applied, error) {
+	out := make([]Applied, len(us))
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return nil, ErrNotOpen
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(entriesBucket)
+		for i := range us {
+			u := &us[i]
+			if err := u.Validate(); err != nil {
+				out[i] = Applied{Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
+				continue
+			}
+			key := entryKey(u.VehicleID, u.SOSID)
+			var e Entry
+			// Within the transaction Get returns what the Puts before it
+			// stored, so a later update of the same SOS starts from this
+			// one's result.
+			v := b.Get(key)
+			if v != nil {
+				if err := decodeEntry(v, &e); err != nil {
+					return fmt.Errorf("SOS %s of vehicle %s: %w", u.SOSID, u.VehicleID, err)
+				}
+			}
+			write, changed := s.applyEntry(&e, v != nil, u)
+			if write {
+				if err := putEntry(tx, key, &e); err != nil {
+					return err
+				}
+			}
+			out[i] = Applied{Entry: e, Changed: changed}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply SOS states to the local SOS store: %w", err)
+	}
+	return out, nil
+}
+
+// applyEntry applies the valid hub state u to e, the stored entry when
+// found, following Apply's rules, and reports whether e must be stored
+// and whether the vehicle's state changed.
+func (s *Store) applyEntry(e *Entry, found bool, u *protocol.SOSStateUpdate) (write, changed bool) {
+	switch {
+	case !found:
+		*e = Entry{VehicleID: u.VehicleID, SOSID: u.SOSID}
+		changed = true
+	case e.IncidentID > u.IncidentID:
+		// A state of an older incident with the same SOS id.
+	case e.IncidentID < u.IncidentID && e.IncidentID != 0:
+		// A newer incident with the same SOS id supersedes the old one.
+		changed = true
+	case e.IncidentID == 0 && protocol.SOSStateFinal(u.State.State) && u.State.TS.Before(e.ReceivedAt):
+		// The final state of an earlier emergency with this SOS id.
+	default:
+		write = e.IncidentID != u.IncidentID
+		changed = protocol.SOSStateAdvances(e.State, u.State.State)
+	}
+	if !changed && !write {
+		return false, false
+	}
+	e.IncidentID = u.IncidentID
+	if changed {
+		e.State, e.StateAt, e.Message = u.State.State, u.State.TS.UTC(), u.State.Message
+	}
+	e.UpdatedAt = s.cfg.Now().UTC()
+	return true, changed
 }
 
 // MarkLocalAck records that actor acknowledged an SOS on the agent's
