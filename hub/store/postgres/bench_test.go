@@ -21,57 +21,16 @@ func benchBatch(n int) *protocol.Batch {
 // BenchmarkCommitBatch measures CommitBatch with 1000-fix batches: one
 // transaction with COPY, the cursor and the latest-position upsert.
 func BenchmarkCommitBatch(b *testing.B) {
-	s := openStore(b, Config{})
-	batches := make([]*protocol.Batch, b.N)
-	for i := range batches {
-		batches[i] = benchBatch(i)
-	}
-	ctx := context.Background()
-
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
-			b.Fatalf("CommitBatch: %v", err)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
+	benchCommitBatches(b, benchBatchSize, benchVehicles)
 }
 
-// BenchmarkCommitBatch_1000Vehicles measures CommitBatch with 1000-fix
-// batches of one fix from each of 1000 vehicles, as many vehicles sending
-// now and then produce: every fix moves a latest position, and every
-// vehicle's row is checked.
-func BenchmarkCommitBatch_1000Vehicles(b *testing.B) {
-	const vehicles = 1000
+// benchCommitBatches measures CommitBatch with batches of size fixes
+// from the given number of vehicles and reports the rate in fixes/s.
+func benchCommitBatches(b *testing.B, size, vehicles int) {
 	s := openStore(b, Config{})
 	batches := make([]*protocol.Batch, b.N)
 	for i := range batches {
-		batches[i] = storetest.BenchBatch(i, benchBatchSize, vehicles)
-	}
-	ctx := context.Background()
-
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
-			b.Fatalf("CommitBatch: %v", err)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N*benchBatchSize)/b.Elapsed().Seconds(), "fixes/s")
-}
-
-// BenchmarkCommitBatch_100Fixes measures CommitBatch with 100-fix batches,
-// where the fixed cost of the transaction (its round trips to the
-// server) weighs more than the rows.
-func BenchmarkCommitBatch_100Fixes(b *testing.B) {
-	const size = 100
-	s := openStore(b, Config{})
-	batches := make([]*protocol.Batch, b.N)
-	for i := range batches {
-		batches[i] = storetest.BenchBatch(i, size, benchVehicles)
+		batches[i] = storetest.BenchBatch(i, size, vehicles)
 	}
 	ctx := context.Background()
 
@@ -84,6 +43,21 @@ func BenchmarkCommitBatch_100Fixes(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "fixes/s")
+}
+
+// BenchmarkCommitBatch_1000Vehicles measures CommitBatch with 1000-fix
+// batches of one fix from each of 1000 vehicles, as many vehicles sending
+// now and then produce: every fix moves a latest position, and every
+// vehicle's row is checked.
+func BenchmarkCommitBatch_1000Vehicles(b *testing.B) {
+	benchCommitBatches(b, benchBatchSize, 1000)
+}
+
+// BenchmarkCommitBatch_100Fixes measures CommitBatch with 100-fix batches,
+// where the fixed cost of the transaction (its round trips to the
+// server) weighs more than the rows.
+func BenchmarkCommitBatch_100Fixes(b *testing.B) {
+	benchCommitBatches(b, 100, benchVehicles)
 }
 
 // BenchmarkCommitNaive is the baseline of simple trackers: one INSERT per
@@ -121,22 +95,7 @@ func BenchmarkCommitNaive(b *testing.B) {
 func BenchmarkCommitBatch_Sizes(b *testing.B) {
 	for _, size := range []int{1000, 5000, 10000} {
 		b.Run(fmt.Sprintf("fixes=%d", size), func(b *testing.B) {
-			s := openStore(b, Config{})
-			batches := make([]*protocol.Batch, b.N)
-			for i := range batches {
-				batches[i] = storetest.BenchBatch(i, size, 100)
-			}
-			ctx := context.Background()
-
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				if _, err := s.CommitBatch(ctx, batches[i]); err != nil {
-					b.Fatalf("CommitBatch: %v", err)
-				}
-			}
-			b.StopTimer()
-			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "fixes/s")
+			benchCommitBatches(b, size, 100)
 		})
 	}
 }
