@@ -69,8 +69,8 @@ type BaselineResult struct {
 
 // Print writes the figures.
 func (r *BaselineResult) Print(w io.Writer) {
-	fmt.Fprintf(w, "one INSERT per fix, %d workers: %s fixes/s (%d inserted in %.2fs, %d failed, %d rows in table)\n",
-		r.Config.Workers, fmtRate(r.FixesPerSec), r.Inserted, r.ElapsedSeconds, r.Failed, r.RowsInTable)
+	fmt.Fprintf(w, "one INSERT per fix, %d %s: %s fixes/s (%d inserted in %.2fs, %d failed, %d rows in table)\n",
+		r.Config.Workers, plural(r.Config.Workers, "worker", "workers"), fmtRate(r.FixesPerSec), r.Inserted, r.ElapsedSeconds, r.Failed, r.RowsInTable)
 	fmt.Fprintf(w, "INSERT latency: %s\n", r.Latency)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first failure: %s\n", r.FirstError)

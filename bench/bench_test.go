@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,7 +148,7 @@ func runScenario(t *testing.T, name string, opts Options, args ...string) *Repor
 		t.Errorf("printed report lacks its scenario line:\n%s", text.String())
 	}
 	var buf bytes.Buffer
-	if err := rep.WriteJSON("-", &buf); err != nil {
+	if err := rep.WriteJSON(&buf); err != nil {
 		t.Fatalf("write JSON: %v", err)
 	}
 	var decoded map[string]any
@@ -159,6 +160,14 @@ func runScenario(t *testing.T, name string, opts Options, args ...string) *Repor
 	}
 	if rep.Machine.CPUs < 1 {
 		t.Errorf("machine CPUs = %d", rep.Machine.CPUs)
+	}
+	if !rep.Complete || rep.Interrupted || rep.Incomplete() != "" {
+		t.Errorf("run %s: complete %v, interrupted %v, %q; want a complete run", name, rep.Complete, rep.Interrupted, rep.Incomplete())
+	}
+	for _, tg := range rep.Targets {
+		if tg.Verdict == "" || (tg.NotAtSize && (tg.Met || tg.Verdict != VerdictNotAtSize)) {
+			t.Errorf("target %s: verdict %q, met %v, not at size %v", tg.Name, tg.Verdict, tg.Met, tg.NotAtSize)
+		}
 	}
 	return rep
 }
@@ -228,6 +237,29 @@ func TestScenariosSmoke(t *testing.T) {
 		}
 		if len(rep.Targets) != 1 {
 			t.Errorf("%d targets, want the edge ratio", len(rep.Targets))
+		}
+	})
+
+	// Two edge runs at once against one Mosquitto: with client ids shared
+	// between runs, Mosquitto would hand each vehicle's session to the
+	// newer run and drop the older run's connections.
+	t.Run("edge twice at once", func(t *testing.T) {
+		mosquitto := startMosquitto(t)
+		args := []string{"--mosquitto", mosquitto, "--vehicles", "4", "--start-rate", "100", "--max-rate", "100",
+			"--refine", "0", "--step-duration", "1s", "--p99-bound", "1m"}
+		reps := make([]*Report, 2)
+		var wg sync.WaitGroup
+		for i := range reps {
+			wg.Go(func() { reps[i] = runScenario(t, "edge", opts, args...) })
+		}
+		wg.Wait()
+		for i, rep := range reps {
+			if rep == nil {
+				continue
+			}
+			for _, st := range rep.Result.(*EdgeResult).Other.Steps {
+				checkLoad(t, fmt.Sprintf("run %d, mosquitto at %v msg/s", i, st.Load.OfferedMsgsPerSec), st.Load)
+			}
 		}
 	})
 

@@ -62,14 +62,12 @@ func (c DrainConfig) validate() error {
 	if c.Vehicles < 1 {
 		errs = append(errs, fmt.Errorf("invalid --vehicles %d: use at least 1", c.Vehicles))
 	}
-	if !(c.FillRate > 0) {
-		errs = append(errs, fmt.Errorf("invalid --fill-rate %v: use a positive number of fixes per second", c.FillRate))
-	}
+	errs = append(errs, checkRate("fill-rate", c.FillRate, "fixes"))
 	if c.SOS < 0 {
 		errs = append(errs, fmt.Errorf("invalid --sos %d: use 0 or more", c.SOS))
 	}
-	if c.SOS > 0 && !(c.SOSRate > 0) {
-		errs = append(errs, fmt.Errorf("invalid --sos-rate %v: use a positive number of SOS per second", c.SOSRate))
+	if c.SOS > 0 {
+		errs = append(errs, checkRate("sos-rate", c.SOSRate, "SOS"))
 	}
 	if c.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("invalid --timeout %s: use a positive duration", c.Timeout))

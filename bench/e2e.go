@@ -66,18 +66,29 @@ func (c E2EConfig) validate() error {
 	if c.Vehicles < 1 {
 		errs = append(errs, fmt.Errorf("invalid --vehicles %d: use at least 1", c.Vehicles))
 	}
-	if !(c.Rate > 0) {
-		errs = append(errs, fmt.Errorf("invalid --rate %v: use a positive number of fixes per second", c.Rate))
-	}
+	rateErr := checkRate("rate", c.Rate, "fixes")
+	errs = append(errs, rateErr)
 	if c.Duration <= 0 {
 		errs = append(errs, fmt.Errorf("invalid --duration %s: use a positive duration", c.Duration))
+	} else if rateErr == nil && c.Batch >= 1 && int64(c.Rate/float64(c.Batch)*c.Duration.Seconds()) < 1 {
+		errs = append(errs, fmt.Errorf("invalid --rate %v with --duration %s and --batch %d: that schedules no message; raise the rate or the duration", c.Rate, c.Duration, c.Batch))
+	}
+	if c.SettleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("invalid --settle-timeout %s: use 0 or more", c.SettleTimeout))
+	}
+	if c.Baseline.Duration < 0 {
+		errs = append(errs, fmt.Errorf("invalid --baseline-duration %s: use 0 (skip the baseline) or a positive duration", c.Baseline.Duration))
 	}
 	if c.SampleInterval <= 0 {
 		errs = append(errs, fmt.Errorf("invalid --sample-interval %s: use a positive duration", c.SampleInterval))
 	}
 	errs = append(errs, checkBatch(c.Batch))
 	if c.Baseline.Duration > 0 {
-		errs = append(errs, c.Baseline.validate())
+		if c.Baseline.Workers < 1 || c.Baseline.Workers > 1000 {
+			errs = append(errs, fmt.Errorf("invalid --baseline-workers %d: use 1 to 1000", c.Baseline.Workers))
+		} else {
+			errs = append(errs, c.Baseline.validate())
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -140,7 +151,8 @@ func (r *E2EResult) Targets() []Target {
 		Met:      r.Sustained && r.CommittedFixesPerSec >= 50_000,
 	}}
 	if r.Load.OfferedFixesPerSec < 50_000 {
-		t[0].Note = "the offered rate was below the target, so this run cannot meet it"
+		t[0].NotAtSize, t[0].Met = true, false
+		t[0].Note = "the offered rate was below the target's 50,000 fixes/s"
 	}
 	if r.Baseline != nil {
 		t = append(t, Target{

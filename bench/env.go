@@ -42,7 +42,8 @@ type Options struct {
 	// Its own database is used only to run CREATE and DROP DATABASE, so
 	// its user needs the CREATEDB privilege. Empty means DefaultDatabaseURL.
 	DatabaseURL string
-	// Exe is the xpress binary that the fanout scenario runs as its hub.
+	// Exe is the xpress binary run as a subprocess: fanout's hub, and the
+	// agent of sos-burst and of edge with AgentSubprocess.
 	// Empty means this process's own executable.
 	Exe string
 	// Logger receives the benchmark's progress. Nil discards it.
@@ -61,7 +62,7 @@ type Options struct {
 func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.DatabaseURL, "database-url", DefaultDatabaseURL,
 		"PostgreSQL server where each run creates a fresh database and drops it afterwards; the URL's own database is only used to create and drop it")
-	fs.StringVar(&o.Exe, "exe", "", "xpress binary the fanout scenario runs as its hub subprocess (default: this executable)")
+	fs.StringVar(&o.Exe, "exe", "", "xpress binary run as a subprocess: the hub of fanout, the agent of sos-burst and of edge --agent-subprocess (default: this executable)")
 }
 
 // runEnv is the temporary world of one scenario run: a directory, the

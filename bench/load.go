@@ -54,9 +54,13 @@ func (nullStore) Close()                            {}
 func (nullStore) Reset()                            {}
 
 // vehicle is one simulated vehicle: a paho MQTT 3.1.1 client whose user
-// name and client id are the vehicle id.
+// name is the vehicle id and whose client id is the vehicle id with the
+// fleet's run id, unique per run. Two runs at once against one broker
+// (the shared Mosquitto of edge) would otherwise take over each other's
+// sessions. The agent accepts any client id that no other vehicle holds.
 type vehicle struct {
 	id       string
+	clientID string
 	fixTopic string
 	sosTopic string
 	client   mqtt.Client
@@ -76,6 +80,7 @@ type fleet struct {
 // cannot connect, after disconnecting the others.
 func connectFleet(ctx context.Context, brokerURL, prefix string, n int, log *slog.Logger) (*fleet, error) {
 	f := &fleet{broker: brokerURL, vehicles: make([]*vehicle, n)}
+	run := runID()
 	for i := range f.vehicles {
 		id := fmt.Sprintf("%s%06d", prefix, i+1)
 		if err := protocol.ValidateVehicleID(id); err != nil {
@@ -83,6 +88,7 @@ func connectFleet(ctx context.Context, brokerURL, prefix string, n int, log *slo
 		}
 		f.vehicles[i] = &vehicle{
 			id:       id,
+			clientID: id + "-" + run,
 			fixTopic: protocol.VehicleTopicFor(id, protocol.TopicFix),
 			sosTopic: protocol.VehicleTopicFor(id, protocol.TopicSOS),
 			// Spread the fleet over about 10 km around Manila.
@@ -125,7 +131,7 @@ func connectFleet(ctx context.Context, brokerURL, prefix string, n int, log *slo
 func (f *fleet) connect(ctx context.Context, v *vehicle) error {
 	opts := mqtt.NewClientOptions().
 		AddBroker(f.broker).
-		SetClientID(v.id).
+		SetClientID(v.clientID).
 		SetUsername(v.id).
 		SetPassword("bench").
 		SetProtocolVersion(4).
@@ -209,8 +215,9 @@ type LoadResult struct {
 
 // Print writes the load's figures.
 func (r LoadResult) Print(w io.Writer, indent string) {
-	fmt.Fprintf(w, "%soffered %s msg/s (%s fixes/s, %d fixes/message) from %d vehicles for %.1fs\n", indent,
-		fmtRate(r.OfferedMsgsPerSec), fmtRate(r.OfferedFixesPerSec), r.FixesPerMessage, r.Vehicles, r.ScheduleSeconds)
+	fmt.Fprintf(w, "%soffered %s msg/s (%s fixes/s, %d %s/message) from %d %s for %.1fs\n", indent,
+		fmtRate(r.OfferedMsgsPerSec), fmtRate(r.OfferedFixesPerSec), r.FixesPerMessage, plural(r.FixesPerMessage, "fix", "fixes"),
+		r.Vehicles, plural(r.Vehicles, "vehicle", "vehicles"), r.ScheduleSeconds)
 	fmt.Fprintf(w, "%smessages: %d scheduled, %d sent, %d acked, %d failed; %d connections lost\n", indent,
 		r.Scheduled, r.Sent, r.Acked, r.Failed, r.ConnectionsLost)
 	fmt.Fprintf(w, "%sachieved %s msg/s (%s fixes/s) over %.2fs; generator fell up to %s behind schedule\n", indent,
@@ -219,6 +226,14 @@ func (r LoadResult) Print(w io.Writer, indent string) {
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "%sfirst failure: %s\n", indent, r.FirstError)
 	}
+}
+
+// plural returns one when n is 1, else many.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // fmtRate formats a rate with thousands separators.

@@ -18,7 +18,22 @@ type Result interface {
 	Print(w io.Writer)
 	// Targets compares the figures with the project's speed targets.
 	Targets() []Target
+	// Problems lists the counts that do not add up (messages failed, SOS
+	// missing, incidents not stored, ...); empty when the run is complete.
+	// A missed speed target is not a problem.
+	Problems() []string
 }
+
+// Verdicts of a Target.
+const (
+	VerdictMet    = "MET"
+	VerdictMissed = "MISSED"
+	// VerdictNotAtSize is a run smaller than the target's size: its
+	// figures are reported but cannot meet or miss the target.
+	VerdictNotAtSize = "not measured at the target's size"
+	// VerdictInterrupted is a run stopped by a signal before its end.
+	VerdictInterrupted = "not measured (interrupted)"
+)
 
 // Target is one speed target and whether a run met it.
 type Target struct {
@@ -28,6 +43,12 @@ type Target struct {
 	// Measured is the figure compared with the goal.
 	Measured string `json:"measured"`
 	Met      bool   `json:"met"`
+	// NotAtSize is true when the run was smaller than the target's size,
+	// so Met is false and the verdict is "not measured at the target's size".
+	NotAtSize bool `json:"not_at_size,omitempty"`
+	// Verdict is MET, MISSED, "not measured at the target's size" or
+	// "not measured (interrupted)".
+	Verdict string `json:"verdict"`
 	// Note explains why the comparison is partial, e.g. a run smaller than the target's size.
 	Note string `json:"note,omitempty"`
 }
@@ -43,6 +64,37 @@ type Report struct {
 	Args           []string `json:"args"`
 	Result         Result   `json:"result"`
 	Targets        []Target `json:"targets"`
+	// Interrupted is true when a signal stopped the run: the figures
+	// cover only part of it and no target was measured.
+	Interrupted bool `json:"interrupted"`
+	// Problems lists the counts that did not add up; Complete is true when
+	// there are none and the run was neither interrupted nor failed.
+	Problems []string `json:"problems"`
+	Complete bool     `json:"complete"`
+}
+
+// verdict returns the target's verdict for a run that was interrupted or not.
+func (t Target) verdict(interrupted bool) string {
+	switch {
+	case interrupted:
+		return VerdictInterrupted
+	case t.NotAtSize:
+		return VerdictNotAtSize
+	case t.Met:
+		return VerdictMet
+	default:
+		return VerdictMissed
+	}
+}
+
+// setVerdicts fills in each target's verdict.
+func (r *Report) setVerdicts() {
+	for i := range r.Targets {
+		if r.Interrupted || r.Targets[i].NotAtSize {
+			r.Targets[i].Met = false
+		}
+		r.Targets[i].Verdict = r.Targets[i].verdict(r.Interrupted)
+	}
 }
 
 // Print writes the report for a person to read.
@@ -50,15 +102,17 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "scenario %s, started %s, took %s\n", r.Scenario, r.Started.Format(time.RFC3339),
 		time.Duration(r.ElapsedSeconds*float64(time.Second)).Round(time.Millisecond))
 	fmt.Fprintf(w, "machine: %s\n", r.Machine)
+	if r.Interrupted {
+		fmt.Fprintln(w, "interrupted: the figures below cover only part of the run")
+	}
 	if r.Result != nil {
 		r.Result.Print(w)
 	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "incomplete: %s\n", p)
+	}
 	for _, t := range r.Targets {
-		verdict := "MET"
-		if !t.Met {
-			verdict = "MISSED"
-		}
-		fmt.Fprintf(w, "target %s: %s, measured %s: %s", t.Name, t.Goal, t.Measured, verdict)
+		fmt.Fprintf(w, "target %s: %s, measured %s: %s", t.Name, t.Goal, t.Measured, t.verdict(r.Interrupted))
 		if t.Note != "" {
 			fmt.Fprintf(w, " (%s)", t.Note)
 		}
@@ -66,18 +120,14 @@ func (r *Report) Print(w io.Writer) {
 	}
 }
 
-// WriteJSON writes the report as indented JSON to path, or to stdout when path is "-".
-func (r *Report) WriteJSON(path string, stdout io.Writer) error {
+// WriteJSON writes the report as indented JSON to w.
+func (r *Report) WriteJSON(w io.Writer) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode report: %w", err)
 	}
 	data = append(data, '\n')
-	if path == "-" {
-		_, err = stdout.Write(data)
-		return err
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
+	if _, err := w.Write(data); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"time"
 )
 
@@ -117,29 +118,56 @@ func Run(ctx context.Context, s Scenario, run RunFunc, opts Options, prof Profil
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// Create the heap profile's file now, so that a bad path fails before
+	// the run rather than after it.
+	var heap *os.File
+	if prof.Heap != "" {
+		var err error
+		if heap, err = os.Create(prof.Heap); err != nil {
+			return nil, fmt.Errorf("create heap profile: %w", err)
+		}
+		defer heap.Close()
+	}
 
 	opts.cpuProfile = prof.CPU
 	res, err := run(ctx, opts)
 	rep.ElapsedSeconds = time.Since(rep.Started).Seconds()
+	rep.Interrupted = ctx.Err() != nil
 	if res != nil {
 		rep.Result = res
 		rep.Targets = res.Targets()
+		if !rep.Interrupted {
+			// The counts of an interrupted run do not add up by design.
+			rep.Problems = res.Problems()
+		}
 	}
+	rep.setVerdicts()
+	rep.Complete = err == nil && !rep.Interrupted && res != nil && len(rep.Problems) == 0
 
-	if prof.Heap != "" {
-		if herr := writeHeapProfile(prof.Heap); herr != nil && err == nil {
+	if heap != nil {
+		if herr := writeHeapProfile(heap); herr != nil && err == nil {
 			err = herr
 		}
 	}
 	return rep, err
 }
 
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("create heap profile: %w", err)
+// Incomplete reports why a run that returned no error still does not
+// count as complete, or "" when it does. The bench command exits 1 when
+// it is not empty.
+func (r *Report) Incomplete() string {
+	switch {
+	case r.Interrupted:
+		return "the run was interrupted"
+	case r.Result == nil:
+		return "the run produced no result"
+	case len(r.Problems) > 0:
+		return "the counts do not add up: " + strings.Join(r.Problems, "; ")
 	}
-	defer f.Close()
+	return ""
+}
+
+func writeHeapProfile(f *os.File) error {
 	runtime.GC()
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		return fmt.Errorf("write heap profile: %w", err)

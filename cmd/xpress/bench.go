@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/xpress-ops/tower/bench"
 )
@@ -52,18 +55,50 @@ func runBench(ctx context.Context, args []string, e env) error {
 	}
 	opts.Logger, opts.ComponentLogger = log, componentLog
 
+	// With SIGPIPE caught, a write to a closed pipe (xpress bench ... | head)
+	// returns EPIPE instead of killing the process, so the run still drops
+	// its database and removes its directory.
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	defer signal.Stop(pipe)
+
+	// Create the JSON file now, so that a bad path fails before the run.
+	var jsonOut io.Writer
+	switch jsonPath {
+	case "":
+	case "-":
+		jsonOut = e.stdout
+	default:
+		f, err := os.Create(jsonPath)
+		if err != nil {
+			return fmt.Errorf("create --json file: %w", err)
+		}
+		defer f.Close()
+		jsonOut = f
+	}
+
 	report, runErr := bench.Run(ctx, scenario, run, opts, prof, args[1:])
 	if report != nil && report.Result != nil {
 		if jsonPath != "-" {
 			report.Print(e.stdout)
 		}
-		if jsonPath != "" {
-			if err := report.WriteJSON(jsonPath, e.stdout); err != nil {
+		if jsonOut != nil {
+			if err := report.WriteJSON(jsonOut); err != nil {
 				return errors.Join(runErr, err)
 			}
 		}
 	}
-	return runErr
+	if runErr != nil {
+		return runErr
+	}
+	// Exit 1 when the counts do not add up or the run was interrupted;
+	// a missed speed target alone still exits 0.
+	if report != nil {
+		if reason := report.Incomplete(); reason != "" {
+			return fmt.Errorf("incomplete run: %s", reason)
+		}
+	}
+	return nil
 }
 
 func benchUsage(w io.Writer) {
@@ -74,6 +109,10 @@ func benchUsage(w io.Writer) {
 	for _, s := range bench.Scenarios() {
 		fmt.Fprintf(w, "  %-12s %s\n", s.Name, s.Summary)
 	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Exit status: 0 when the run completed and every count adds up (a missed speed")
+	fmt.Fprintln(w, "target is reported, not a failure); 1 when it failed, was interrupted, or lost")
+	fmt.Fprintln(w, "messages, SOS, incidents or deliveries.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'xpress bench <scenario> -h' for a scenario's flags. docs/benchmarks.md has the method and results.")
 }
