@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/netutil"
 
 	"github.com/xpress-ops/tower/agent/broker"
 	"github.com/xpress-ops/tower/agent/localauth"
@@ -42,6 +41,7 @@ import (
 	"github.com/xpress-ops/tower/agent/uplink"
 	"github.com/xpress-ops/tower/agent/vehicleauth"
 	"github.com/xpress-ops/tower/internal/configcheck"
+	"github.com/xpress-ops/tower/internal/httpsec"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -527,7 +527,7 @@ func (a *Agent) open(ctx context.Context) error {
 		a.cfg.Registerer.Unregister(a.httpRequests)
 		return errors.Join(fmt.Errorf("listen for HTTP on %s: %w", a.cfg.HTTPAddr, err), a.Close())
 	}
-	ln = netutil.LimitListener(ln, DefaultHTTPMaxConns)
+	ln = httpsec.LimitListener(ln, DefaultHTTPMaxConns, a.log, "")
 	if a.cfg.HTTPTLS != nil {
 		ln = tls.NewListener(ln, a.cfg.HTTPTLS)
 	}

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/netutil"
 
 	"github.com/xpress-ops/tower/hub/api"
 	"github.com/xpress-ops/tower/hub/credsync"
@@ -33,6 +32,7 @@ import (
 	"github.com/xpress-ops/tower/hub/store"
 	"github.com/xpress-ops/tower/hub/store/embedded"
 	"github.com/xpress-ops/tower/hub/store/postgres"
+	"github.com/xpress-ops/tower/internal/httpsec"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -364,7 +364,7 @@ func (h *Hub) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen for HTTP on %s: %w", h.cfg.HTTPAddr, err)
 	}
-	ln = netutil.LimitListener(ln, h.cfg.HTTPMaxConns)
+	ln = httpsec.LimitListener(ln, h.cfg.HTTPMaxConns, h.log, "--http-max-conns (XPRESS_HTTP_MAX_CONNS)")
 	if h.cfg.HTTPTLS != nil {
 		ln = tls.NewListener(ln, h.cfg.HTTPTLS)
 	}
