@@ -745,12 +745,12 @@ func (r *Relay) shutdown() {
 	r.drainHubStates()
 }
 
-// drainQueue records every queued SOS record.
+// drainQueue records every queued SOS record, in groups.
 func (r *Relay) drainQueue() {
 	for {
 		select {
 		case rec := <-r.queue:
-			r.record(rec)
+			r.recordQueued(rec)
 		default:
 			return
 		}
