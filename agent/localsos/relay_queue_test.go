@@ -125,6 +125,12 @@ func TestRelay_StartBackfillsFromSpool(t *testing.T) {
 	if known.Kind != protocol.SOSCrash {
 		t.Errorf("known entry = %+v, want its own details kept", known)
 	}
+	// The relay counts a backfilled SOS after it delivered its state, so
+	// the count may follow the entry by a moment.
+	deadline := time.Now().Add(waitTimeout)
+	for testutil.ToFloat64(a.relay.metrics.backfilled) < 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := testutil.ToFloat64(a.relay.metrics.backfilled); got != 1 {
 		t.Errorf("backfilled = %v, want 1", got)
 	}

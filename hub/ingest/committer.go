@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -39,6 +40,11 @@ type committer struct {
 	queue chan queued
 	// done is closed when run has returned.
 	done chan struct{}
+	// disconnected is set once the connection has closed. A failed commit
+	// then sends no error Acks: they would reach the agent's next
+	// connection, which shares the Ack topic, and fail its batches there,
+	// while that connection resends these records anyway.
+	disconnected atomic.Bool
 }
 
 // enqueue hands b, decoded from a payload of size bytes, to the committer
@@ -69,6 +75,7 @@ func (s *Server) stopCommitter(cl *mqtt.Client) {
 	delete(s.committers, cl)
 	s.committersMu.Unlock()
 	if c != nil {
+		c.disconnected.Store(true)
 		close(c.queue)
 	}
 }
@@ -94,7 +101,7 @@ func (c *committer) run() {
 		// commit sends the error Acks of a failed commit. The batches
 		// after it are still committed, and the store's Prev check
 		// rejects those that continue the failed ones.
-		_ = c.s.commit(c.link, group)
+		_ = c.s.commit(c.link, group, c)
 	}
 }
 
@@ -171,8 +178,10 @@ func merge(group []queued) *protocol.Batch {
 // commit commits group, batches of one connection in queue order, in one
 // store transaction. It calls OnCommit and sends one Ack through the
 // lane's new cursor, which settles every batch of the group. For a failed
-// commit it sends error Acks (see commitFailed) and returns the error.
-func (s *Server) commit(l link, group []queued) error {
+// commit it sends error Acks (see commitFailed), unless from, the
+// committer that commits the group (nil on the SOS link), has lost its
+// connection by then, and returns the error.
+func (s *Server) commit(l link, group []queued, from *committer) error {
 	b := merge(group)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.CommitTimeout)
@@ -180,7 +189,7 @@ func (s *Server) commit(l link, group []queued) error {
 	cancel()
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		s.commitFailed(l.agentID, l.ackTopic, b, group, err)
+		s.commitFailed(l.agentID, l.ackTopic, b, group, err, from == nil || !from.disconnected.Load())
 		return err
 	}
 

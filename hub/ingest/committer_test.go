@@ -448,3 +448,79 @@ func TestCommitter_CollectStopsAtLimits(t *testing.T) {
 		t.Errorf("collect from a closed queue: %d batches, carry %v; want 2 and none", len(group), carry)
 	}
 }
+
+// A commit that fails after its connection was taken over sends no error
+// Ack: the new connection shares the Ack topic and would fail its own
+// batch on it, while it resends these records anyway.
+func TestServer_TakenOverCommitterSendsNoErrorAck(t *testing.T) {
+	t.Parallel()
+	g := newGateStore(1)
+	h := newHarness(t, g.install)
+	t.Cleanup(g.open)
+	old := connectAgent(t, h, storetest.Agent)
+
+	old.publishBatch(t, gpsBatch(1, 5, "veh-1", 0))
+	g.waitEntered(t)
+	c := h.server.committerOf(storetest.Agent)
+	if c == nil {
+		t.Fatal("the main link has no committer")
+	}
+	// The agent reconnects with the same client id. mochi ends the old
+	// connection, whose committer still holds the batch.
+	fresh := connectAgent(t, h, storetest.Agent)
+	deadline := time.Now().Add(waitTimeout)
+	for !c.disconnected.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the old connection's committer was not told of the takeover")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	g.open() // the held commit fails
+
+	fresh.publishBatch(t, gpsBatch(1, 5, "veh-1", 0))
+	if ack := fresh.nextAck(t); ack.Error != "" || ack.Through != 5 {
+		t.Errorf("first Ack on the new connection = %+v, want a success through 5 (no error Ack from the old committer)", ack)
+	}
+}
+
+// Close with a store that hangs returns after about one commit timeout:
+// it cancels the commits still queued instead of waiting a timeout for
+// each.
+func TestServer_CloseCancelsHungCommits(t *testing.T) {
+	t.Parallel()
+	g := newGateStore()
+	h := newHarness(t, func(c *Config) {
+		g.install(c)
+		c.CommitTimeout = 300 * time.Millisecond
+	})
+	t.Cleanup(g.open)
+	a := connectAgent(t, h, storetest.Agent)
+
+	// Batches that do not continue each other commit one at a time.
+	a.publishBatch(t, gpsBatch(1, 5, "veh-1", 0))
+	g.waitEntered(t)
+	a.publishBatch(t, gpsBatch(20, 5, "veh-1", 0))
+	a.publishBatch(t, gpsBatch(40, 5, "veh-1", 0))
+
+	closed := make(chan error, 1)
+	go func() { closed <- h.server.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not return with the store hung")
+	}
+	// Without the cancel each queued commit would run into its own
+	// deadline (counted as store_unavailable). With it, a commit still
+	// queued ends cancelled (counted as store_error).
+	timedOut := testutil.ToFloat64(h.server.metrics.batchesRejected.WithLabelValues(reasonStoreUnavailable))
+	cancelled := testutil.ToFloat64(h.server.metrics.batchesRejected.WithLabelValues(reasonStoreError))
+	if timedOut+cancelled != 3 {
+		t.Errorf("batches rejected = %v timed out + %v cancelled, want all 3 (none committed while the store hung)", timedOut, cancelled)
+	}
+	if cancelled == 0 {
+		t.Errorf("no queued commit was cancelled: Close waited a commit timeout for each of the %v batches", timedOut)
+	}
+}

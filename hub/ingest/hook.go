@@ -223,7 +223,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		// The SOS link commits here, before the PUBACK. Each SOS batch
 		// is alone in its lane's window, so a queue would only add a
 		// hand-over to its path.
-		if err := s.commit(l, []queued{{b: b, bytes: len(pk.Payload)}}); err != nil {
+		if err := s.commit(l, []queued{{b: b, bytes: len(pk.Payload)}}, nil); err != nil {
 			return pk, refusal(cl, pk, packets.ErrUnspecifiedError)
 		}
 		return pk, packets.CodeSuccessIgnore
@@ -309,16 +309,17 @@ func (s *Server) rejectImpostor(agentID, ackTopic string, b *protocol.Batch) {
 	})
 }
 
-// commitFailed sends error Acks for a batch the store did not commit, b,
-// which merges the agent batches of group. The Acks are not permanent, so
-// the agent resends the batches later.
+// commitFailed logs and counts a batch the store did not commit, b, which
+// merges the agent batches of group, and with sendAcks sends error Acks
+// for it. The Acks are not permanent, so the agent resends the batches
+// later.
 //
 // The uplink first settles the batches that the Ack's Through covers,
 // then applies the error to the lane's oldest batch still in flight. So
 // each agent batch of the group past the cursor gets an error Ack of its
 // own, and the group gets at least one. Committed alone, each would have
 // had one too: the first failing, the others rejected for their Prev.
-func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, group []queued, err error) {
+func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, group []queued, err error, sendAcks bool) {
 	reason, text := reasonStoreError, "commit failed"
 	level := slog.LevelError
 	switch {
@@ -330,7 +331,11 @@ func (s *Server) commitFailed(agentID, ackTopic string, b *protocol.Batch, group
 	}
 	s.metrics.batchesRejected.WithLabelValues(reason).Add(float64(len(group)))
 	s.log.Log(context.Background(), level, "batch commit failed", "agent", agentID, "spool", b.SpoolID, "lane", b.Lane,
-		"seq", b.First(), "last", b.Last(), "prev", b.Prev, "records", len(b.Records), "batches", len(group), "error", err)
+		"seq", b.First(), "last", b.Last(), "prev", b.Prev, "records", len(b.Records), "batches", len(group),
+		"error_acks", sendAcks, "error", err)
+	if !sendAcks {
+		return
+	}
 	through := s.cursor(agentID, b.SpoolID, b.Lane)
 	acks := 0
 	for _, q := range group {

@@ -392,7 +392,7 @@ func (s *Server) Close() error {
 	// so OnDisconnect has closed the queue of every committer, and no
 	// new committer can start.
 	err := broker.Close()
-	s.committerWG.Wait()
+	s.waitCommitters(cancel)
 	cancel()
 	s.flushOffline()
 	s.log.Info("ingest stopped")
@@ -400,6 +400,30 @@ func (s *Server) Close() error {
 		return fmt.Errorf("close ingest: %w", err)
 	}
 	return nil
+}
+
+// waitCommitters waits for the committers to commit what they have
+// queued. With a store that hangs, each queued batch would take a whole
+// CommitTimeout, one after the other. So after one CommitTimeout it
+// cancels the commits in progress with cancel. Their batches get no Ack,
+// and the agents resend them to the next hub.
+func (s *Server) waitCommitters(cancel context.CancelFunc) {
+	done := make(chan struct{})
+	go func() {
+		s.committerWG.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(s.cfg.CommitTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	s.log.Warn("committers still busy one commit timeout after close; cancelling their commits, which the agents resend",
+		"commit_timeout", s.cfg.CommitTimeout)
+	cancel()
+	<-done
 }
 
 // offlineGrace is how long an agent without connections still counts as
