@@ -1,7 +1,6 @@
 package localsos
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/xpress-ops/tower/internal/testlog"
 	"github.com/xpress-ops/tower/protocol"
 )
 
@@ -250,20 +250,5 @@ func TestGroupRepeats(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink safe for the relay's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// lockedBuffer is a log sink safe for concurrent writes and reads.
+type lockedBuffer = testlog.Buffer

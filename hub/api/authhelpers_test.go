@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/xpress-ops/tower/hub/store/embedded"
 	"github.com/xpress-ops/tower/hub/store/storetest"
 	"github.com/xpress-ops/tower/internal/passhash"
+	"github.com/xpress-ops/tower/internal/testlog"
 )
 
 // testHashParams keep the test passwords' hashes cheap; Verify reads the
@@ -32,23 +32,8 @@ var testHashParams = passhash.Params{Memory: 64, Time: 1, Threads: 1}
 // the tests and guards nothing else.
 const testAdminToken = "admin-token-of-the-auth-tests-0123456789"
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is a log sink safe for concurrent writes and reads.
+type syncBuffer = testlog.Buffer
 
 // authServer is an API server with real authentication: operator
 // accounts, sessions, tokens and the audit log in an embedded store on a

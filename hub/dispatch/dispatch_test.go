@@ -1,7 +1,6 @@
 package dispatch_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/xpress-ops/tower/hub/dispatch/dispatchtest"
 	"github.com/xpress-ops/tower/hub/events"
 	"github.com/xpress-ops/tower/hub/store"
+	"github.com/xpress-ops/tower/internal/testlog"
 	"github.com/xpress-ops/tower/notify"
 )
 
@@ -584,23 +584,8 @@ func TestRegionWithoutContacts_LoggedOncePerInterval(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the dispatcher's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is a log sink safe for concurrent writes and reads.
+type syncBuffer = testlog.Buffer
 
 func TestAgentCatchingUp_HoldsNewIncident(t *testing.T) {
 	var catchingUp atomic.Bool
