@@ -304,6 +304,21 @@ func (r *Relay) SOSStored(rec protocol.Record) {
 // records in one transaction.
 const maxRecordGroup = 1000
 
+// takeQueued returns first and the items already waiting in queue behind
+// it, at most limit in all. It does not wait for more to arrive.
+func takeQueued[T any](first T, queue <-chan T, limit int) []T {
+	items := []T{first}
+	for len(items) < limit {
+		select {
+		case item := <-queue:
+			items = append(items, item)
+		default:
+			return items
+		}
+	}
+	return items
+}
+
 // recordQueued records first and the SOS records queued behind it in one
 // transaction of the store, then publishes "received" for each new SOS.
 // One transaction per SOS (about 0.4 ms of fsync each on an idle disk)
@@ -312,15 +327,7 @@ const maxRecordGroup = 1000
 // group whose transaction fails, goes through record one at a time, which
 // logs the failure and still publishes "received".
 func (r *Relay) recordQueued(first protocol.Record) {
-	recs := []protocol.Record{first}
-	for more := true; more && len(recs) < maxRecordGroup; {
-		select {
-		case rec := <-r.queue:
-			recs = append(recs, rec)
-		default:
-			more = false
-		}
-	}
+	recs := takeQueued(first, r.queue, maxRecordGroup)
 	group := recs[:0:0]
 	for _, rec := range recs {
 		if rec.SOS == nil || protocol.ValidateVehicleID(rec.VehicleID) != nil || protocol.ValidateSOSID(rec.SOS.ID) != nil {
@@ -497,15 +504,7 @@ const maxStateGroup = 1000
 // through applyHubState one state at a time, which logs the failure and
 // still publishes the state.
 func (r *Relay) applyQueued(first protocol.SOSStateUpdate) {
-	us := []protocol.SOSStateUpdate{first}
-	for more := true; more && len(us) < maxStateGroup; {
-		select {
-		case u := <-r.hubStates:
-			us = append(us, u)
-		default:
-			more = false
-		}
-	}
+	us := takeQueued(first, r.hubStates, maxStateGroup)
 	if len(us) == 1 {
 		r.applyHubState(us[0])
 		return

@@ -368,7 +368,6 @@ func (s *Store) Backfill(recs []protocol.Record, spoolID string) ([]Entry, error
 	}
 	var changedEntries []Entry
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(entriesBucket)
 		for i := range recs {
 			rec := &recs[i]
 			if rec.Kind != protocol.KindSOS || rec.SOS == nil {
@@ -377,22 +376,15 @@ func (s *Store) Backfill(recs []protocol.Record, spoolID string) ([]Entry, error
 			if protocol.ValidateVehicleID(rec.VehicleID) != nil || protocol.ValidateSOSID(rec.SOS.ID) != nil {
 				continue
 			}
-			key := entryKey(rec.VehicleID, rec.SOS.ID)
-			var e Entry
-			v := b.Get(key)
-			if v != nil {
-				if err := decodeEntry(v, &e); err != nil {
-					return fmt.Errorf("SOS %s of vehicle %s: %w", rec.SOS.ID, rec.VehicleID, err)
-				}
-			}
-			write, changed := s.recordEntry(&e, v != nil, rec, spoolID)
-			if !write {
-				continue
-			}
-			if err := putEntry(tx, key, &e); err != nil {
+			var write, changed bool
+			e, err := updateInTx(tx, rec.VehicleID, rec.SOS.ID, func(e *Entry, found bool) (bool, error) {
+				write, changed = s.recordEntry(e, found, rec, spoolID)
+				return write, nil
+			})
+			if err != nil {
 				return err
 			}
-			if changed {
+			if write && changed {
 				changedEntries = append(changedEntries, e)
 			}
 		}
@@ -484,29 +476,20 @@ func (s *Store) ApplyBatch(us []protocol.SOSStateUpdate) ([]Applied, error) {
 		return nil, ErrNotOpen
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(entriesBucket)
 		for i := range us {
 			u := &us[i]
 			if err := u.Validate(); err != nil {
 				out[i] = Applied{Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
 				continue
 			}
-			key := entryKey(u.VehicleID, u.SOSID)
-			var e Entry
-			// Within the transaction Get returns what the Puts before it
-			// stored, so a later update of the same SOS starts from this
-			// one's result.
-			v := b.Get(key)
-			if v != nil {
-				if err := decodeEntry(v, &e); err != nil {
-					return fmt.Errorf("SOS %s of vehicle %s: %w", u.SOSID, u.VehicleID, err)
-				}
-			}
-			write, changed := s.applyEntry(&e, v != nil, u)
-			if write {
-				if err := putEntry(tx, key, &e); err != nil {
-					return err
-				}
+			var changed bool
+			e, err := updateInTx(tx, u.VehicleID, u.SOSID, func(e *Entry, found bool) (bool, error) {
+				var write bool
+				write, changed = s.applyEntry(e, found, u)
+				return write, nil
+			})
+			if err != nil {
+				return err
 			}
 			out[i] = Applied{Entry: e, Changed: changed}
 		}
@@ -803,21 +786,29 @@ func (s *Store) update(vehicleID, sosID string, fn func(e *Entry, found bool) (b
 		return ErrNotOpen
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(entriesBucket)
-		key := entryKey(vehicleID, sosID)
-		var e Entry
-		v := b.Get(key)
-		if v != nil {
-			if err := decodeEntry(v, &e); err != nil {
-				return fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, err)
-			}
-		}
-		store, err := fn(&e, v != nil)
-		if err != nil || !store {
-			return err
-		}
-		return putEntry(tx, key, &e)
+		_, err := updateInTx(tx, vehicleID, sosID, fn)
+		return err
 	})
+}
+
+// updateInTx reads the entry of the SOS in tx, passes it to fn with
+// whether it was stored, stores it when fn reports true, and returns it
+// as fn left it. Within a transaction Get returns what earlier Puts
+// stored, so a later update of the same SOS starts from their result.
+func updateInTx(tx *bolt.Tx, vehicleID, sosID string, fn func(e *Entry, found bool) (bool, error)) (Entry, error) {
+	key := entryKey(vehicleID, sosID)
+	var e Entry
+	v := tx.Bucket(entriesBucket).Get(key)
+	if v != nil {
+		if err := decodeEntry(v, &e); err != nil {
+			return Entry{}, fmt.Errorf("SOS %s of vehicle %s: %w", sosID, vehicleID, err)
+		}
+	}
+	store, err := fn(&e, v != nil)
+	if err != nil || !store {
+		return e, err
+	}
+	return e, putEntry(tx, key, &e)
 }
 
 // putEntry stores e under key and keeps the index of tracked entries.
