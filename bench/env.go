@@ -52,9 +52,9 @@ type Options struct {
 	// starts. Nil discards them.
 	ComponentLogger *slog.Logger
 
-	// cpuProfile is the CPU profile file of the run (Profiles.CPU); each
-	// subprocess writes its own profile next to it, named after it with
-	// the subprocess's name appended.
+	// cpuProfile is the CPU profile file of the run (Profiles.CPU). Each
+	// subprocess writes its own profile to this name with ".<subprocess>"
+	// appended, such as ".agent".
 	cpuProfile string
 }
 

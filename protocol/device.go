@@ -242,11 +242,11 @@ func (r *rawFix) validate(limits Limits, now time.Time) (Fix, error) {
 	return f, nil
 }
 
-// checkFix applies the rules of one decoded fix, in this order: a
-// timestamp is present (a timestamp that does not parse fails before
-// this), within limits, lat and lon are present and valid, and each
-// optional field present is in its range. Both decoding paths use it, so
-// they reject the same fixes with the same errors.
+// checkFix applies the rules of one decoded fix, in this order. A
+// timestamp is present and within limits (one that does not parse fails
+// before this). Lat and lon are present and valid. Each optional field
+// present is in its range. Both decoding paths use it, so they reject the
+// same fixes with the same errors.
 func checkFix(f *Fix, hasTime, hasPosition bool, limits Limits, now time.Time) error {
 	if !hasTime {
 		return fmt.Errorf("%w: ts", ErrMissingField)

@@ -219,7 +219,7 @@ func NewRelay(cfg RelayConfig) *Relay {
 // SOSStored queues, applies the hub's states QueueHubState queues, and
 // prunes closed entries every PruneInterval. A store it cannot read is
 // logged and counted, because vehicles still get new states without it.
-// Start fails only on an invalid config or a metrics conflict.
+// Start fails on an invalid config, a metrics conflict, or a second call.
 func (r *Relay) Start() error {
 	err := errors.New("local SOS relay already started")
 	r.startOnce.Do(func() { err = r.start() })

@@ -123,7 +123,7 @@ func TestRelay_QueuedHubStatesAppliedTogether(t *testing.T) {
 }
 
 // The states of one SOS queued together end in the right state, and the
-// vehicle hears those that move it forward in order; a state of an older
+// vehicle hears those that move it forward, in order. A state of an older
 // incident among them is ignored, as Apply ignores it.
 func TestRelay_QueuedStatesOfOneSOSInOrder(t *testing.T) {
 	a := startAgentSide(t, t.TempDir())
@@ -168,7 +168,7 @@ func TestRelay_QueuedStatesOfOneSOSInOrder(t *testing.T) {
 // A group whose transaction fails is stored one state at a time: the
 // others are stored, and the state of the damaged entry is counted and
 // still reaches its vehicle.
-func TestRelay_QueuedHubStatesFallBackOneByOne(t *testing.T) {
+func TestRelay_HubStateGroupFallback(t *testing.T) {
 	logs := &lockedBuffer{}
 	a := startAgentSideWith(t, t.TempDir(), func(c *RelayConfig) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))

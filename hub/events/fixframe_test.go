@@ -108,7 +108,7 @@ func TestPublishIn_FixFrameMatchesJSONPath(t *testing.T) {
 }
 
 // selfEncoded appends fixed bytes that differ from its encoding/json
-// encoding, so a test tells which path encoded it.
+// encoding, so a test can see which path encoded it.
 type selfEncoded struct {
 	Value string `json:"value"`
 	ok    bool

@@ -98,9 +98,10 @@ func (c *committer) run() {
 		}
 		var group []queued
 		group, carry = c.collect(first)
-		// commit sends the error Acks of a failed commit. The batches
-		// after it are still committed, and the store's Prev check
-		// rejects those that continue the failed ones.
+		// commit sends the error Acks of a failed commit while the
+		// connection is up. The batches after it are still committed, and
+		// the store's Prev check rejects those that continue the failed
+		// ones.
 		_ = c.s.commit(c.link, group, c)
 	}
 }
